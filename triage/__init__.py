@@ -1,0 +1,3 @@
+"""CTPA pulmonary-embolism triage daemon: receive, queue, analyse, report, prioritise."""
+
+__version__ = "0.1.0"

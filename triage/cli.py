@@ -1,0 +1,156 @@
+"""The ``triage`` command line: serve, check-config, status, send."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from triage import __version__
+from triage.config import Config, load_config
+from triage.errors import ConfigError, TriageError
+from triage.logs import configure_logging
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-format",
+        choices=["json", "console"],
+        help="log rendering (default: logging.format from the config, else json)",
+    )
+    common.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="lowest level logged (default: logging.level from the config, else INFO)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, also used to render ``--help``."""
+    parser = argparse.ArgumentParser(
+        prog="triage",
+        description="CTPA pulmonary-embolism triage daemon: receives CT pulmonary angiograms "
+        "over DICOM, queues them durably and raises PE-positive studies on the worklist.",
+    )
+    parser.add_argument("--version", action="version", version=f"triage {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common()
+
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="run the daemon in the foreground",
+        description="Run the DICOM receiver and the scheduler until SIGTERM or SIGINT. "
+        "Associations in flight finish first, or are aborted after "
+        "receiver.shutdown_timeout seconds.",
+    )
+    p.add_argument("--config", required=True, type=Path, help="the YAML configuration file")
+
+    p = sub.add_parser(
+        "check-config",
+        parents=[common],
+        help="validate a configuration file",
+        description="Validate the file without starting anything. Exit 0 if valid; "
+        "otherwise print each error with its key path and exit 2.",
+    )
+    p.add_argument("--config", required=True, type=Path, help="the YAML configuration file")
+
+    p = sub.add_parser(
+        "status",
+        parents=[common],
+        help="show studies, series, jobs and counts",
+        description="Show the queue: studies, series with their state and skip reason, "
+        "jobs with their state, and counts. Patient identifiers are never shown here.",
+    )
+    p.add_argument("--config", required=True, type=Path, help="the YAML configuration file")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    p = sub.add_parser(
+        "send",
+        parents=[common],
+        help="send DICOM files with C-STORE",
+        description="Send DICOM files and folders (recursively) to a Storage SCP. "
+        "Exits 1 if any instance failed, listing each failure.",
+    )
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", required=True, type=int)
+    p.add_argument("--calling-aet", default="TRIAGESCU", help="our AE title (default TRIAGESCU)")
+    p.add_argument("--called-aet", default="TRIAGE", help="the peer's AE title (default TRIAGE)")
+    p.add_argument(
+        "--max-pdu", type=int, default=0, help="maximum PDU size to receive, 0 = unlimited"
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+
+    p = sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="create or upgrade the database schema",
+        description="Create or upgrade the database schema to this version "
+        "(serve does this at start-up too).",
+    )
+    p.add_argument("--config", required=True, type=Path, help="the YAML configuration file")
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace, config: Config | None) -> None:
+    fmt = args.log_format or (config.logging.format if config else "json")
+    level = args.log_level or (config.logging.level if config else "INFO")
+    configure_logging(fmt, level)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "send":
+        from triage.send import send_files
+
+        _setup_logging(args, None)
+        result = send_files(
+            args.paths, args.host, args.port, args.calling_aet, args.called_aet, args.max_pdu
+        )
+        for path, reason in result.failures:
+            print(f"FAILED {path}: {reason}", file=sys.stderr)
+        print(f"sent {result.sent}, failed {len(result.failures)}")
+        return 1 if result.failures else 0
+
+    config = load_config(args.config)
+    _setup_logging(args, config)
+    if args.command == "check-config":
+        print(f"{args.config}: valid")
+        return 0
+    if args.command == "serve":
+        from triage.daemon import serve
+
+        return serve(config)
+
+    from triage.db import create_db_engine, migrate, session_factory
+
+    engine = create_db_engine(config.database_url, config.database.busy_timeout_ms)
+    migrate(engine)
+    if args.command == "migrate":
+        print(f"database schema is up to date at {engine.url.render_as_string(True)}")
+        return 0
+    from triage.status import collect_status, format_status
+
+    status = collect_status(session_factory(engine))
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``triage`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ConfigError as err:
+        for path, reason in err.problems:
+            print(f"{args.config}: {path}: {reason}", file=sys.stderr)
+        return 2
+    except TriageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

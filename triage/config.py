@@ -1,0 +1,246 @@
+"""The daemon's configuration: one YAML file, validated into typed models at start-up.
+
+Unknown keys are errors, and every error names its key path, so that an admin who
+mistypes ``stable_secs`` learns about it before the daemon runs with a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from triage.errors import ConfigError
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: no backslash, 1-16 chars
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ae_title(value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError(
+            "an AE title is 1 to 16 printable characters, not only spaces, and has no backslash"
+        )
+    return value
+
+
+class TLSConfig(_Section):
+    """DICOM TLS for the receiver (optional)."""
+
+    enabled: bool = False
+    certificate: Path | None = None
+    private_key: Path | None = None
+    private_key_password: str | None = None
+    ca_certificate: Path | None = None
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _files_when_enabled(self) -> TLSConfig:
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            raise ValueError("TLS is enabled, so 'certificate' and 'private_key' are required")
+        if self.require_client_certificate and self.ca_certificate is None:
+            raise ValueError(
+                "'require_client_certificate' needs 'ca_certificate' to verify clients against"
+            )
+        return self
+
+
+class ReceiverConfig(_Section):
+    """The DICOM Storage SCP that the PACS forwards studies to."""
+
+    ae_title: str = "TRIAGE"
+    host: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=0, le=65535)
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    max_associations: int = Field(default=16, ge=1)
+    max_pdu: int = Field(default=0, ge=0)
+    acse_timeout: float = Field(default=30.0, gt=0)
+    dimse_timeout: float = Field(default=60.0, gt=0)
+    network_timeout: float = Field(default=60.0, gt=0)
+    min_free_disk_mb: int = Field(default=1024, ge=0)
+    shutdown_timeout: float = Field(default=30.0, ge=0)
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _aets(cls, values: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in values]
+
+    @field_validator("max_pdu")
+    @classmethod
+    def _pdu(cls, value: int) -> int:
+        if value != 0 and value < 4096:
+            raise ValueError("max_pdu is 0 (unlimited) or at least 4096 bytes")
+        return value
+
+
+class SelectionConfig(_Section):
+    """Rules that decide whether a complete series is a CTPA worth analysing."""
+
+    modalities: list[str] = Field(default_factory=lambda: ["CT"])
+    require_original: bool = True
+    require_axial: bool = True
+    min_slice_thickness_mm: float = Field(default=1.5, ge=0)
+    max_slice_thickness_mm: float = Field(default=5.0, gt=0)
+    min_slices: int = Field(default=40, ge=1)
+    series_description_include: str | None = None
+    series_description_exclude: str | None = None
+
+    @field_validator("series_description_include", "series_description_exclude")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"not a valid regular expression: {err}") from err
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> SelectionConfig:
+        if self.min_slice_thickness_mm > self.max_slice_thickness_mm:
+            raise ValueError("min_slice_thickness_mm is larger than max_slice_thickness_mm")
+        return self
+
+
+class SeriesConfig(_Section):
+    """When a series counts as complete, and which series are analysed."""
+
+    stable_seconds: float = Field(default=30.0, gt=0)
+    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+
+
+class DatabaseConfig(_Section):
+    """Where the durable queue lives. Empty url means SQLite under data_dir."""
+
+    url: str | None = None
+    busy_timeout_ms: int = Field(default=30000, ge=0)
+
+
+class LoggingConfig(_Section):
+    """structlog output."""
+
+    format: Literal["json", "console"] = "json"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Section):
+    """The whole configuration file."""
+
+    data_dir: Path = Path("./var")
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
+    series: SeriesConfig = Field(default_factory=SeriesConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where received instances are stored."""
+        return self.data_dir / "spool"
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL, SQLite under data_dir unless one is configured."""
+        return self.database.url or f"sqlite:///{self.data_dir / 'triage.db'}"
+
+
+def _expand_env(node: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    """Replace ``${VAR}`` in strings with environment values, so secrets stay out of the file."""
+    if isinstance(node, dict):
+        return {
+            k: _expand_env(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_expand_env(v, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                problems.append((path, f"environment variable {name} is not set"))
+                return ""
+            return os.environ[name]
+
+        return _ENV_REF.sub(sub, node)
+    return node
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make relative paths relative to the config file's folder, not the working directory."""
+
+    def fix(section: dict[str, Any], key: str) -> None:
+        value = section.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            section[key] = str((base / value).resolve())
+
+    fix(data, "data_dir")
+    tls = data.get("receiver", {}).get("tls") if isinstance(data.get("receiver"), dict) else None
+    if isinstance(tls, dict):
+        for key in ("certificate", "private_key", "ca_certificate"):
+            fix(tls, key)
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def parse_config(data: Any, base_dir: Path) -> Config:
+    """Validate an already-parsed YAML document into a :class:`Config`.
+
+    Raises
+    ------
+    ConfigError
+        With every problem found, each with its key path.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([("(top level)", "the file must hold a mapping of keys to values")])
+    problems: list[tuple[str, str]] = []
+    data = _expand_env(data, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    if "data_dir" not in data:
+        data["data_dir"] = "./var"
+    _resolve_paths(data, base_dir)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        for e in err.errors():
+            reason = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            problems.append((_key_path(e["loc"]), reason))
+        raise ConfigError(problems) from err
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate the YAML configuration file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError([("(file)", f"cannot read {path}: {err.strerror or err}")]) from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError([("(file)", f"{path} is not valid YAML: {err}")]) from err
+    return parse_config(data, path.resolve().parent)

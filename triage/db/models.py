@@ -1,0 +1,153 @@
+"""SQLAlchemy 2.0 models for studies, series, instances and jobs.
+
+Every state a study passes through is a row here, so a crash loses no progress.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """Naive UTC now: SQLite keeps no time zone, so every timestamp is naive UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class SeriesState(enum.StrEnum):
+    """``receiving → complete → queued | skipped``; a new instance reopens a series."""
+
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    QUEUED = "queued"
+    SKIPPED = "skipped"
+
+
+class JobState(enum.StrEnum):
+    """``queued → running → done | undetermined | failed``."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    UNDETERMINED = "undetermined"
+    FAILED = "failed"
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+def _enum(cls: type[enum.Enum], name: str) -> SAEnum:
+    # Stored as plain strings (no native ENUM type), so a later release can add a state
+    # with an ordinary migration on both SQLite and PostgreSQL.
+    return SAEnum(
+        cls,
+        name=name,
+        native_enum=False,
+        length=16,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+    )
+
+
+class Study(Base):
+    """One DICOM study, known by its Study Instance UID."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    # Stored for the worklist only; never logged.
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    study_time: Mapped[str | None] = mapped_column(String(16))
+    first_received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+
+
+class Series(Base):
+    """One series of a study, with its completeness state."""
+
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[SeriesState] = mapped_column(
+        _enum(SeriesState, "series_state"), default=SeriesState.RECEIVING, index=True
+    )
+    skip_reason: Mapped[str | None] = mapped_column(Text)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+    job: Mapped[Job | None] = relationship(back_populates="series", uselist=False)
+
+
+class Instance(Base):
+    """One received SOP instance and the header fields selection and the worker need."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    image_type: Mapped[str | None] = mapped_column(String(128))
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    image_position_patient: Mapped[str | None] = mapped_column(String(128))
+    image_orientation_patient: Mapped[str | None] = mapped_column(String(256))
+    slice_thickness: Mapped[float | None] = mapped_column(Float)
+    pixel_spacing: Mapped[str | None] = mapped_column(String(64))
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    file_path: Mapped[str] = mapped_column(String(255))
+    file_size: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    missing: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    """The analysis of one series by the model; one job per series, requeued on reopen."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), unique=True)
+    state: Mapped[JobState] = mapped_column(
+        _enum(JobState, "job_state"), default=JobState.QUEUED, index=True
+    )
+    reason: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    series: Mapped[Series] = relationship(back_populates="job")
