@@ -1,0 +1,72 @@
+"""Runs ``triage serve`` as a real subprocess, as systemd would."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from support import free_port, wait_for_port
+
+
+class Daemon:
+    """A ``triage serve`` process with its config file and captured log."""
+
+    def __init__(self, folder: Path, **sections: Any) -> None:
+        self.folder = folder
+        self.port = free_port()
+        receiver = {"port": self.port, "min_free_disk_mb": 0, "shutdown_timeout": 5}
+        receiver.update(sections.pop("receiver", {}))
+        data: dict[str, Any] = {
+            "data_dir": str(folder / "var"),
+            "receiver": receiver,
+            "logging": {"format": "json", "level": "DEBUG"},
+            **sections,
+        }
+        self.config_path = folder / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(data))
+        self.log_path = folder / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "triage.cli", "serve", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=log,
+        )
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run another ``triage`` subcommand against this daemon's config."""
+        return subprocess.run(
+            [sys.executable, "-m", "triage.cli", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
