@@ -15,10 +15,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -58,7 +59,7 @@ def _failure(status: int, comment: str) -> Dataset:
 
 def handle_store(event: evt.Event, target: StoreTarget) -> int | Dataset:
     """Store one instance durably, then answer Success; answer a failure status otherwise."""
-    request = event.request
+    request = cast(C_STORE, event.request)
     calling = event.assoc.requestor.ae_title
     req_sop = str(request.AffectedSOPInstanceUID or "")
     bound = log.bind(calling_aet=calling, sop_instance_uid=req_sop[:64])
@@ -189,7 +190,7 @@ def build_ae(cfg: ReceiverConfig) -> AE:
     """An Application Entity with every storage context and Verification."""
     ae = AE(ae_title=cfg.ae_title)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(cast(str, context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     ae.maximum_associations = cfg.max_associations
     ae.maximum_pdu_size = cfg.max_pdu
@@ -221,12 +222,14 @@ class Receiver:
                 "calling_aet_allow_list_empty",
                 detail="any calling AE title is accepted; set receiver.allowed_calling_aets",
             )
-        self.server: ThreadedAssociationServer = self.ae.start_server(
+        server = self.ae.start_server(
             (cfg.host, cfg.port),
             block=False,
             evt_handlers=handlers,
             ssl_context=build_ssl_context(cfg),
         )
+        assert server is not None  # block=False always returns the server
+        self.server: ThreadedAssociationServer = server
         self._stopped = threading.Event()
 
     @property
@@ -243,7 +246,8 @@ class Receiver:
         # Stop the accept loop and close the listening socket first: new associations
         # are refused while the ones in flight carry on.
         socketserver.BaseServer.shutdown(self.server)
-        self.server.socket.close()
+        if self.server.socket is not None:
+            self.server.socket.close()
         deadline = time.monotonic() + timeout
         while self.server.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)

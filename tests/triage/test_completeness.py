@@ -6,17 +6,17 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from dicom_factory import ct_slice
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from sqlalchemy import select
 
-from dicom_factory import ct_slice
 from triage.completeness import sweep_series
 from triage.db import Job, JobState, Series, SeriesState
 from triage.db.models import utcnow
 
 
-def _send(port: int, datasets: list) -> None:  # noqa: ANN001
+def _send(port: int, datasets: list) -> None:
     ae = AE(ae_title="TESTSCU")
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE")
@@ -26,7 +26,7 @@ def _send(port: int, datasets: list) -> None:  # noqa: ANN001
     assoc.release()
 
 
-def _series(rx, uid: str) -> Series:  # noqa: ANN001
+def _series(rx, uid: str) -> Series:
     with rx.sessions() as s:
         row = s.scalar(select(Series).where(Series.series_instance_uid == uid))
         assert row is not None
@@ -51,14 +51,16 @@ def test_series_completes_only_after_quiet_period(start_receiver, db_url: str) -
         assert job is not None and job.state is JobState.QUEUED
 
 
-def _complete(rx, datasets, uid: str) -> Series:  # noqa: ANN001
+def _complete(rx, datasets, uid: str) -> Series:
     _send(rx.port, datasets)
     sweep_series(rx.sessions, rx.config.series, now=utcnow() + timedelta(seconds=60))
     return _series(rx, uid)
 
 
 def test_selection_reasons(start_receiver) -> None:
-    rx = start_receiver(series={"selection": {**SELECTION, "series_description_exclude": "(?i)mip"}})
+    rx = start_receiver(
+        series={"selection": {**SELECTION, "series_description_exclude": "(?i)mip"}}
+    )
     cases = {
         "1.2.6.1": ([ct_slice("1.2.6", "1.2.6.1", i, thickness=1.0) for i in range(6)], "thin"),
         "1.2.6.2": ([ct_slice("1.2.6", "1.2.6.2", i, thickness=8.0) for i in range(6)], "thick"),
@@ -68,11 +70,16 @@ def test_selection_reasons(start_receiver) -> None:
             "LOCALIZER",
         ),
         "1.2.6.5": (
-            [ct_slice("1.2.6", "1.2.6.5", i, image_type=("DERIVED", "SECONDARY", "AXIAL"))
-             for i in range(6)],
+            [
+                ct_slice("1.2.6", "1.2.6.5", i, image_type=("DERIVED", "SECONDARY", "AXIAL"))
+                for i in range(6)
+            ],
             "not ORIGINAL",
         ),
-        "1.2.6.6": ([ct_slice("1.2.6", "1.2.6.6", i, modality="PT") for i in range(6)], "modality PT"),
+        "1.2.6.6": (
+            [ct_slice("1.2.6", "1.2.6.6", i, modality="PT") for i in range(6)],
+            "modality PT",
+        ),
         "1.2.6.7": (
             [ct_slice("1.2.6", "1.2.6.7", i, description="CTPA MIP") for i in range(6)],
             "series_description_exclude",

@@ -94,7 +94,10 @@ def test_secrets_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, text))
     assert info.value.problems == [
-        ("receiver.tls.private_key_password", "environment variable TRIAGE_TEST_KEY_PASSWORD is not set")
+        (
+            "receiver.tls.private_key_password",
+            "environment variable TRIAGE_TEST_KEY_PASSWORD is not set",
+        )
     ]
 
 

@@ -9,17 +9,25 @@ import subprocess
 import time
 from pathlib import Path
 
-from pydicom import dcmread
-
-from support import dcmtk
 from daemon_proc import Daemon
 from dicom_factory import write_series
+from pydicom import dcmread
+from support import dcmtk
 
 
 def _storescu(port: int, files: list[Path]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [dcmtk("storescu"), "-v", "-aet", "PACS", "-aec", "TRIAGE", "127.0.0.1", str(port),
-         *map(str, files)],
+        [
+            dcmtk("storescu"),
+            "-v",
+            "-aet",
+            "PACS",
+            "-aec",
+            "TRIAGE",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -45,7 +53,11 @@ def test_sigkill_mid_transfer_loses_nothing_acknowledged(tmp_path: Path) -> None
         files += write_series(tmp_path / "src" / str(k), 40, rows=256, columns=256)[2]
     daemon = Daemon(
         tmp_path,
-        series={"stable_seconds": 1, "sweep_interval_seconds": 0.3, "selection": {"min_slices": 40}},
+        series={
+            "stable_seconds": 1,
+            "sweep_interval_seconds": 0.3,
+            "selection": {"min_slices": 40},
+        },
     ).start()
 
     scu = _storescu(daemon.port, files)

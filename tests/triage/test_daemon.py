@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from support import dcmtk
 from daemon_proc import Daemon
 from dicom_factory import ACCESSION, BIRTH_DATE, PATIENT_ID, PATIENT_NAME, write_series
+from support import dcmtk
 
 
 def _triage(*args: str) -> subprocess.CompletedProcess[str]:
@@ -26,7 +26,7 @@ def _status(daemon: Daemon) -> dict:
     return json.loads(out.stdout)
 
 
-def _wait(daemon: Daemon, predicate, timeout: float = 30) -> dict:  # noqa: ANN001
+def _wait(daemon: Daemon, predicate, timeout: float = 30) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         status = _status(daemon)
@@ -38,18 +38,25 @@ def _wait(daemon: Daemon, predicate, timeout: float = 30) -> dict:  # noqa: ANN0
 def test_send_status_and_no_patient_data_in_any_log(tmp_path: Path) -> None:
     daemon = Daemon(
         tmp_path,
-        series={"stable_seconds": 0.5, "sweep_interval_seconds": 0.2, "selection": {"min_slices": 10}},
+        series={
+            "stable_seconds": 0.5,
+            "sweep_interval_seconds": 0.2,
+            "selection": {"min_slices": 10},
+        },
     ).start()
     study, ctpa, _ = write_series(tmp_path / "study" / "ctpa", 12)
     _, localizer, _ = write_series(
-        tmp_path / "study" / "scout", 1, study_uid=study,
+        tmp_path / "study" / "scout",
+        1,
+        study_uid=study,
         image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
     )
     not_dicom = tmp_path / "study" / "README.txt"
     not_dicom.write_text("not an image")
 
-    sent = _triage("send", "--host", "127.0.0.1", "--port", str(daemon.port),
-                   str(tmp_path / "study"))
+    sent = _triage(
+        "send", "--host", "127.0.0.1", "--port", str(daemon.port), str(tmp_path / "study")
+    )
     assert sent.returncode == 1  # the text file failed, and is reported
     assert "README.txt" in sent.stderr
     assert "sent 13, failed 1" in sent.stdout
@@ -58,12 +65,20 @@ def test_send_status_and_no_patient_data_in_any_log(tmp_path: Path) -> None:
     extra = write_series(tmp_path / "more", 10)[2]
     scu = subprocess.run(
         [dcmtk("storescu"), "-aec", "TRIAGE", "127.0.0.1", str(daemon.port), *map(str, extra)],
-        capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=60,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        timeout=60,
     )
     assert scu.returncode == 0, scu.stdout + scu.stderr
 
-    status = _wait(daemon, lambda s: s["counts"]["series"].get("receiving", 0) == 0
-                   and sum(s["counts"]["series"].values()) == 3)
+    status = _wait(
+        daemon,
+        lambda s: (
+            s["counts"]["series"].get("receiving", 0) == 0
+            and sum(s["counts"]["series"].values()) == 3
+        ),
+    )
     assert status["counts"]["studies"] == 2
     assert status["counts"]["instances"] == 23
     by_uid = {s["series_instance_uid"]: s for st in status["studies"] for s in st["series"]}
@@ -91,9 +106,18 @@ def test_sigterm_lets_the_association_in_flight_finish(tmp_path: Path) -> None:
     daemon = Daemon(tmp_path).start()
     files = write_series(tmp_path / "big", 60, rows=256, columns=256)[2]
     scu = subprocess.Popen(
-        [dcmtk("storescu"), "-v", "-aec", "TRIAGE", "127.0.0.1", str(daemon.port),
-         *map(str, files)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            dcmtk("storescu"),
+            "-v",
+            "-aec",
+            "TRIAGE",
+            "127.0.0.1",
+            str(daemon.port),
+            *map(str, files),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, "TCP_NODELAY": "1"},
     )
     assert scu.stdout is not None
@@ -127,12 +151,28 @@ def test_data_dir_and_database_are_private(tmp_path: Path) -> None:
 def test_send_reports_a_rejected_association(tmp_path: Path) -> None:
     daemon = Daemon(tmp_path, receiver={"allowed_calling_aets": ["PACS"]}).start()
     files = write_series(tmp_path / "s", 2)[2]
-    out = _triage("send", "--host", "127.0.0.1", "--port", str(daemon.port),
-                  "--calling-aet", "NOTALLOWED", *map(str, files))
+    out = _triage(
+        "send",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(daemon.port),
+        "--calling-aet",
+        "NOTALLOWED",
+        *map(str, files),
+    )
     assert out.returncode == 1
     assert out.stderr.count("association rejected") == 2
-    ok = _triage("send", "--host", "127.0.0.1", "--port", str(daemon.port),
-                 "--calling-aet", "PACS", *map(str, files))
+    ok = _triage(
+        "send",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(daemon.port),
+        "--calling-aet",
+        "PACS",
+        *map(str, files),
+    )
     assert ok.returncode == 0, ok.stderr
     daemon.stop()
     assert '"event": "association_rejected"' in daemon.log_text()

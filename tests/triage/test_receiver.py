@@ -6,17 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
+from dicom_factory import ct_slice, write_series
 from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
-from dicom_factory import ct_slice, write_series
 from triage.db import Instance, Series, Study
 
 
-def _assoc(port: int, calling: str = "TESTSCU", contexts: list[str] | None = None):  # noqa: ANN202
+def _assoc(port: int, calling: str = "TESTSCU", contexts: list[str] | None = None):
     ae = AE(ae_title=calling)
     for uid in contexts or [CTImageStorage]:
         ae.add_requested_context(uid, ExplicitVRLittleEndian)
@@ -89,7 +89,7 @@ def test_every_storage_class_is_accepted(start_receiver) -> None:
     assoc.release()
 
 
-def _nothing_stored(rx) -> None:  # noqa: ANN001
+def _nothing_stored(rx) -> None:
     with rx.sessions() as s:
         assert s.scalars(select(Instance)).all() == []
     leftovers = [p for p in rx.spool.rglob("*") if p.is_file()]
@@ -132,7 +132,7 @@ class _FakeEvent:
         return self._data
 
 
-def _file_bytes(ds) -> bytes:  # noqa: ANN001
+def _file_bytes(ds) -> bytes:
     from io import BytesIO
 
     buf = BytesIO()
@@ -140,7 +140,7 @@ def _file_bytes(ds) -> bytes:  # noqa: ANN001
     return buf.getvalue()
 
 
-def _target(rx):  # noqa: ANN001, ANN202
+def _target(rx):
     from triage.recorder import InstanceRecorder
     from triage.scp import StoreTarget
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from dicom_factory import ct_slice
 from sqlalchemy import select
 
-from dicom_factory import ct_slice
-from triage.db import Instance, Job, JobState, Series, SeriesState, create_db_engine, migrate
-from triage.db import session_factory
+from triage.db import (
+    Instance,
+    Job,
+    JobState,
+    Series,
+    SeriesState,
+    create_db_engine,
+    migrate,
+    session_factory,
+)
 from triage.reconcile import reconcile
 from triage.spool import instance_path, write_durably
 
@@ -32,8 +40,14 @@ def test_reconcile_repairs_every_kind_of_disagreement(tmp_path, db_url: str) -> 
         with sessions() as s:
             record_instances(
                 s,
-                [ReceivedInstance(parse_header(buf.getvalue()), str(path.relative_to(spool)), size,
-                                  __import__("triage.db.models").db.models.utcnow())],
+                [
+                    ReceivedInstance(
+                        parse_header(buf.getvalue()),
+                        str(path.relative_to(spool)),
+                        size,
+                        __import__("triage.db.models").db.models.utcnow(),
+                    )
+                ],
             )
             s.commit()
     # A file whose row was never committed (kill -9 between fsync and commit).

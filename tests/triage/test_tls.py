@@ -1,0 +1,149 @@
+"""DICOM TLS on the receiver, with a throwaway CA the test creates with openssl."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from dicom_factory import ct_slice
+from pydicom.uid import CTImageStorage
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-keyout",
+        str(d / "ca.key"),
+        "-out",
+        str(d / "ca.pem"),
+        "-subj",
+        "/CN=Test CA",
+    )
+    for name in ("server", "client"):
+        ext = d / f"{name}.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(d / f"{name}.key"),
+            "-out",
+            str(d / f"{name}.csr"),
+            "-subj",
+            f"/CN={name}",
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(d / f"{name}.csr"),
+            "-CA",
+            str(d / "ca.pem"),
+            "-CAkey",
+            str(d / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+            "-out",
+            str(d / f"{name}.pem"),
+        )
+    return d
+
+
+def _client_context(pki: Path, with_cert: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.pem"))
+    ctx.check_hostname = False
+    if with_cert:
+        ctx.load_cert_chain(pki / "client.pem", pki / "client.key")
+    return ctx
+
+
+def _tls(pki: Path, require: bool) -> dict:
+    return {
+        "enabled": True,
+        "certificate": str(pki / "server.pem"),
+        "private_key": str(pki / "server.key"),
+        "ca_certificate": str(pki / "ca.pem"),
+        "require_client_certificate": require,
+    }
+
+
+def test_store_over_tls(start_receiver, pki: Path) -> None:
+    rx = start_receiver(receiver={"tls": _tls(pki, require=False)})
+    ae = AE(ae_title="TLSSCU")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate(
+        "127.0.0.1",
+        rx.port,
+        ae_title="TRIAGE",
+        tls_args=(_client_context(pki, with_cert=False), None),
+    )
+    assert assoc.is_established
+    assert assoc.send_c_store(ct_slice("1.2.11", "1.2.11.1", 0)).Status == 0x0000
+    assoc.release()
+    assert len(list(rx.spool.rglob("*.dcm"))) == 1
+
+    # A client speaking plain DICOM to a TLS port gets nowhere.
+    plain = AE(ae_title="PLAIN")
+    plain.add_requested_context(Verification)
+    plain.acse_timeout = 3
+    plain.network_timeout = 3
+    assert not plain.associate("127.0.0.1", rx.port, ae_title="TRIAGE").is_established
+
+
+def test_client_certificate_required(start_receiver, pki: Path) -> None:
+    rx = start_receiver(receiver={"tls": _tls(pki, require=True)})
+    ae = AE(ae_title="TLSSCU")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = 3
+    ae.network_timeout = 3
+    refused = ae.associate(
+        "127.0.0.1",
+        rx.port,
+        ae_title="TRIAGE",
+        tls_args=(_client_context(pki, with_cert=False), None),
+    )
+    assert not refused.is_established
+    accepted = ae.associate(
+        "127.0.0.1",
+        rx.port,
+        ae_title="TRIAGE",
+        tls_args=(_client_context(pki, with_cert=True), None),
+    )
+    assert accepted.is_established
+    assert accepted.send_c_echo().Status == 0x0000
+    accepted.release()
+
+
+def test_bad_tls_files_give_a_clear_error(tmp_path: Path) -> None:
+    from triage.config import ReceiverConfig, TLSConfig
+    from triage.errors import TriageError
+    from triage.scp import build_ssl_context
+
+    cfg = ReceiverConfig(
+        tls=TLSConfig(
+            enabled=True, certificate=tmp_path / "no.pem", private_key=tmp_path / "no.key"
+        )
+    )
+    with pytest.raises(TriageError, match=r"receiver\.tls"):
+        build_ssl_context(cfg)
