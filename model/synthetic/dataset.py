@@ -1,0 +1,176 @@
+"""A data set of synthetic studies in the RSNA-STR PE layout, with ``train.csv`` and ``patients.csv``."""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model.synthetic.dicom_writer import StudyIdentity, WriteOptions, write_study
+from model.synthetic.difficulty import Difficulty, get_difficulty
+from model.synthetic.labels import EXAM_COLUMNS, IMAGE_COLUMNS
+from model.synthetic.phantom import StudyParams, generate_study
+
+PATIENT_COLUMNS = ("StudyInstanceUID", "PatientID")
+"""Columns of ``patients.csv``."""
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What :func:`write_dataset` wrote.
+
+    Parameters
+    ----------
+    out_dir : Path
+        Root folder.
+    studies, positives : int
+        Number of studies, and of those with emboli.
+    patients : int
+        Number of distinct patients (some have two studies).
+    slices, positive_slices : int
+        Number of axial slices, and of those with an embolus.
+    seconds : float
+        Wall time taken.
+    """
+
+    out_dir: Path
+    studies: int
+    positives: int
+    patients: int
+    slices: int
+    positive_slices: int
+    seconds: float
+
+
+def study_seeds(seed: int, n_studies: int) -> list[int]:
+    """Return the per-study seeds of a data set: distinct, and stable for a given ``seed``."""
+    state = np.random.SeedSequence([seed, 4000]).generate_state(n_studies, dtype=np.uint32)
+    seeds: list[int] = []
+    for s in state:
+        value = int(s)
+        while value in seeds:
+            value += 1
+        seeds.append(value)
+    return seeds
+
+
+def write_dataset(
+    out_dir: str | Path,
+    n_studies: int,
+    positive_fraction: float = 0.5,
+    seed: int = 0,
+    difficulty: str | Difficulty = "realistic",
+    n_slices: int | None = None,
+    matrix: int = 512,
+    vary_storage: bool = True,
+    extra_series: bool = False,
+    second_study_fraction: float = 0.2,
+) -> DatasetSummary:
+    """Write ``n_studies`` studies with weak labels in the RSNA-STR PE layout.
+
+    Files go to ``out_dir/<StudyUID>/<SeriesUID>/<file>.dcm``. ``out_dir/train.csv`` has one
+    row per axial image with the RSNA columns (:data:`~model.synthetic.labels.IMAGE_COLUMNS`
+    then :data:`~model.synthetic.labels.EXAM_COLUMNS`), and ``out_dir/patients.csv`` maps
+    each study to its patient, so folds can be grouped by patient.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Root folder; created if missing.
+    n_studies : int
+        How many studies.
+    positive_fraction : float
+        Fraction of studies with emboli (rounded to a whole number of studies).
+    seed : int
+        Seed of the whole data set.
+    difficulty : str or Difficulty
+        Preset name or custom :class:`Difficulty`.
+    n_slices : int or None
+        Force the slice count of every study (for quick tests); None gives 80 to 160.
+    matrix : int
+        Rows and columns of each image.
+    vary_storage : bool
+        Draw each study's transfer syntax, pixel signedness, instance order and file
+        naming, as a mix of scanners would send; otherwise explicit VR, unsigned, head first.
+    extra_series : bool
+        Add a localizer, a 1 mm reconstruction and a dose report to every study. Only the
+        axial series appears in ``train.csv``.
+    second_study_fraction : float
+        Chance that a study belongs to the patient of the study before it (each patient
+        has at most two).
+
+    Returns
+    -------
+    DatasetSummary
+        Counts and timing.
+    """
+    if n_studies < 1:
+        raise ValueError("n_studies must be at least 1.")
+    if not 0.0 <= positive_fraction <= 1.0:
+        raise ValueError("positive_fraction must be between 0 and 1.")
+    if not 0.0 <= second_study_fraction <= 1.0:
+        raise ValueError("second_study_fraction must be between 0 and 1.")
+    get_difficulty(difficulty)
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 4001]))
+    n_pos = int(round(n_studies * positive_fraction))
+    positive = np.zeros(n_studies, dtype=bool)
+    positive[rng.permutation(n_studies)[:n_pos]] = True
+    seeds = study_seeds(seed, n_studies)
+
+    patients: list[int] = []
+    for i, s in enumerate(seeds):
+        repeat = i > 0 and patients.count(patients[-1]) == 1 and rng.random() < second_study_fraction
+        patients.append(patients[-1] if repeat else s)
+
+    slices = positive_slices = 0
+    with (
+        open(out / "train.csv", "w", newline="") as train_file,
+        open(out / "patients.csv", "w", newline="") as patient_file,
+    ):
+        train = csv.writer(train_file)
+        train.writerow([*IMAGE_COLUMNS, *EXAM_COLUMNS])
+        patient_rows = csv.writer(patient_file)
+        patient_rows.writerow(PATIENT_COLUMNS)
+        for i, study_seed in enumerate(seeds):
+            params = StudyParams(
+                positive=bool(positive[i]),
+                difficulty=difficulty,
+                n_slices=n_slices,
+                matrix=matrix,
+                patient_seed=patients[i],
+            )
+            phantom = generate_study(study_seed, params)
+            extras = {"localizer": extra_series, "thin": extra_series, "dose_report": extra_series}
+            options = WriteOptions.random(rng, **extras) if vary_storage else WriteOptions(**extras)
+            identity = StudyIdentity.from_seed(study_seed, patients[i])
+            written = write_study(phantom, out, options, identity)
+            axial = written.axial
+            exam = [phantom.exam.as_row()[c] for c in EXAM_COLUMNS]
+            for k, sop in enumerate(axial.sop_instance_uids):
+                train.writerow(
+                    [
+                        identity.study_instance_uid,
+                        axial.series_instance_uid,
+                        sop,
+                        int(phantom.slice_labels[k]),
+                        *exam,
+                    ]
+                )
+            patient_rows.writerow([identity.study_instance_uid, identity.patient_id])
+            slices += phantom.n_slices
+            positive_slices += int(phantom.slice_labels.sum())
+    return DatasetSummary(
+        out_dir=out,
+        studies=n_studies,
+        positives=n_pos,
+        patients=len(set(patients)),
+        slices=slices,
+        positive_slices=positive_slices,
+        seconds=time.perf_counter() - start,
+    )
