@@ -32,10 +32,14 @@ def main() -> None:
         phantom_s.append(t1 - t0)
         total_s.append(t2 - t0)
     print(f"cpus available: {len(os.sched_getaffinity(0))}")
-    print(f"phantom only, 120 slices 512x512: {min(phantom_s):.2f} s best, "
-          f"{sum(phantom_s) / len(phantom_s):.2f} s mean of {args.repeat}")
-    print(f"phantom + DICOM ({args.transfer_syntax}): {min(total_s):.2f} s best, "
-          f"{sum(total_s) / len(total_s):.2f} s mean of {args.repeat}")
+    print(
+        f"phantom only, 120 slices 512x512: {min(phantom_s):.2f} s best, "
+        f"{sum(phantom_s) / len(phantom_s):.2f} s mean of {args.repeat}"
+    )
+    print(
+        f"phantom + DICOM ({args.transfer_syntax}): {min(total_s):.2f} s best, "
+        f"{sum(total_s) / len(total_s):.2f} s mean of {args.repeat}"
+    )
 
 
 if __name__ == "__main__":

@@ -59,22 +59,30 @@ def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     target.add_argument("--preview", type=Path, metavar="OUT.png", help="write a montage PNG")
     p.add_argument("--studies", type=_positive_int, default=10, metavar="N", help="default 10")
     p.add_argument(
-        "--positive-fraction", type=_fraction, default=0.5, metavar="F",
+        "--positive-fraction",
+        type=_fraction,
+        default=0.5,
+        metavar="F",
         help="fraction of studies with emboli (default 0.5)",
     )
     p.add_argument("--seed", type=_seed, default=0, metavar="S", help="default 0")
     p.add_argument("--difficulty", choices=sorted(DIFFICULTIES), default="realistic")
     p.add_argument(
-        "--slices", type=_positive_int, default=None, metavar="N",
+        "--slices",
+        type=_positive_int,
+        default=None,
+        metavar="N",
         help="force the slice count (default: 80-160 at 3 mm, from the anatomy)",
     )
     p.add_argument("--matrix", type=_positive_int, default=512, metavar="PX", help="default 512")
     p.add_argument(
-        "--extra-series", action="store_true",
+        "--extra-series",
+        action="store_true",
         help="add a localizer, a 1 mm reconstruction and a dose report to each study",
     )
     p.add_argument(
-        "--uniform-storage", action="store_true",
+        "--uniform-storage",
+        action="store_true",
         help="write every study as explicit VR, unsigned, head first (no scanner variation)",
     )
     p.set_defaults(func=_run_synth)
@@ -89,7 +97,9 @@ def _run_synth(args: argparse.Namespace) -> int:
         phantom = generate_study(
             args.seed,
             StudyParams(
-                positive=True, difficulty=args.difficulty, n_slices=args.slices,
+                positive=True,
+                difficulty=args.difficulty,
+                n_slices=args.slices,
                 matrix=args.matrix,
             ),
         )

@@ -136,8 +136,10 @@ def sample_anatomy(
     # Breath-hold depth moves the diaphragm between studies.
     right_dome = lung_height - float(study.uniform(35.0, 55.0))
     left_dome = right_dome + float(study.uniform(8.0, 22.0))
-    neck = float(study.uniform(45.0, 75.0)) if study.random() < 0.3 else float(
-        study.uniform(8.0, 30.0)
+    neck = (
+        float(study.uniform(45.0, 75.0))
+        if study.random() < 0.3
+        else float(study.uniform(8.0, 30.0))
     )
     abdomen = float(study.uniform(25.0, 75.0))
     span = lung_height + neck + abdomen
@@ -243,7 +245,7 @@ def _cavity_scale(s: float) -> float:
 
 def spine_centre(an: Anatomy, s: float) -> tuple[float, float]:
     """Return ``y`` and radius of the vertebral body at depth ``s``."""
-    a, b, cy = body_section(an, s)
+    _, b, cy = body_section(an, s)
     w = _smoothstep((s + 45.0) / 60.0)
     thorax = an.cavity_y + 0.86 * an.cavity_b
     neck = cy + 0.3 * b
@@ -464,10 +466,22 @@ def paint_anatomy(grid: Grid, an: Anatomy, heart: Heart) -> NDArray[np.uint8]:
 
     paths = great_vessel_paths(an, heart)
     polyline(labels, grid, paths["oesophagus"], [7.0] * 4, T.ESOPHAGUS, _VESSEL)
-    polyline(labels, grid, paths["aorta"], [13.0, 15.0, 14.0, 13.0, 12.0, 12.0, 11.5, 10.5],
-             T.AORTA, allowed_lut([*_VESSEL.nonzero()[0], T.LEFT_VENTRICLE]))
-    polyline(labels, grid, paths["svc"], [8.0, 9.0, 10.0], T.SVC,
-             allowed_lut([*_VESSEL.nonzero()[0], T.RIGHT_ATRIUM]))
+    polyline(
+        labels,
+        grid,
+        paths["aorta"],
+        [13.0, 15.0, 14.0, 13.0, 12.0, 12.0, 11.5, 10.5],
+        T.AORTA,
+        allowed_lut([*_VESSEL.nonzero()[0], T.LEFT_VENTRICLE]),
+    )
+    polyline(
+        labels,
+        grid,
+        paths["svc"],
+        [8.0, 9.0, 10.0],
+        T.SVC,
+        allowed_lut([*_VESSEL.nonzero()[0], T.RIGHT_ATRIUM]),
+    )
     airway = allowed_lut([T.AIRWAY_WALL])
     for name, r in (("trachea", 10.0), ("right_bronchus", 7.0), ("left_bronchus", 6.0)):
         pts = paths[name]

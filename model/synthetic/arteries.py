@@ -226,7 +226,11 @@ def paint_veins(
         if painted >= 140:
             break
         u = rng.uniform(-1.0, 1.0, size=2)
-        p = (float(u[0] * span[0]), an.cavity_y + float(u[1] * span[1]), float(rng.uniform(10.0, span[2])))
+        p = (
+            float(u[0] * span[0]),
+            an.cavity_y + float(u[1] * span[1]),
+            float(rng.uniform(10.0, span[2])),
+        )
         if not lung_contains(an, p):
             continue
         d = _deviate(rng, _unit(np.array([p[0], p[1] - an.cavity_y, 0.3 * rng.normal()])), 35.0)

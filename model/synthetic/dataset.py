@@ -1,10 +1,10 @@
-"""A data set of synthetic studies in the RSNA-STR PE layout, with ``train.csv`` and ``patients.csv``."""
+"""A data set of synthetic studies in the RSNA-STR PE layout, with train.csv and patients.csv."""
 
 from __future__ import annotations
 
 import csv
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -118,14 +118,16 @@ def write_dataset(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 4001]))
-    n_pos = int(round(n_studies * positive_fraction))
+    n_pos = round(n_studies * positive_fraction)
     positive = np.zeros(n_studies, dtype=bool)
     positive[rng.permutation(n_studies)[:n_pos]] = True
     seeds = study_seeds(seed, n_studies)
 
     patients: list[int] = []
     for i, s in enumerate(seeds):
-        repeat = i > 0 and patients.count(patients[-1]) == 1 and rng.random() < second_study_fraction
+        repeat = (
+            i > 0 and patients.count(patients[-1]) == 1 and rng.random() < second_study_fraction
+        )
         patients.append(patients[-1] if repeat else s)
 
     slices = positive_slices = 0
@@ -146,8 +148,14 @@ def write_dataset(
                 patient_seed=patients[i],
             )
             phantom = generate_study(study_seed, params)
-            extras = {"localizer": extra_series, "thin": extra_series, "dose_report": extra_series}
-            options = WriteOptions.random(rng, **extras) if vary_storage else WriteOptions(**extras)
+            options = (
+                WriteOptions.random(rng)
+                if vary_storage
+                else WriteOptions(transfer_syntax="explicit")
+            )
+            options = replace(
+                options, localizer=extra_series, thin=extra_series, dose_report=extra_series
+            )
             identity = StudyIdentity.from_seed(study_seed, patients[i])
             written = write_study(phantom, out, options, identity)
             axial = written.axial

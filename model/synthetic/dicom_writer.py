@@ -23,6 +23,7 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -98,7 +99,9 @@ class StudyIdentity:
         prng = np.random.default_rng(np.random.SeedSequence([patient, 2000]))
         srng = np.random.default_rng(np.random.SeedSequence([seed, 2001]))
         birth = dt.date(1930, 1, 1) + dt.timedelta(days=int(prng.integers(0, 365 * 75)))
-        when = dt.datetime(2020, 1, 1) + dt.timedelta(seconds=int(srng.integers(0, 4 * 365 * 86400)))
+        when = dt.datetime(2020, 1, 1) + dt.timedelta(
+            seconds=int(srng.integers(0, 4 * 365 * 86400))
+        )
         return cls(
             patient_name=f"SYNTHETIC^PHANTOM{patient:06d}",
             patient_id=f"SYN-{patient:06d}",
@@ -132,7 +135,8 @@ class WriteOptions:
         ``sop_uid`` names files ``<SOPInstanceUID>.dcm`` (the RSNA layout); ``shuffled``
         names them ``IM000001.dcm`` ... in a random order unrelated to position.
     localizer, thin, dose_report : bool
-        Add a scout image, a 1 mm reconstruction, or a dose report series.
+        Add a scout image, a thin reconstruction (a third of the slice thickness: 1 mm
+        for the default 3 mm, over the same range and anatomy), or a dose report series.
     scanner : int or None
         Index into :data:`SCANNERS`; None picks one from the seed.
     """
@@ -149,7 +153,7 @@ class WriteOptions:
 
     def __post_init__(self) -> None:
         try:
-            self.syntax_uid
+            _ = self.syntax_uid
         except KeyError:
             raise ValueError(
                 f"Unknown transfer syntax {self.transfer_syntax!r}; use one of "
@@ -179,19 +183,21 @@ class WriteOptions:
         return 0 if self.signed else -1024
 
     @classmethod
-    def random(cls, rng: np.random.Generator, **overrides: object) -> WriteOptions:
-        """Draw the storage variations a mix of real scanners shows."""
+    def random(cls, rng: np.random.Generator) -> WriteOptions:
+        """Draw the storage variations a mix of real scanners shows (no extra series).
+
+        Use :func:`dataclasses.replace` on the result to add extra series.
+        """
         signed = bool(rng.random() < 0.5)
-        chosen: dict[str, object] = {
-            "transfer_syntax": str(rng.choice(list(TRANSFER_SYNTAXES), p=[0.4, 0.2, 0.15, 0.15, 0.1])),
-            "signed": signed,
-            "rescale_intercept": -1024 if (not signed or rng.random() < 0.3) else 0,
-            "instance_order": "head_first" if rng.random() < 0.6 else "feet_first",
-            "file_names": "sop_uid" if rng.random() < 0.7 else "shuffled",
-            "scanner": int(rng.integers(len(SCANNERS))),
-        }
-        chosen.update(overrides)
-        return cls(**chosen)  # type: ignore[arg-type]
+        syntax = str(rng.choice(list(TRANSFER_SYNTAXES), p=[0.4, 0.2, 0.15, 0.15, 0.1]))
+        return cls(
+            transfer_syntax=syntax,
+            signed=signed,
+            rescale_intercept=-1024 if (not signed or rng.random() < 0.3) else 0,
+            instance_order="head_first" if rng.random() < 0.6 else "feet_first",
+            file_names="sop_uid" if rng.random() < 0.7 else "shuffled",
+            scanner=int(rng.integers(len(SCANNERS))),
+        )
 
 
 @dataclass(frozen=True)
@@ -285,7 +291,7 @@ def _file_meta(ds: Dataset, syntax: str) -> None:
     if syntax in _COMPRESSED:
         ds.compress(syntax, generate_instance_uid=False)
     else:
-        meta.TransferSyntaxUID = syntax
+        meta.TransferSyntaxUID = UID(syntax)
 
 
 def _set_pixels(ds: Dataset, stored: NDArray[np.integer], signed: bool, bits: int) -> None:
@@ -312,7 +318,7 @@ def _store(hu: NDArray[np.int16], options: WriteOptions) -> tuple[NDArray[np.int
 
 
 def _exposure(phantom: Phantom) -> tuple[float, int, float]:
-    """Tube voltage, current and CTDIvol consistent with the study's noise (lower dose, more noise)."""
+    """Tube voltage, current and CTDIvol consistent with the study's noise level."""
     rng = np.random.default_rng(np.random.SeedSequence([phantom.seed, 3000]))
     kvp = float(rng.choice([80.0, 100.0, 120.0]))
     scale = (15.0 / phantom.contrast.noise_sd) ** 2
@@ -323,7 +329,7 @@ def _exposure(phantom: Phantom) -> tuple[float, int, float]:
 
 def _time_plus(hhmmss: str, seconds: float) -> str:
     t = dt.datetime.strptime(hhmmss, "%H%M%S") + dt.timedelta(seconds=seconds)
-    return t.strftime("%H%M%S") + f".{int(round((seconds % 1) * 1e6)):06d}"
+    return t.strftime("%H%M%S") + f".{round((seconds % 1) * 1e6):06d}"
 
 
 def ct_series(
@@ -385,7 +391,9 @@ def ct_series(
         ds.ContentTime = _time_plus(identity.study_time, 30 + 0.25 * k)
         ds.AcquisitionDate = identity.study_date
         ds.AcquisitionTime = _time_plus(identity.study_time, 20 + 0.05 * k)
-        ds.ImagePositionPatient = [f"{v:.4f}".rstrip("0").rstrip(".") for v in geo.image_position(k)]
+        ds.ImagePositionPatient = [
+            f"{v:.4f}".rstrip("0").rstrip(".") for v in geo.image_position(k)
+        ]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.SliceLocation = f"{geo.slice_z[k]:.4f}".rstrip("0").rstrip(".")
         ds.PixelSpacing = [f"{geo.pixel_spacing:.6f}".rstrip("0")] * 2
@@ -426,8 +434,10 @@ def localizer_dataset(
     geo = phantom.geometry
     mu = np.clip(phantom.hu.astype(np.float32) + 1000.0, 0.0, None).mean(axis=1)  # (z, x)
     height = geo.slice_z[0] - geo.slice_z[-1]
-    rows = max(2, int(round(height / geo.pixel_spacing)) + 1)
-    idx = np.clip(np.rint(np.arange(rows) * geo.pixel_spacing / geo.slice_thickness), 0, len(mu) - 1)
+    rows = max(2, round(height / geo.pixel_spacing) + 1)
+    idx = np.clip(
+        np.rint(np.arange(rows) * geo.pixel_spacing / geo.slice_thickness), 0, len(mu) - 1
+    )
     scout = mu[idx.astype(int)]
     scout = np.clip(scout * (4000.0 / max(float(scout.max()), 1.0)), 0, 4095).astype(np.uint16)
 
@@ -512,9 +522,7 @@ def dose_report_dataset(
     return ds
 
 
-def _write(
-    datasets: Sequence[Dataset], folder: Path, names: Sequence[str]
-) -> tuple[Path, ...]:
+def _write(datasets: Sequence[Dataset], folder: Path, names: Sequence[str]) -> tuple[Path, ...]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for ds, name in zip(datasets, names, strict=True):
@@ -564,18 +572,23 @@ def write_study(
     def add(kind: str, datasets: list[Dataset]) -> None:
         uid = str(datasets[0].SeriesInstanceUID)
         paths = _write(datasets, study_dir / uid, _names(datasets, options, phantom.seed))
-        series.append(WrittenSeries(kind, uid, tuple(str(d.SOPInstanceUID) for d in datasets), paths))
+        series.append(
+            WrittenSeries(kind, uid, tuple(str(d.SOPInstanceUID) for d in datasets), paths)
+        )
 
     thickness = phantom.geometry.slice_thickness
     add("axial", ct_series(phantom, identity, options, 2, f"CTPA {thickness:.1f} mm"))
     if options.thin:
+        # A third of the slice thickness (1 mm for 3 mm) over the same range, same anatomy.
+        forced = phantom.params.n_slices
         thin_params = replace(
             phantom.params,
-            slice_thickness=1.0,
-            n_slices=None if phantom.params.n_slices is None else 3 * phantom.params.n_slices,
+            slice_thickness=max(0.5, phantom.params.slice_thickness / 3.0),
+            n_slices=None if forced is None else 3 * (forced - 1) + 1,
         )
         thin = generate_study(phantom.seed, thin_params)
-        add("thin", ct_series(thin, identity, options, 3, "CTPA 1.0 mm thin", kind="thin"))
+        desc = f"CTPA {thin.geometry.slice_thickness:.1f} mm thin"
+        add("thin", ct_series(thin, identity, options, 3, desc, kind="thin"))
     if options.localizer:
         add("localizer", [localizer_dataset(phantom, identity, options)])
     if options.dose_report:

@@ -122,13 +122,20 @@ def _touching(
             continue
         sbox, smask = found
         inter = tuple(
-            slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box, sbox, strict=True)
+            slice(max(a.start, b.start), min(a.stop, b.stop))
+            for a, b in zip(box, sbox, strict=True)
         )
         if any(s.stop <= s.start for s in inter):
             continue
-        own = mask[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inter, box, strict=True))]
+        own = mask[
+            tuple(
+                slice(i.start - b.start, i.stop - b.start) for i, b in zip(inter, box, strict=True)
+            )
+        ]
         theirs = smask[
-            tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inter, sbox, strict=True))
+            tuple(
+                slice(i.start - b.start, i.stop - b.start) for i, b in zip(inter, sbox, strict=True)
+            )
         ]
         if np.any(own & theirs):
             out.append(seg)

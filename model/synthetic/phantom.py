@@ -255,9 +255,7 @@ def generate_study(seed: int, params: StudyParams | None = None) -> Phantom:
         )
         if not emboli:
             # A coarse grid can miss every small clot; a positive study still needs one.
-            emboli, embolus_mask = place_emboli(
-                labels, grid, tree, _FALLBACK, 1, rngs["emboli"]
-            )
+            emboli, embolus_mask = place_emboli(labels, grid, tree, _FALLBACK, 1, rngs["emboli"])
         if not emboli:
             raise RuntimeError(
                 f"Could not fit an embolus into study {seed}; use more slices or a larger matrix."
@@ -269,7 +267,7 @@ def generate_study(seed: int, params: StudyParams | None = None) -> Phantom:
     lung_gradient = (anatomy.cavity_y, 45.0 / anatomy.cavity_b)
     svc_path = great_vessel_paths(anatomy, heart)["svc"]
     hu = render(labels, grid, contrast, rngs["noise"], lung_gradient, svc_path)
-    slice_labels = embolus_mask.any(axis=(1, 2))
+    slice_labels: NDArray[np.bool_] = np.asarray(embolus_mask.any(axis=(1, 2)))
     return Phantom(
         seed=seed,
         params=params,
@@ -290,9 +288,7 @@ def generate_study(seed: int, params: StudyParams | None = None) -> Phantom:
     )
 
 
-def _geometry(
-    an: Anatomy, params: StudyParams, rng: np.random.Generator
-) -> tuple[Grid, Geometry]:
+def _geometry(an: Anatomy, params: StudyParams, rng: np.random.Generator) -> tuple[Grid, Geometry]:
     """Choose the field of view, table position and slices for a study."""
     width = 2.0 * an.body_a + float(rng.uniform(30.0, 80.0))
     spacing512 = float(np.clip(width / 512.0, 0.6, 0.9))
@@ -306,7 +302,7 @@ def _geometry(
     top, bottom = an.scan_top, an.scan_bottom
     if params.n_slices is None:
         thickness = params.slice_thickness
-        n = int(round((bottom - top) / thickness)) + 1
+        n = round((bottom - top) / thickness) + 1
     else:
         n = params.n_slices
         thickness = (bottom - top) / (n - 1)

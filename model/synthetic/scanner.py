@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -213,7 +214,9 @@ def render(
         o = offsets[k]
         drift = k // 3
         lung = lab == T.LUNG
-        h += lung * (ramp[:, None] + texture[(drift % pad) : (drift % pad) + ny, o[2] // 4 : o[2] // 4 + nx])
+        h += lung * (
+            ramp[:, None] + texture[(drift % pad) : (drift % pad) + ny, o[2] // 4 : o[2] // 4 + nx]
+        )
         h += pool[o[0] % 8, o[1] : o[1] + ny, o[2] : o[2] + nx]
         s = float(grid.s[k])
         if streak is not None and svc_top <= s <= svc_bottom:
@@ -227,7 +230,7 @@ def render(
 
 def _on_path(path: list[Point], s: float) -> tuple[float, float]:
     """Return ``(x, y)`` of a polyline where it crosses depth ``s``."""
-    for p0, p1 in zip(path[:-1], path[1:], strict=True):
+    for p0, p1 in itertools.pairwise(path):
         if min(p0[2], p1[2]) <= s <= max(p0[2], p1[2]) and p1[2] != p0[2]:
             t = (s - p0[2]) / (p1[2] - p0[2])
             return (p0[0] + t * (p1[0] - p0[0]), p0[1] + t * (p1[1] - p0[1]))

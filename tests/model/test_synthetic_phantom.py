@@ -61,7 +61,10 @@ def test_pulmonary_arteries_enhance_more_than_clot(positive: Phantom) -> None:
     clot = ndimage.binary_erosion(positive.embolus_mask, structure=np.ones((1, 3, 3), bool))
     assert clot.sum() > 10
     assert 0.0 <= float(np.median(positive.hu[clot])) <= 110.0
-    assert np.median(positive.hu[clot]) < np.median(positive.hu[positive.tissue == T.PULMONARY_ARTERY]) - 150
+    assert (
+        np.median(positive.hu[clot])
+        < np.median(positive.hu[positive.tissue == T.PULMONARY_ARTERY]) - 150
+    )
 
 
 def test_emboli_lie_inside_pulmonary_arteries(positive: Phantom) -> None:
