@@ -14,6 +14,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,6 +29,7 @@ from triage.db.models import utcnow
 from triage.errors import InvalidUIDError, TriageError
 from triage.header import ReceivedInstance, UnreadableDatasetError, parse_header
 from triage.logs import get_logger
+from triage.part10 import file_header
 from triage.recorder import InstanceRecorder
 from triage.spool import free_disk_mb, instance_path, write_durably
 
@@ -72,7 +74,16 @@ def handle_store(event: evt.Event, target: StoreTarget) -> int | Dataset:
         )
         return _failure(OUT_OF_RESOURCES, "receiver disk is full")
 
-    data = event.encoded_dataset()
+    # The same bytes as event.encoded_dataset(), without its pydicom FileMetaDataset.
+    data = (
+        file_header(
+            str(request.AffectedSOPClassUID or ""),
+            req_sop,
+            str(event.context.transfer_syntax),
+            calling,
+        )
+        + cast(BytesIO, request.DataSet).getvalue()
+    )
     try:
         header = parse_header(data)
     except UnreadableDatasetError as err:
