@@ -59,6 +59,23 @@ def _failure(status: int, comment: str) -> Dataset:
     return ds
 
 
+def _encoded_dataset(event: evt.Event, request: C_STORE, calling: str) -> bytes:
+    """The received dataset as a DICOM file: what ``event.encoded_dataset()`` returns."""
+    stream = getattr(request, "DataSet", None)
+    if not isinstance(stream, BytesIO):
+        # Anything but pynetdicom's usual in-memory stream (its chunked, on-disk mode, for
+        # one) goes through pynetdicom, which knows how to read it.
+        return event.encoded_dataset()
+    # Same bytes, without the pydicom FileMetaDataset that costs ~0.6 ms per instance.
+    meta = file_header(
+        str(request.AffectedSOPClassUID or ""),
+        str(request.AffectedSOPInstanceUID or ""),
+        str(event.context.transfer_syntax),
+        calling,
+    )
+    return meta + stream.getvalue()
+
+
 def handle_store(event: evt.Event, target: StoreTarget) -> int | Dataset:
     """Store one instance durably, then answer Success; answer a failure status otherwise."""
     request = cast(C_STORE, event.request)
@@ -74,16 +91,7 @@ def handle_store(event: evt.Event, target: StoreTarget) -> int | Dataset:
         )
         return _failure(OUT_OF_RESOURCES, "receiver disk is full")
 
-    # The same bytes as event.encoded_dataset(), without its pydicom FileMetaDataset.
-    data = (
-        file_header(
-            str(request.AffectedSOPClassUID or ""),
-            req_sop,
-            str(event.context.transfer_syntax),
-            calling,
-        )
-        + cast(BytesIO, request.DataSet).getvalue()
-    )
+    data = _encoded_dataset(event, request, calling)
     try:
         header = parse_header(data)
     except UnreadableDatasetError as err:
