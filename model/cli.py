@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from model.stats_cli import add_stats
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -127,6 +129,7 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_synth,
+    add_stats,
 ]
 """Functions that each add one subcommand; each sets ``func`` to its runner."""
 
