@@ -190,7 +190,7 @@ def triage_rows(db: Path) -> int:
 
 
 def start_triage(
-    work: Path, port: int, max_pdu: int, processes: int | None, log_level: str
+    work: Path, port: int, max_pdu: int, log_level: str
 ) -> tuple[subprocess.Popen[bytes], Path]:
     data_dir = work / "triage-data"
     config = work / "triage.yaml"
@@ -204,8 +204,6 @@ def start_triage(
         "  max_associations: 64",
         "  min_free_disk_mb: 64",
     ]
-    if processes is not None:
-        lines.append(f"  processes: {processes}")
     lines += [
         "series:",
         "  stable_seconds: 86400",  # nothing becomes complete mid-benchmark
@@ -276,7 +274,6 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="run storescp with --fork (auto: when K > 1)",
     )
-    parser.add_argument("--processes", type=int, help="receiver.processes for triage")
     parser.add_argument("--repeat", type=int, default=1, help="runs per target and K; median")
     parser.add_argument("--log-level", default="INFO", help="triage's logging.level")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
@@ -312,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results: list[Result] = []
         tport, sport = free_port(), free_port()
-        triage, data_dir = start_triage(work, tport, args.max_pdu, args.processes, args.log_level)
+        triage, data_dir = start_triage(work, tport, args.max_pdu, args.log_level)
         try:
             wait_until_echo(tport, "TRIAGE", triage, 60)
             for k in args.concurrency:
@@ -353,7 +350,6 @@ def main(argv: list[str] | None = None) -> int:
             f"max PDU {args.max_pdu or 'unlimited'}; TCP_NODELAY={args.tcp_nodelay} for dcmtk, "
             "always on in triage; triage: fsync file + rename + fsync folder + committed row "
             "before Success; storescp: default output mode, no fsync"
-            + (f"; triage receiver.processes={args.processes}" if args.processes else "")
         )
         header = f"{'target':<9} {'K':>2} {'images':>7} {'seconds':>8} {'images/s':>9} {'MB/s':>7}"
         print(header)
