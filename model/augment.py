@@ -69,7 +69,8 @@ def elastic(img: Image, rng: np.random.Generator) -> Image:
 
 def blur(img: Image, rng: np.random.Generator) -> Image:
     """Gaussian blur, sigma 0.5–1.5 pixels (at 386)."""
-    sigma = rng.uniform(0.5, 1.5) * img.shape[0] / _REFERENCE_SIZE
+    # At least half a pixel, so the recipe still blurs on small test inputs.
+    sigma = max(0.5, rng.uniform(0.5, 1.5) * img.shape[0] / _REFERENCE_SIZE)
     return ndimage.gaussian_filter(img, sigma=(sigma, sigma, 0)).astype(np.float32)
 
 
