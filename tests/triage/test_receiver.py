@@ -292,3 +292,24 @@ def test_compressed_transfer_syntaxes_are_stored_as_sent(start_receiver, syntax:
     assert stored.file_meta.TransferSyntaxUID == syntax
     # Later stages decode it with the installed plugins; lossless means identical pixels.
     assert np.array_equal(stored.pixel_array, original)
+
+
+def test_stored_file_meta_describes_the_received_instance(start_receiver) -> None:
+    """The receiver writes the PS3.10 header itself; a DICOM reader must find it right."""
+    rx = start_receiver()
+    ds = ct_slice("1.2.3.4", "1.2.3.4.14", 0)
+    assoc = _assoc(rx.port, calling="PACS_A")
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    (path,) = rx.spool.rglob("*.dcm")
+    raw = path.read_bytes()
+    assert raw[:132] == b"\x00" * 128 + b"DICM"
+    meta = dcmread(path).file_meta
+    assert meta.MediaStorageSOPClassUID == CTImageStorage
+    assert meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert meta.SourceApplicationEntityTitle == "PACS_A"
+    assert meta.FileMetaInformationVersion == b"\x00\x01"
+    # The group length covers exactly the meta elements that follow it.
+    group_length = int.from_bytes(raw[140:144], "little")
+    assert raw[144 + group_length : 146 + group_length] == b"\x08\x00"  # next is group 0008
