@@ -1,0 +1,321 @@
+"""Preprocessing: DICOM series in, fixed-size model input and slice-to-SOP mapping out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from model.preprocess import (
+    CTVolume,
+    PreprocessConfig,
+    PreprocessedSeries,
+    SeriesRejectedError,
+    preprocess_series,
+    preprocess_volume,
+    read_series,
+)
+from model.synthetic import Phantom, StudyParams, WriteOptions, generate_study, write_study
+
+SMALL = PreprocessConfig(input_size=64, num_slices=32, min_slices=4)
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Phantom:
+    return generate_study(5, StudyParams(positive=True, n_slices=20, matrix=128))
+
+
+def _write(phantom: Phantom, root: Path, **options: object) -> list[Path]:
+    return list(write_study(phantom, root, WriteOptions(**options)).axial.paths)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def reference(phantom: Phantom, tmp_path_factory: pytest.TempPathFactory) -> PreprocessedSeries:
+    return preprocess_series(_write(phantom, tmp_path_factory.mktemp("ref")), SMALL)
+
+
+def _assert_same(a: PreprocessedSeries, b: PreprocessedSeries) -> None:
+    assert np.array_equal(a.volume, b.volume)
+    assert np.array_equal(a.mask, b.mask)
+    assert a.sop_instance_uids == b.sop_instance_uids
+
+
+# --- configuration ---------------------------------------------------------------------
+
+
+def test_config_defaults_round_trip_through_json() -> None:
+    config = PreprocessConfig()
+    assert (config.num_slices, config.slice_spacing_mm, config.input_size, config.channels) == (
+        96, 3.0, 386, 3,
+    )
+    assert (config.window_center, config.window_width, config.segment) == (100.0, 700.0, True)
+    restored = PreprocessConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config
+    assert PreprocessConfig.from_dict({"input_size": 64}).input_size == 64
+
+
+def test_config_rejects_unknown_keys_and_bad_values() -> None:
+    with pytest.raises(ValueError, match="window_centre"):
+        PreprocessConfig.from_dict({"window_centre": 40})
+    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+        PreprocessConfig(channels=2)
+    with pytest.raises(ValueError, match="input_size must be at least 1"):
+        PreprocessConfig(input_size=0)
+    with pytest.raises(ValueError, match="segment must be true or false"):
+        PreprocessConfig.from_dict({"segment": "yes"})
+
+
+# --- ordering and storage ----------------------------------------------------------------
+
+
+def test_output_is_cranial_first_and_maps_to_source_slices(
+    phantom: Phantom, tmp_path: Path, reference: PreprocessedSeries
+) -> None:
+    written = write_study(phantom, tmp_path).axial
+    n = phantom.n_slices
+    # 20 slices over the phantom's range are coarser than 3 mm, so they are resampled;
+    # every output slice maps to a source slice, the first to the most cranial one.
+    assert reference.mask.sum() > 0
+    assert reference.sop_instance_uids[0] == written.sop_instance_uids[0]
+    real = [u for u in reference.sop_instance_uids if u is not None]
+    order = [written.sop_instance_uids.index(u) for u in real]
+    assert order == sorted(order) and order[-1] <= n - 1
+    assert np.all(np.diff(reference.slice_positions_mm[reference.mask]) < 0)
+
+
+@pytest.mark.parametrize(
+    ("instance_order", "file_names"),
+    [("feet_first", "sop_uid"), ("head_first", "shuffled"), ("feet_first", "shuffled")],
+)
+def test_instance_numbers_and_file_order_do_not_change_the_output(
+    phantom: Phantom,
+    tmp_path: Path,
+    reference: PreprocessedSeries,
+    instance_order: str,
+    file_names: str,
+) -> None:
+    files = _write(phantom, tmp_path, instance_order=instance_order, file_names=file_names)
+    _assert_same(preprocess_series(files[::-1], SMALL), reference)
+    rng = np.random.default_rng(0)
+    shuffled = [files[i] for i in rng.permutation(len(files))]
+    _assert_same(preprocess_series(shuffled, SMALL), reference)
+
+
+def test_a_normal_pointing_to_the_feet_still_gives_cranial_first(
+    phantom: Phantom, tmp_path: Path
+) -> None:
+    written = write_study(phantom, tmp_path).axial
+    for path in written.paths:
+        ds = dcmread(path)
+        # Columns running right-to-left flip the normal to point to the feet.
+        ds.ImageOrientationPatient = [-1, 0, 0, 0, 1, 0]
+        ds.save_as(path)
+    volume = read_series(written.paths, min_slices=4)
+    assert volume.sop_instance_uids == list(written.sop_instance_uids)
+    assert np.all(np.diff(volume.positions_mm) < 0)
+
+
+@pytest.mark.parametrize(
+    ("syntax", "signed", "intercept"),
+    [
+        ("explicit", True, None),
+        ("implicit", True, -1024),
+        ("rle", False, None),
+        ("jpeg-ls", True, None),
+        ("jpeg2000", False, None),
+    ],
+)
+def test_storage_and_compression_do_not_change_the_output(
+    phantom: Phantom,
+    tmp_path: Path,
+    reference: PreprocessedSeries,
+    syntax: str,
+    signed: bool,
+    intercept: int | None,
+) -> None:
+    files = _write(
+        phantom, tmp_path, transfer_syntax=syntax, signed=signed, rescale_intercept=intercept
+    )
+    _assert_same(preprocess_series(files, SMALL), reference)
+
+
+def test_hu_are_read_exactly(phantom: Phantom, tmp_path: Path) -> None:
+    for i, (signed, syntax) in enumerate([(False, "explicit"), (True, "jpeg-ls")]):
+        files = _write(phantom, tmp_path / str(i), signed=signed, transfer_syntax=syntax)
+        volume = read_series(files, min_slices=4)
+        assert volume.hu.dtype == np.float32
+        assert np.array_equal(volume.hu, phantom.hu.astype(np.float32))
+
+
+# --- slice spacing -----------------------------------------------------------------------
+
+
+def _volume(hu: np.ndarray, spacing_mm: float) -> CTVolume:
+    positions = 100.0 - spacing_mm * np.arange(len(hu), dtype=np.float64)
+    n = len(hu)
+    return CTVolume(
+        hu=hu.astype(np.float32),
+        positions_mm=positions,
+        pixel_spacing=(1.0, 1.0),
+        sop_instance_uids=[f"1.2.3.{k}" for k in range(n)],
+        series_instance_uid="1.2.3",
+        study_instance_uid="1.2",
+    )
+
+
+def test_a_1_5_mm_series_lands_on_3_mm(tmp_path: Path) -> None:
+    phantom = generate_study(8, StudyParams(slice_thickness=1.5, matrix=64))
+    files = _write(phantom, tmp_path)
+    config = PreprocessConfig(input_size=32, num_slices=256, segment=False, min_slices=4)
+    result = preprocess_series(files, config)
+    assert result.source_spacing_mm == pytest.approx(1.5, abs=0.01)
+    positions = result.slice_positions_mm[result.mask]
+    assert np.allclose(np.diff(positions), -3.0)
+    assert result.mask.sum() == (phantom.n_slices - 1) // 2 + 1
+    # Each 3 mm slice lies on an even source slice, and maps to it.
+    uids = write_study(phantom, tmp_path / "again").axial.sop_instance_uids
+    real = [u for u in result.sop_instance_uids if u is not None]
+    assert real == list(uids[::2][: len(real)])
+
+
+def test_resampling_interpolates_and_maps_to_the_nearest_slice() -> None:
+    rng = np.random.default_rng(1)
+    hu = rng.uniform(-300, 500, size=(25, 16, 16))
+    config = PreprocessConfig(input_size=16, num_slices=30, segment=False, min_slices=4)
+    result = preprocess_volume(_volume(hu, 2.5), config)
+    n = int(result.mask.sum())
+    assert n == int(24 * 2.5 // 3) + 1
+    source = 1.2 * np.arange(n)  # 3 mm in units of 2.5 mm
+    nearest = np.rint(source).astype(int)
+    assert result.sop_instance_uids[:n] == [f"1.2.3.{k}" for k in nearest]
+    lower = np.floor(source).astype(int)
+    w = (source - lower)[:, None, None]
+    upper = np.minimum(lower + 1, 24)
+    expected = np.clip(((1 - w) * hu[lower] + w * hu[upper] + 250.0) / 700.0, 0, 1)
+    assert np.allclose(result.volume[:n, ..., 0], expected, atol=1e-5)
+
+
+def test_spacing_within_tolerance_is_not_resampled() -> None:
+    hu = np.zeros((12, 16, 16))
+    config = PreprocessConfig(input_size=16, num_slices=8, segment=False, min_slices=4)
+    result = preprocess_volume(_volume(hu, 3.1), config)
+    assert result.sop_instance_uids == [f"1.2.3.{k}" for k in range(8)]
+
+
+def test_short_series_are_padded_and_masked_long_ones_keep_the_top() -> None:
+    hu = np.full((10, 16, 16), 100.0)
+    config = PreprocessConfig(input_size=16, num_slices=16, segment=False, min_slices=4)
+    short = preprocess_volume(_volume(hu, 3.0), config)
+    assert short.mask.tolist() == [True] * 10 + [False] * 6
+    assert short.sop_instance_uids[10:] == [None] * 6
+    assert not short.volume[10:].any()
+    assert np.allclose(short.volume[:10], 0.5)  # HU 100 is the window centre
+    long = preprocess_volume(_volume(np.zeros((40, 16, 16)), 3.0), config)
+    assert long.mask.all()
+    assert long.sop_instance_uids == [f"1.2.3.{k}" for k in range(16)]
+
+
+def test_window_maps_w700_l100_to_unit_range() -> None:
+    hu = np.zeros((6, 4, 4))
+    hu[:, 0], hu[:, 1], hu[:, 2], hu[:, 3] = -1000.0, -250.0, 450.0, 2000.0
+    config = PreprocessConfig(input_size=4, num_slices=6, segment=False, min_slices=4,
+                              channels=1)
+    out = preprocess_volume(_volume(hu, 3.0), config).volume
+    assert out.shape == (6, 4, 4, 1)
+    assert np.allclose(out[:, :, :, 0].mean(axis=(0, 2)), [0.0, 0.0, 1.0, 1.0])
+
+
+def test_default_config_gives_the_model_input_shape(tmp_path: Path) -> None:
+    phantom = generate_study(2, StudyParams(n_slices=40, matrix=512))
+    result = preprocess_series(_write(phantom, tmp_path), PreprocessConfig())
+    assert result.volume.shape == (96, 386, 386, 3)
+    assert result.volume.dtype == np.float32
+    assert result.volume.min() >= 0.0 and result.volume.max() <= 1.0
+    assert np.array_equal(result.volume[..., 0], result.volume[..., 2])
+    # 40 slices over the phantom's range are thicker than 3 mm: resampled, then clipped.
+    extent = 39 * result.source_spacing_mm
+    assert int(result.mask.sum()) == min(96, int(extent // 3.0) + 1)
+    assert len(result.sop_instance_uids) == 96
+    assert set(result.timings) == {"read", "preprocess"}
+    assert result.series_instance_uid and result.study_instance_uid
+    assert result.source_slices == 40
+
+
+# --- rejections ----------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def series(tmp_path: Path) -> list[Path]:
+    phantom = generate_study(3, StudyParams(n_slices=12, matrix=32))
+    return _write(phantom, tmp_path / "a")
+
+
+def _edit(path: Path, **changes: object) -> None:
+    ds = dcmread(path)
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path)
+
+
+def test_rejects_mixed_series(series: list[Path], tmp_path: Path) -> None:
+    other = _write(generate_study(4, StudyParams(n_slices=12, matrix=32)), tmp_path / "b")
+    with pytest.raises(SeriesRejectedError, match="2 different Series Instance UIDs"):
+        read_series([*series, other[0]])
+
+
+def test_rejects_non_ct(series: list[Path]) -> None:
+    _edit(series[3], Modality="MR")
+    with pytest.raises(SeriesRejectedError, match=r"not CT.*'MR'"):
+        read_series(series)
+
+
+def test_rejects_missing_pixel_data(series: list[Path]) -> None:
+    _edit(series[5], PixelData=None)
+    with pytest.raises(SeriesRejectedError, match="no pixel data"):
+        read_series(series)
+
+
+def test_rejects_inconsistent_orientation(series: list[Path]) -> None:
+    _edit(series[2], ImageOrientationPatient=[1, 0, 0, 0, 0.9, 0.43589])
+    with pytest.raises(SeriesRejectedError, match="inconsistent orientation"):
+        read_series(series)
+
+
+def test_rejects_inconsistent_pixel_size(series: list[Path]) -> None:
+    _edit(series[7], PixelSpacing=[0.5, 0.5])
+    with pytest.raises(SeriesRejectedError, match="inconsistent pixel size"):
+        read_series(series)
+
+
+def test_rejects_too_few_slices(series: list[Path]) -> None:
+    with pytest.raises(SeriesRejectedError, match="has 12 slices; at least 20"):
+        read_series(series, min_slices=20)
+    with pytest.raises(SeriesRejectedError, match="has 12 slices; at least 13"):
+        preprocess_series(series, PreprocessConfig(min_slices=13))
+
+
+def test_rejects_duplicate_positions(series: list[Path]) -> None:
+    copy = series[0].with_name("copy.dcm")
+    shutil.copy(series[4], copy)
+    _edit(copy, SOPInstanceUID=generate_uid())
+    with pytest.raises(SeriesRejectedError, match="duplicate positions"):
+        read_series([*series, copy])
+
+
+def test_rejects_files_that_are_not_dicom(series: list[Path]) -> None:
+    series[1].write_bytes(b"not a dicom file")
+    with pytest.raises(SeriesRejectedError, match="not a readable DICOM file"):
+        read_series(series)
+
+
+def test_rejection_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="0 slices"):
+        read_series([])
