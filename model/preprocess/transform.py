@@ -66,7 +66,8 @@ def _select_slices(
     positions = volume.positions_mm
     target = config.slice_spacing_mm
     spacing = volume.spacing_mm
-    if abs(spacing - target) <= config.spacing_tolerance * target:
+    # A single slice has no spacing to correct.
+    if len(positions) < 2 or abs(spacing - target) <= config.spacing_tolerance * target:
         n = min(config.num_slices, len(positions))
         return volume.hu[:n], np.arange(n), positions[:n].copy()
     extent = positions[0] - positions[-1]

@@ -220,6 +220,12 @@ def test_short_series_are_padded_and_masked_long_ones_keep_the_top() -> None:
     assert long.sop_instance_uids == [f"1.2.3.{k}" for k in range(16)]
 
 
+def test_a_single_slice_is_accepted_when_allowed() -> None:
+    config = PreprocessConfig(input_size=16, num_slices=4, segment=False, min_slices=1)
+    result = preprocess_volume(_volume(np.zeros((1, 16, 16)), 3.0), config)
+    assert result.mask.tolist() == [True, False, False, False]
+
+
 def test_window_maps_w700_l100_to_unit_range() -> None:
     hu = np.zeros((6, 4, 4))
     hu[:, 0], hu[:, 1], hu[:, 2], hu[:, 3] = -1000.0, -250.0, 450.0, 2000.0
