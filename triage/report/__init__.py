@@ -1,0 +1,17 @@
+"""Report objects for one analysis: a Comprehensive 3D SR and, for positives, a KOS.
+
+Both are built only with highdicom, in the analysed study and new series, with UIDs
+derived from the result so that a retried delivery resends the same objects.
+
+- :class:`AnalysisResult` is what the worker hands over.
+- :func:`build_sr` builds the TID 1500 Measurement Report.
+- :func:`build_kos` builds the "Of Interest" Key Object Selection, or ``None``.
+- :class:`ReportUIDs` tells the UIDs before anything is built.
+"""
+
+from triage.report.kos import build_kos
+from triage.report.result import AnalysisResult, Decision
+from triage.report.sr import build_sr
+from triage.report.uids import ReportUIDs
+
+__all__ = ["AnalysisResult", "Decision", "ReportUIDs", "build_kos", "build_sr"]
