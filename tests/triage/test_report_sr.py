@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Sequence
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 
+from model.synthetic import StudyIdentity, StudyParams, ct_series, generate_study
 from triage.report import AnalysisResult, ReportUIDs, build_sr
 
 SHA = "0123456789abcdef" * 4
@@ -223,6 +225,27 @@ def test_sr_passes_dciodvfy_and_dsrdump(tmp_path: Path, decision: str) -> None:
     report = hd.sr.Comprehensive3DSR.from_dataset(ds).content
     assert isinstance(report, hd.sr.MeasurementReport)
     assert len(report.get_image_measurement_groups()) == 1 + len(flagged)
+
+
+def synthetic_headers() -> list[Dataset]:
+    """Headers of the project's synthetic CTPA, complete as a scanner's, read back."""
+    phantom = generate_study(5, StudyParams(n_slices=16, matrix=64, positive=True))
+    out: list[Dataset] = []
+    for ds in ct_series(phantom, StudyIdentity.from_seed(5)):
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        buffer.seek(0)
+        out.append(dcmread(buffer, stop_before_pixels=True))
+    return out
+
+
+def test_sr_from_complete_headers_draws_not_even_a_warning(tmp_path: Path) -> None:
+    sources = synthetic_headers()
+    path, ds = write_and_read(build_sr(make_result(sources, flagged=(6, 7)), sources), tmp_path)
+    output = assert_valid(path)
+    assert "Warning" not in output, output
+    assert ds.StudyID == sources[0].StudyID
+    assert ds.PatientSex == sources[0].PatientSex
 
 
 def test_rebuilding_gives_the_same_uids_and_another_result_gives_new_ones() -> None:
