@@ -1,0 +1,100 @@
+"""The training configuration (``training.yaml``), validated, with the paper's defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PreprocessSection(_Section):
+    """Preprocessing; the input size, channels and slice count come from ``network``."""
+
+    slice_spacing_mm: float = Field(default=3.0, gt=0)
+    window_center: float = 100.0
+    window_width: float = Field(default=700.0, gt=0)
+    segment: bool = True
+    min_slices: int = Field(default=10, ge=1)
+
+
+class NetworkSection(_Section):
+    """The two networks."""
+
+    backbone: Literal["inception_resnet_v2", "small"] = "inception_resnet_v2"
+    input_size: int = Field(default=386, ge=16)
+    channels: Literal[1, 3] = 3
+    encoding_dim: int = Field(default=64, ge=1)
+    num_slices: int = Field(default=96, ge=1)
+    stack_head: Literal["reference", "attention"] = "reference"
+    # None (random), "imagenet" (from the Keras cache), or the path of an .h5 file.
+    weights: str | None = "imagenet"
+
+
+class SliceCNNSection(_Section):
+    """Stage 1: the slice CNN (Adam with inverse-time decay, as the authors' Keras 2 code)."""
+
+    batch_size: int = Field(default=48, ge=1)
+    epochs: int = Field(default=8, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    lr_decay: float = Field(default=0.01, ge=0)
+    augment: bool = True
+    # The optional first epoch with the backbone frozen, then fine-tuning at a lower rate.
+    frozen_backbone_epochs: int = Field(default=0, ge=0)
+    finetune_learning_rate: float = Field(default=1e-5, gt=0)
+    finetune_lr_decay: float = Field(default=0.003, ge=0)
+
+
+class SequenceSection(_Section):
+    """Stage 3: the BiLSTM sequence model."""
+
+    batch_size: int = Field(default=16, ge=1)
+    epochs: int = Field(default=12, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+
+
+class TrainingConfig(_Section):
+    """The whole training configuration."""
+
+    name: str = "ctpa-pe"
+    version: str = "1"
+    seed: int = 0
+    folds: int = Field(default=5, ge=2)
+    # "ensemble": every fold's models in the bundle; "best": the fold with the lowest
+    # validation loss of its sequence model.
+    bundle_models: Literal["ensemble", "best"] = "ensemble"
+    precision: Literal["float32", "bfloat16"] = "float32"
+    preprocess: PreprocessSection = Field(default_factory=PreprocessSection)
+    network: NetworkSection = Field(default_factory=NetworkSection)
+    slice_cnn: SliceCNNSection = Field(default_factory=SliceCNNSection)
+    sequence: SequenceSection = Field(default_factory=SequenceSection)
+
+
+def load_training_config(path: Path | None) -> TrainingConfig:
+    """Read ``training.yaml``; None gives the paper's defaults.
+
+    Raises
+    ------
+    ValueError
+        With every problem, each with its key path.
+    """
+    if path is None:
+        return TrainingConfig()
+    try:
+        data: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from err
+    try:
+        return TrainingConfig.model_validate(data)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            reason = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            problems.append(f"{key}: {reason}")
+        raise ValueError(f"{path}: " + "; ".join(problems)) from err

@@ -1,0 +1,166 @@
+"""Labelled series on disk, preprocessed once into a cache that every epoch reads.
+
+The cache holds one float16 ``.npy`` per series (memory-mapped when read, so a data set
+larger than memory still trains) with the slice mask and per-slot labels beside it. Its
+folder name carries a hash of the preprocessing config, so changing a parameter never
+reuses stale inputs. Series that cannot be read are listed with their reason, never
+silently dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from tqdm import tqdm
+
+from model.labels import SeriesLabels, read_labels, read_patients
+from model.preprocess import PreprocessConfig, SeriesRejectedError, preprocess_series
+
+
+@dataclass(frozen=True)
+class CachedSeries:
+    """One preprocessed, labelled series in the cache."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+    patient: str
+    positive: bool
+    volume_path: Path
+    mask: NDArray[np.bool_]  # (num_slices,)
+    slice_labels: NDArray[np.bool_]  # (num_slices,), False at padding
+    sop_instance_uids: list[str | None]
+
+    def volume(self) -> NDArray[np.float16]:
+        """The (num_slices, size, size) input, memory-mapped."""
+        return np.load(self.volume_path, mmap_mode="r")
+
+
+@dataclass
+class Excluded:
+    """A labelled series left out, and why."""
+
+    series_instance_uid: str
+    reason: str
+
+
+def config_hash(config: PreprocessConfig) -> str:
+    """Short stable hash of a preprocessing config, naming its cache folder."""
+    text = json.dumps(config.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def series_files(data_dir: Path, labels: SeriesLabels) -> list[Path]:
+    """The DICOM files of a series in the RSNA layout ``DIR/<Study>/<Series>/*.dcm``."""
+    folder = data_dir / labels.study_instance_uid / labels.series_instance_uid
+    return sorted(p for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
+
+
+def _patient_ids(data_dir: Path, patients_csv: Path | None) -> dict[str, str]:
+    if patients_csv is not None:
+        return read_patients(patients_csv)
+    default = data_dir / "patients.csv"
+    return read_patients(default) if default.is_file() else {}
+
+
+def _patient_from_header(files: Sequence[Path]) -> str | None:
+    from pydicom import dcmread
+
+    try:
+        return str(
+            dcmread(files[0], stop_before_pixels=True, specific_tags=["PatientID"]).PatientID
+        )
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
+def build_cache(
+    data_dir: Path,
+    labels_csv: Path,
+    cache_root: Path,
+    config: PreprocessConfig,
+    patients_csv: Path | None = None,
+) -> tuple[list[CachedSeries], list[Excluded]]:
+    """Preprocess every labelled series once (reusing earlier work) and return the cache.
+
+    Patients come from ``patients_csv``, else ``DIR/patients.csv``, else each series'
+    PatientID header, so that folds can group a patient's studies.
+    """
+    labels = read_labels(labels_csv)
+    patients = _patient_ids(data_dir, patients_csv)
+    folder = cache_root / config_hash(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "preprocess.json").write_text(json.dumps(config.to_dict(), indent=1))
+    cached: list[CachedSeries] = []
+    excluded: list[Excluded] = []
+    for uid, series in tqdm(sorted(labels.items()), desc="preprocess", unit="series"):
+        if series.indeterminate:
+            excluded.append(Excluded(uid, "indeterminate exam"))
+            continue
+        volume_path = folder / f"{uid}.npy"
+        meta_path = folder / f"{uid}.json"
+        if not (volume_path.is_file() and meta_path.is_file()):
+            files = series_files(data_dir, series)
+            if not files:
+                excluded.append(Excluded(uid, "no files under <data>/<study>/<series>/"))
+                continue
+            try:
+                pre = preprocess_series(files, config)
+            except (SeriesRejectedError, OSError) as err:
+                excluded.append(Excluded(uid, str(err)))
+                continue
+            patient = patients.get(series.study_instance_uid) or _patient_from_header(files)
+            tmp = volume_path.with_suffix(".tmp.npy")
+            np.save(tmp, pre.volume[..., 0].astype(np.float16))
+            tmp.replace(volume_path)
+            meta_path.write_text(
+                json.dumps(
+                    {
+                        "study_instance_uid": pre.study_instance_uid,
+                        "mask": pre.mask.tolist(),
+                        "sop_instance_uids": pre.sop_instance_uids,
+                        "patient": patient or series.study_instance_uid,
+                    }
+                )
+            )
+        meta = json.loads(meta_path.read_text())
+        sops: list[str | None] = meta["sop_instance_uids"]
+        missing = [s for s in sops if s is not None and s not in series.image_labels]
+        if missing:
+            excluded.append(
+                Excluded(uid, f"{len(missing)} slices have no pe_present_on_image label")
+            )
+            continue
+        slice_labels = np.array([bool(s is not None and series.image_labels[s]) for s in sops])
+        if series.positive and not slice_labels.any():
+            # The labelled slices lie outside the num_slices the model sees.
+            excluded.append(
+                Excluded(
+                    uid, "positive exam whose positive slices are not in the model's slice range"
+                )
+            )
+            continue
+        cached.append(
+            CachedSeries(
+                series_instance_uid=uid,
+                study_instance_uid=meta["study_instance_uid"],
+                patient=meta["patient"],
+                positive=series.positive,
+                volume_path=volume_path,
+                mask=np.array(meta["mask"], dtype=bool),
+                slice_labels=slice_labels,
+                sop_instance_uids=sops,
+            )
+        )
+    return cached, excluded
+
+
+def expand_channels(images: NDArray[np.floating], channels: int) -> NDArray[np.float32]:
+    """(..., H, W) cached slices to (..., H, W, channels) float32 model input."""
+    x = np.asarray(images, dtype=np.float32)[..., None]
+    return np.repeat(x, channels, axis=-1) if channels > 1 else x

@@ -1,0 +1,293 @@
+"""``triage-model train``: five-fold training from weak labels, ending in a weight bundle.
+
+Per fold: the slice CNN on training-fold slices (positives augmented until the classes
+balance), the encodings of every slice, then the sequence model. A finished fold leaves
+``work/fold<k>/done.json`` and is not trained again when the command is rerun.
+Thresholds come from the Youden index on the out-of-fold predictions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from model.bundle import Bundle, write_bundle
+from model.folds import assign_folds, save_folds
+from model.network import NetworkConfig, build_networks
+from model.preprocess import PreprocessConfig
+from model.report import LevelData, level_metrics
+from model.stats import youden_threshold
+from model.training.config import TrainingConfig
+from model.training.data import CachedSeries, Excluded, build_cache
+from model.training.stages import (
+    SliceBatches,
+    encode_series,
+    sequence_arrays,
+    slice_samples,
+    train_sequence,
+    train_slice_cnn,
+)
+
+
+def preprocess_config(cfg: TrainingConfig) -> PreprocessConfig:
+    """The bundle's preprocessing: the ``preprocess`` section plus the network's shapes."""
+    return PreprocessConfig(
+        num_slices=cfg.network.num_slices,
+        input_size=cfg.network.input_size,
+        channels=cfg.network.channels,
+        **cfg.preprocess.model_dump(),
+    )
+
+
+def network_config(cfg: TrainingConfig) -> NetworkConfig:
+    """The bundle's network description."""
+    n = cfg.network
+    return NetworkConfig(
+        backbone=n.backbone,
+        input_size=n.input_size,
+        channels=n.channels,
+        encoding_dim=n.encoding_dim,
+        num_slices=n.num_slices,
+        stack_head=n.stack_head,
+        weights_init=n.weights,
+    )
+
+
+@contextlib.contextmanager
+def _strategy_scope() -> Iterator[None]:
+    # Several GPUs: data-parallel replicas; otherwise TensorFlow's default (CPU or 1 GPU).
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        with tf.distribute.MirroredStrategy().scope():
+            yield
+    else:
+        yield
+
+
+@dataclass
+class FoldOutcome:
+    """What one fold left behind."""
+
+    fold: int
+    cnn_weights: Path
+    sequence_weights: Path
+    sequence_val_loss: float
+    oof: list[dict[str, Any]]  # one entry per validation series
+
+
+def _train_fold(
+    fold: int,
+    cfg: TrainingConfig,
+    series: list[CachedSeries],
+    fold_of: dict[str, int],
+    out: Path,
+) -> FoldOutcome:
+    work = out / "work" / f"fold{fold}"
+    done = work / "done.json"
+    if done.is_file():
+        data = json.loads(done.read_text())
+        return FoldOutcome(
+            fold,
+            work / "slice_cnn.best.weights.h5",
+            work / "sequence.best.weights.h5",
+            data["sequence_val_loss"],
+            data["oof"],
+        )
+    work.mkdir(parents=True, exist_ok=True)
+    train = [s for s in series if fold_of[s.series_instance_uid] != fold]
+    val = [s for s in series if fold_of[s.series_instance_uid] == fold]
+    seed = cfg.seed * 1000 + fold
+    channels = cfg.network.channels
+    net = network_config(cfg)
+    with _strategy_scope():
+        cnn, sequence = build_networks(net, weights=cfg.network.weights, seed=seed)
+        train_batches = SliceBatches(
+            train,
+            slice_samples(train, cfg.slice_cnn.augment, seed),
+            cfg.slice_cnn.batch_size,
+            channels,
+            shuffle=True,
+            seed=seed,
+        )
+        val_batches = SliceBatches(
+            val,
+            slice_samples(val, augment_positives=False, seed=seed),
+            cfg.slice_cnn.batch_size,
+            channels,
+            shuffle=False,
+            seed=seed,
+        )
+        logs = out / "tensorboard" / f"fold{fold}"
+        cnn_result = train_slice_cnn(
+            cnn, train_batches, val_batches, cfg.slice_cnn, work, logs / "slice_cnn"
+        )
+        enc_train = encode_series(cnn, train, channels, cfg.slice_cnn.batch_size)
+        enc_val = encode_series(cnn, val, channels, cfg.slice_cnn.batch_size)
+        seq_result = train_sequence(
+            sequence,
+            sequence_arrays(enc_train, train),
+            sequence_arrays(enc_val, val),
+            cfg.sequence,
+            work,
+            logs / "sequence",
+            seed,
+        )
+        inputs, _ = sequence_arrays(enc_val, val)
+        out_val = sequence.predict(inputs, batch_size=cfg.sequence.batch_size, verbose=0)
+    oof = []
+    for i, s in enumerate(val):
+        slots = np.flatnonzero(s.mask)
+        oof.append(
+            {
+                "series_instance_uid": s.series_instance_uid,
+                "label": s.positive,
+                "stack": float(out_val["stack"][i][0]),
+                "slice_labels": s.slice_labels[slots].astype(int).tolist(),
+                "slice_scores": [float(x) for x in out_val["slice"][i][slots]],
+            }
+        )
+    done.write_text(
+        json.dumps(
+            {
+                "fold": fold,
+                "train_series": len(train),
+                "validation_series": len(val),
+                "slice_cnn": cnn_result,
+                "sequence": seq_result,
+                "sequence_val_loss": seq_result["best_val_loss"],
+                "oof": oof,
+            }
+        )
+    )
+    return FoldOutcome(
+        fold,
+        work / "slice_cnn.best.weights.h5",
+        work / "sequence.best.weights.h5",
+        seq_result["best_val_loss"],
+        oof,
+    )
+
+
+def _oof_levels(outcomes: list[FoldOutcome]) -> tuple[LevelData, LevelData, float, float]:
+    stack_y = [o["label"] for f in outcomes for o in f.oof]
+    stack_s = [o["stack"] for f in outcomes for o in f.oof]
+    slice_y = [bool(v) for f in outcomes for o in f.oof for v in o["slice_labels"]]
+    slice_s = [v for f in outcomes for o in f.oof for v in o["slice_scores"]]
+    stack_t = youden_threshold(stack_y, stack_s).threshold
+    slice_t = youden_threshold(slice_y, slice_s).threshold
+    provenance = "Youden on out-of-fold predictions"
+    return (
+        LevelData("stack", stack_y, stack_s, stack_t, provenance),
+        LevelData("slice", slice_y, slice_s, slice_t, provenance),
+        stack_t,
+        slice_t,
+    )
+
+
+def train(
+    cfg: TrainingConfig,
+    data_dir: Path,
+    labels_csv: Path,
+    out: Path,
+    patients_csv: Path | None = None,
+) -> Bundle:
+    """Train every fold (skipping finished ones) and write the bundle into ``out``.
+
+    Raises
+    ------
+    ValueError
+        If the data cannot fill the folds, or a configuration value is unusable.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    series, excluded = build_cache(
+        data_dir, labels_csv, out / "cache", preprocess_config(cfg), patients_csv
+    )
+    if not series:
+        raise ValueError("no usable labelled series; see the excluded list in training_report.json")
+    keys = [s.series_instance_uid for s in series]
+    groups = {s.series_instance_uid: s.patient for s in series}
+    fold_of = assign_folds(
+        keys, [s.positive for s in series], [groups[k] for k in keys], cfg.folds, cfg.seed
+    )
+    save_folds(out / "folds.json", fold_of, groups)
+
+    outcomes = [_train_fold(k, cfg, series, fold_of, out) for k in range(cfg.folds)]
+    stack_level, slice_level, stack_t, slice_t = _oof_levels(outcomes)
+    metrics = {lvl.name: _summary_metrics(level_metrics(lvl)) for lvl in (stack_level, slice_level)}
+    chosen = outcomes
+    if cfg.bundle_models == "best":
+        chosen = [min(outcomes, key=lambda o: o.sequence_val_loss)]
+    models = []
+    net = network_config(cfg)
+    for outcome in chosen:
+        cnn, sequence = build_networks(net, weights=None)
+        cnn.load_weights(outcome.cnn_weights)
+        sequence.load_weights(outcome.sequence_weights)
+        models.append((cnn, sequence))
+    summary = _data_summary(series, excluded)
+    report = {
+        "data": summary,
+        "folds": {k: fold_of[k] for k in sorted(fold_of)},
+        "out_of_fold": metrics,
+    }
+    (out / "training_report.json").write_text(json.dumps(report, indent=1))
+    provenance = "Youden on out-of-fold predictions"
+    return write_bundle(
+        out,
+        {
+            "name": cfg.name,
+            "version": cfg.version,
+            "trained": True,
+            "precision": cfg.precision,
+            "preprocess": preprocess_config(cfg).to_dict(),
+            "network": net.to_dict(),
+            "thresholds": {
+                "stack": {"value": stack_t, "provenance": provenance},
+                "slice": {"value": slice_t, "provenance": provenance},
+            },
+            "training": {
+                "config": cfg.model_dump(),
+                "data": summary,
+                "folds_file": "folds.json",
+                "bundle_models": cfg.bundle_models,
+                "folds_in_bundle": [o.fold for o in chosen],
+            },
+            "metrics": {"out_of_fold": metrics},
+        },
+        models,
+    )
+
+
+def _summary_metrics(m: dict[str, Any]) -> dict[str, Any]:
+    keep = (
+        "n",
+        "n_positive",
+        "roc_auc",
+        "average_precision",
+        "youden",
+        "threshold",
+        "confusion",
+        "metrics",
+        "brier",
+    )
+    return {k: m[k] for k in keep if k in m}
+
+
+def _data_summary(series: list[CachedSeries], excluded: list[Excluded]) -> dict[str, Any]:
+    return {
+        "series": len(series),
+        "positive_series": sum(s.positive for s in series),
+        "patients": len({s.patient for s in series}),
+        "slices": int(sum(s.mask.sum() for s in series)),
+        "positive_slices": int(sum(s.slice_labels.sum() for s in series)),
+        "excluded": [
+            {"series_instance_uid": e.series_instance_uid, "reason": e.reason} for e in excluded
+        ],
+    }
