@@ -7,8 +7,9 @@ Each subcommand registers itself with :func:`_add_synth`-style functions in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from model.stats_cli import add_stats
@@ -127,9 +128,195 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_init_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "init-bundle",
+        help="write a weight bundle of seeded, untrained weights (tests, demos)",
+        description=(
+            'Write a bundle whose manifest says "trained": false, with thresholds 0.5. '
+            "Its probabilities mean nothing; it exercises the whole pipeline."
+        ),
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="bundle folder")
+    p.add_argument(
+        "--backbone",
+        choices=("small", "inception_resnet_v2"),
+        default="small",
+        help="default small",
+    )
+    p.add_argument(
+        "--input-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="default 386 for inception_resnet_v2, 128 for small",
+    )
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="default 3")
+    p.add_argument("--folds", type=_positive_int, default=1, metavar="K", help="default 1")
+    p.add_argument(
+        "--stack-head",
+        choices=("reference", "attention"),
+        default="reference",
+        help="default reference",
+    )
+    p.add_argument("--num-slices", type=_positive_int, default=96, metavar="N", help="default 96")
+    p.add_argument("--seed", type=_seed, default=0, metavar="S", help="default 0")
+    p.set_defaults(func=_run_init_bundle)
+
+
+def _run_init_bundle(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()
+    from model.bundle import init_bundle
+
+    bundle = init_bundle(
+        args.out,
+        backbone=args.backbone,
+        input_size=args.input_size,
+        channels=args.channels,
+        folds=args.folds,
+        stack_head=args.stack_head,
+        num_slices=args.num_slices,
+        seed=args.seed,
+    )
+    print(
+        f"{bundle.path}: untrained {args.backbone} bundle, {len(bundle.folds)} fold(s), "
+        f"manifest sha256 {bundle.manifest_sha256}"
+    )
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="run a weight bundle on one CT series folder",
+        description=(
+            "Print the study probability, the decision against the bundle's threshold and "
+            "the most suspicious slices; with --json, the full prediction for scripts. "
+            "Errors print one line and exit 2."
+        ),
+    )
+    p.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="bundle folder")
+    p.add_argument("series", type=Path, metavar="SERIES_DIR", help="folder of one series' files")
+    p.add_argument("--json", action="store_true", help="print Prediction.to_dict() as JSON")
+    p.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="CNN compute precision (default: the bundle's)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="CPU threads per operation (default: one per core)",
+    )
+    p.add_argument(
+        "--top",
+        type=_positive_int,
+        default=5,
+        metavar="N",
+        help="slices to list in the text output (default 5)",
+    )
+    p.set_defaults(func=_run_predict)
+
+
+def _quiet_tensorflow() -> None:
+    """Import TensorFlow with its C++ start-up chatter kept off stderr.
+
+    Some of it (CUDA probing) is written before TensorFlow reads ``TF_CPP_MIN_LOG_LEVEL``,
+    so stderr is pointed at /dev/null for the import; a Python error is still raised after
+    stderr is restored.
+    """
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def _log_warnings_to_stderr() -> Iterator[None]:
+    """Send structlog's output to stderr, warnings only, unless an application set it up.
+
+    structlog's default prints every event to stdout, which would corrupt ``--json``.
+    """
+    import logging
+
+    import structlog
+
+    if structlog.is_configured():
+        yield
+        return
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    import json
+    import warnings
+
+    _quiet_tensorflow()
+    try:
+        if not args.series.is_dir():
+            raise ValueError(f"{args.series}: series folder does not exist")
+        files = sorted(
+            p for p in args.series.rglob("*") if p.is_file() and not p.name.startswith(".")
+        )
+        if not files:
+            raise ValueError(f"{args.series}: series folder holds no files")
+        from model.predict import Predictor
+
+        with warnings.catch_warnings(record=True) as caught, _log_warnings_to_stderr():
+            warnings.simplefilter("always")
+            predictor = Predictor.load(args.bundle, precision=args.precision, threads=args.threads)
+            prediction = predictor.predict(files)
+    except ValueError as err:  # BundleError, SeriesRejectedError, PredictorError
+        message = " ".join(str(err).split())
+        print(f"triage-model predict: error: {message}", file=sys.stderr)
+        return 2
+    for warning in caught:
+        print(f"triage-model predict: warning: {warning.message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(prediction.to_dict(), indent=2))
+        return 0
+    threshold = prediction.thresholds["stack"]
+    decision = "POSITIVE" if prediction.positive else "negative"
+    print(f"series {prediction.series_instance_uid}")
+    print(
+        f"study probability {prediction.stack_probability:.3f}: {decision} "
+        f"(threshold {threshold['value']:.3f}, {threshold['provenance']})"
+    )
+    top = sorted(prediction.slice_probabilities.items(), key=lambda kv: kv[1], reverse=True)
+    print(f"top slices of {prediction.slices_used} used:")
+    for uid, probability in top[: args.top]:
+        print(f"  {probability:.3f}  {uid}")
+    timings = ", ".join(f"{k} {v:.2f} s" for k, v in prediction.timings.items())
+    print(f"timings: {timings} ({prediction.precision}, {prediction.device})")
+    return 0
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_synth,
     add_stats,
+    _add_init_bundle,
+    _add_predict,
 ]
 """Functions that each add one subcommand; each sets ``func`` to its runner."""
 

@@ -1,0 +1,382 @@
+"""The predictor: one CT series in, a study probability and per-slice probabilities out.
+
+:meth:`Predictor.load` reads and verifies a bundle and builds its networks once;
+:meth:`Predictor.predict` then runs the shared preprocessing, the slice CNN encoder over
+the real slices in batches, and the sequence model, for every fold, and averages the folds.
+
+TensorFlow places the work on a GPU when it sees one and on the CPU otherwise. On the CPU,
+the thread count must be set before TensorFlow runs its first operation, so pass
+``threads`` to :meth:`Predictor.load` before anything else in the process touches
+TensorFlow (the daemon's workers do this first thing).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from numpy.typing import NDArray
+
+from model.bundle import Bundle, load_bundle
+from model.preprocess import PreprocessedSeries, preprocess_series
+
+_log = structlog.get_logger(__name__)
+
+
+class UntrainedBundleWarning(UserWarning):
+    """The bundle holds untrained weights: its probabilities mean nothing."""
+
+
+class PredictorError(ValueError):
+    """The predictor cannot be set up as asked; the message says what to change."""
+
+
+@dataclass
+class Prediction:
+    """What the model says about one series.
+
+    Parameters
+    ----------
+    stack_probability : float
+        Probability that the series shows pulmonary embolism (mean over folds).
+    slice_probabilities : dict of str to float
+        Per source slice, keyed by SOP Instance UID (mean over folds; where resampling
+        mapped several model slices to one source slice, the largest).
+    slices_used : int
+        Model slices that held image data (the rest of the slots were padding).
+    sop_instance_uids : list of str
+        The source slices used, cranial first, each once.
+    timings : dict of str to float
+        Seconds: ``read``, ``preprocess``, ``cnn``, ``sequence`` and ``total``.
+    bundle : dict
+        ``name``, ``version``, ``sha256`` (of the manifest) and ``trained``.
+    precision : str
+        Compute precision the CNN ran in.
+    thresholds : dict
+        The bundle's ``stack`` and ``slice`` thresholds, each ``{"value", "provenance"}``.
+    series_instance_uid, study_instance_uid : str
+        What was analysed.
+    fold_stack_probabilities : list of float
+        Each fold's stack probability, for a spread across the ensemble.
+    device : str
+        ``GPU`` or ``CPU``.
+    """
+
+    stack_probability: float
+    slice_probabilities: dict[str, float]
+    slices_used: int
+    sop_instance_uids: list[str]
+    timings: dict[str, float]
+    bundle: dict[str, Any]
+    precision: str
+    thresholds: dict[str, dict[str, Any]]
+    series_instance_uid: str = ""
+    study_instance_uid: str = ""
+    fold_stack_probabilities: list[float] = field(default_factory=list)
+    device: str = "CPU"
+
+    @property
+    def positive(self) -> bool:
+        """Whether the stack probability reaches the bundle's stack threshold."""
+        return self.stack_probability >= float(self.thresholds["stack"]["value"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready mapping of every field, plus ``positive``."""
+        data = asdict(self)
+        data["positive"] = self.positive
+        return data
+
+
+def configure_threads(threads: int | None) -> None:
+    """Set TensorFlow's CPU thread pools; call before TensorFlow runs any operation.
+
+    Parameters
+    ----------
+    threads : int or None
+        Threads for one operation (intra-op, which oneDNN's convolutions use). None leaves
+        TensorFlow's default, one per core.
+
+    Warns
+    -----
+    RuntimeWarning
+        TensorFlow had already started with another count, which can no longer change.
+    """
+    if threads is None:
+        return
+    if threads < 1:
+        raise PredictorError(f"threads must be at least 1, got {threads}")
+    import tensorflow as tf
+
+    if tf.config.threading.get_intra_op_parallelism_threads() == threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        # One op at a time: the CNN is a chain of large convolutions, and a second
+        # concurrent op would only take cores from the one running.
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        warnings.warn(
+            f"TensorFlow was already running, so its thread count stays as it was; to use "
+            f"{threads} threads, load the predictor before anything else uses TensorFlow",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _inference(model: Any) -> Any:
+    """Return a function calling ``model`` in inference mode (dropout off, BN frozen)."""
+
+    def run(inputs: Any) -> Any:
+        return model(inputs, training=False)
+
+    return run
+
+
+class Predictor:
+    """Runs a bundle's ensemble on CT series; build it with :meth:`load`.
+
+    Parameters
+    ----------
+    bundle : Bundle
+        The verified bundle.
+    models : list of (slice CNN, sequence model)
+        One pair per fold, weights loaded.
+    precision : str
+        The CNN's compute precision.
+    batch_size : int
+        Slices per CNN call.
+    jit_compile : bool
+        Compile the CNN with XLA.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        models: list[tuple[Any, Any]],
+        precision: str,
+        batch_size: int = 16,
+        jit_compile: bool = False,
+    ) -> None:
+        import tensorflow as tf
+
+        from model.network import slice_encoder
+
+        if batch_size < 1:
+            raise PredictorError(f"batch_size must be at least 1, got {batch_size}")
+        self.bundle = bundle
+        self.precision = precision
+        self.batch_size = batch_size
+        self.jit_compile = jit_compile
+        self.preprocess_config = bundle.preprocess_config()
+        self.network_config = bundle.network_config()
+        self.device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+        size, channels = self.network_config.input_size, self.network_config.channels
+        image_spec = tf.TensorSpec((None, size, size, channels), tf.float32)
+        self._encoders = []
+        self._sequences = []
+        for cnn, sequence in models:
+            encoder = slice_encoder(cnn)
+            # A traced function skips Keras' per-call Python overhead; one signature with a
+            # free batch axis serves the full and the last, shorter batch alike. XLA
+            # compiles per shape anyway, so it gets no signature.
+            self._encoders.append(
+                tf.function(
+                    _inference(encoder),
+                    input_signature=None if jit_compile else [image_spec],
+                    jit_compile=jit_compile,
+                    reduce_retracing=True,
+                )
+            )
+            self._sequences.append(tf.function(_inference(sequence), reduce_retracing=True))
+        self._models = models
+
+    @classmethod
+    def load(
+        cls,
+        bundle_dir: str | Path,
+        *,
+        precision: str | None = None,
+        threads: int | None = None,
+        batch_size: int = 16,
+        jit_compile: bool = False,
+    ) -> Predictor:
+        """Verify a bundle and build its networks, once per process.
+
+        Parameters
+        ----------
+        bundle_dir : str or Path
+            The bundle folder.
+        precision : str, optional
+            ``float32`` or ``bfloat16``; None uses the bundle's setting.
+        threads : int, optional
+            CPU threads per operation (see :func:`configure_threads`); must be given before
+            TensorFlow has run anything in this process.
+        batch_size : int
+            Slices per CNN call (16 by default).
+        jit_compile : bool
+            Compile the CNN with XLA.
+
+        Raises
+        ------
+        BundleError
+            The bundle is missing, corrupt, of another format version, or its weights do
+            not fit the networks its manifest describes.
+        """
+        from model.network import PRECISIONS
+
+        configure_threads(threads)
+        bundle = load_bundle(bundle_dir)
+        chosen = precision or bundle.precision
+        if chosen not in PRECISIONS:
+            raise PredictorError(
+                f"unknown precision {chosen!r}; expected one of {', '.join(PRECISIONS)}"
+            )
+        if not bundle.trained:
+            warnings.warn(
+                f"bundle {bundle.name!r} at {bundle.path} holds untrained weights "
+                '("trained": false); its probabilities mean nothing',
+                UntrainedBundleWarning,
+                stacklevel=2,
+            )
+        models = bundle.build_models(chosen)
+        _log.info(
+            "bundle_loaded",
+            bundle=bundle.name,
+            version=bundle.version,
+            sha256=bundle.manifest_sha256,
+            trained=bundle.trained,
+            folds=len(models),
+            precision=chosen,
+        )
+        predictor = cls(bundle, models, chosen, batch_size=batch_size, jit_compile=jit_compile)
+        predictor.warmup()
+        return predictor
+
+    def warmup(self) -> None:
+        """Trace (and with XLA, compile) every fold's functions on blank input.
+
+        The first call of a traced function costs seconds; paying it at load keeps it out
+        of the first study's time.
+        """
+        config = self.network_config
+        blank = np.zeros((1, config.input_size, config.input_size, config.channels), np.float32)
+        encodings = np.zeros((1, config.num_slices, config.encoding_dim), np.float32)
+        mask = np.zeros((1, config.num_slices), bool)
+        mask[0, 0] = True
+        for fold, sequence in enumerate(self._sequences):
+            self.encode(blank, fold)
+            sequence({"encodings": encodings, "mask": mask})
+
+    def predict(self, files: Sequence[str | Path]) -> Prediction:
+        """Preprocess one series and run the ensemble on it.
+
+        Parameters
+        ----------
+        files : sequence of str or Path
+            Every DICOM file of the series.
+
+        Raises
+        ------
+        SeriesRejectedError
+            The files are not one usable CT series.
+        """
+        start = time.perf_counter()
+        series = preprocess_series(files, self.preprocess_config)
+        prediction = self.predict_preprocessed(series)
+        prediction.timings["read"] = series.timings.get("read", 0.0)
+        prediction.timings["preprocess"] = series.timings.get("preprocess", 0.0)
+        prediction.timings["total"] = time.perf_counter() - start
+        return prediction
+
+    def encode(self, volume: NDArray[np.float32], fold: int = 0) -> NDArray[np.float32]:
+        """Return one fold's slice encodings of a stack of images, in CNN batches."""
+        if len(volume) == 0:
+            return np.zeros((0, self.network_config.encoding_dim), np.float32)
+        encoder = self._encoders[fold]
+        chunks = []
+        for first in range(0, len(volume), self.batch_size):
+            batch = volume[first : first + self.batch_size]
+            real = len(batch)
+            if self.jit_compile and real < self.batch_size:
+                # Pad to the full batch so XLA reuses one compiled program for every study.
+                pad = np.zeros((self.batch_size - real, *batch.shape[1:]), batch.dtype)
+                batch = np.concatenate([batch, pad])
+            chunks.append(np.asarray(encoder(batch))[:real])
+        return np.concatenate(chunks).astype(np.float32)
+
+    def predict_preprocessed(self, series: PreprocessedSeries) -> Prediction:
+        """Run the ensemble on an already preprocessed series (timings: cnn, sequence)."""
+        expected = (
+            self.network_config.num_slices,
+            self.network_config.input_size,
+            self.network_config.input_size,
+            self.network_config.channels,
+        )
+        if series.volume.shape != expected:
+            raise PredictorError(
+                f"preprocessed volume has shape {series.volume.shape}, but the bundle's "
+                f"networks take {expected}"
+            )
+        mask = np.asarray(series.mask, dtype=bool)
+        real = np.flatnonzero(mask)
+        images = np.ascontiguousarray(series.volume[real], dtype=np.float32)
+        cnn_s = sequence_s = 0.0
+        stacks: list[float] = []
+        slice_sum = np.zeros(len(mask), np.float64)
+        for fold, sequence in enumerate(self._sequences):
+            t0 = time.perf_counter()
+            encodings = np.zeros((len(mask), self.network_config.encoding_dim), dtype=np.float32)
+            encodings[real] = self.encode(images, fold)
+            t1 = time.perf_counter()
+            outputs = sequence({"encodings": encodings[None], "mask": mask[None]})
+            stacks.append(float(np.asarray(outputs["stack"])[0, 0]))
+            slice_sum += np.asarray(outputs["slice"], dtype=np.float64)[0]
+            t2 = time.perf_counter()
+            cnn_s += t1 - t0
+            sequence_s += t2 - t1
+        slice_mean = slice_sum / len(self._sequences)
+
+        per_sop: dict[str, float] = {}
+        order: list[str] = []
+        for index in real:
+            uid = series.sop_instance_uids[index]
+            if uid is None:
+                continue
+            value = float(slice_mean[index])
+            if uid not in per_sop:
+                order.append(uid)
+                per_sop[uid] = value
+            else:
+                per_sop[uid] = max(per_sop[uid], value)
+        bundle = self.bundle
+        return Prediction(
+            stack_probability=float(np.mean(stacks)),
+            slice_probabilities=per_sop,
+            slices_used=len(real),
+            sop_instance_uids=order,
+            timings={
+                "read": 0.0,
+                "preprocess": 0.0,
+                "cnn": cnn_s,
+                "sequence": sequence_s,
+                "total": cnn_s + sequence_s,
+            },
+            bundle={
+                "name": bundle.name,
+                "version": bundle.version,
+                "sha256": bundle.manifest_sha256,
+                "trained": bundle.trained,
+            },
+            precision=self.precision,
+            thresholds={key: t.to_dict() for key, t in bundle.thresholds.items()},
+            series_instance_uid=series.series_instance_uid,
+            study_instance_uid=series.study_instance_uid,
+            fold_stack_probabilities=stacks,
+            device=self.device,
+        )
