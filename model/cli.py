@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from model.stats_cli import add_stats
+from model.training.cli import add_compare, add_evaluate, add_train
 
 
 def _positive_int(text: str) -> int:
@@ -317,6 +318,9 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]]
     add_stats,
     _add_init_bundle,
     _add_predict,
+    add_train,
+    add_evaluate,
+    add_compare,
 ]
 """Functions that each add one subcommand; each sets ``func`` to its runner."""
 

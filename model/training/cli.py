@@ -1,0 +1,135 @@
+"""``triage-model train``, ``evaluate`` and ``compare``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``train``."""
+    p = sub.add_parser(
+        "train",
+        help="train a bundle with five-fold cross-validation from weak labels",
+        description="Preprocess every labelled series once (cached), train the slice CNN and "
+        "the sequence model per fold (a finished fold is not trained again when rerun), pick "
+        "thresholds by the Youden index on out-of-fold predictions, and write the bundle. "
+        "TensorBoard logs go to OUT/tensorboard.",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="training.yaml",
+        help="hyper-parameters (default: the paper's; see training.example.yaml)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="studies in the RSNA layout DIR/<StudyUID>/<SeriesUID>/*.dcm",
+    )
+    p.add_argument(
+        "--labels", type=Path, required=True, metavar="CSV", help="RSNA-style labels (train.csv)"
+    )
+    p.add_argument(
+        "--patients",
+        type=Path,
+        metavar="CSV",
+        help="StudyInstanceUID,PatientID (default: DIR/patients.csv, else headers)",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from model.training.config import load_training_config
+    from model.training.run import train
+
+    bundle = train(
+        load_training_config(args.config), args.data, args.labels, args.out, args.patients
+    )
+    report = json.loads((args.out / "training_report.json").read_text())
+    stack = report["out_of_fold"]["stack"]
+    auc = stack.get("roc_auc") or {}
+    print(f"bundle {bundle.name} {bundle.version} written to {args.out}")
+    print(
+        f"series {report['data']['series']} ({report['data']['positive_series']} positive), "
+        f"excluded {len(report['data']['excluded'])}"
+    )
+    if auc:
+        print(
+            f"out-of-fold stack ROC AUC {auc['estimate']:.3f} "
+            f"({auc['low']:.3f}-{auc['high']:.3f}); thresholds: "
+            f"stack {bundle.thresholds['stack'].value:.4f}, "
+            f"slice {bundle.thresholds['slice'].value:.4f}"
+        )
+    return 0
+
+
+def add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``evaluate``."""
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a bundle on labelled data, as the paper does",
+        description="Writes ROC and PR curves, confusion matrices and calibration plots (PNG), "
+        "accuracy/sensitivity/specificity/PPV/NPV with Wilson CIs, the Youden threshold, "
+        "predictions.csv, report.md and report.json, at the stack and slice levels.",
+    )
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, metavar="DIR")
+    p.add_argument("--labels", type=Path, required=True, metavar="CSV")
+    p.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR")
+    p.add_argument(
+        "--precision", choices=["float32", "bfloat16"], help="override the bundle's precision"
+    )
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from model.training.evaluate import evaluate
+
+    report = evaluate(args.bundle, args.data, args.labels, args.out, args.precision)
+    for level, m in report["levels"].items():
+        auc = m.get("roc_auc")
+        text = (
+            f"ROC AUC {auc['estimate']:.3f} ({auc['low']:.3f}-{auc['high']:.3f})" if auc else "n/a"
+        )
+        print(f"{level}: n={m['n']} positive={m['n_positive']} {text}")
+    print(f"report written to {args.out / 'report.md'}")
+    return 0
+
+
+def add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``compare``."""
+    p = sub.add_parser(
+        "compare",
+        help="DeLong's test between two bundles on the same labelled data",
+        description="Paired DeLong test of the ROC AUCs of bundle A and bundle B, at the stack "
+        "and slice levels, as the paper compares Model A and Model B.",
+    )
+    p.add_argument(
+        "--bundle", type=Path, action="append", required=True, help="give twice: A then B"
+    )
+    p.add_argument("--data", type=Path, required=True, metavar="DIR")
+    p.add_argument("--labels", type=Path, required=True, metavar="CSV")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from model.training.evaluate import compare
+
+    if len(args.bundle) != 2:
+        raise ValueError("give --bundle exactly twice (A, then B)")
+    result = compare(args.bundle[0], args.bundle[1], args.data, args.labels)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for level in ("stack", "slice"):
+        r = result[level]
+        print(
+            f"{level}: AUC A {r['auc_a']:.3f} vs B {r['auc_b']:.3f}, z {r['z']:.3f}, p {r['p']:.4g}"
+        )
+    return 0

@@ -1,0 +1,141 @@
+"""``triage-model evaluate`` and ``compare``: a bundle on labelled data, as the paper
+reports it, and two bundles against each other with DeLong's test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from model.labels import read_labels
+from model.predict import Prediction, Predictor
+from model.preprocess import SeriesRejectedError
+from model.report import LevelData, write_report
+from model.stats import delong_test
+from model.training.data import series_files
+
+
+@dataclass
+class ScoredData:
+    """Every labelled series a bundle could score, and those it could not."""
+
+    predictions: dict[str, Prediction] = field(default_factory=dict)
+    labels: dict[str, bool] = field(default_factory=dict)
+    image_labels: dict[str, dict[str, bool]] = field(default_factory=dict)
+    excluded: list[dict[str, str]] = field(default_factory=list)
+
+
+def score(predictor: Predictor, data_dir: Path, labels_csv: Path) -> ScoredData:
+    """Run the predictor over every labelled, determinate series."""
+    out = ScoredData()
+    for uid, series in tqdm(sorted(read_labels(labels_csv).items()), desc="predict", unit="series"):
+        if series.indeterminate:
+            out.excluded.append({"series_instance_uid": uid, "reason": "indeterminate exam"})
+            continue
+        files = series_files(data_dir, series)
+        if not files:
+            out.excluded.append({"series_instance_uid": uid, "reason": "no files"})
+            continue
+        try:
+            out.predictions[uid] = predictor.predict(files)
+        except (SeriesRejectedError, OSError) as err:
+            out.excluded.append({"series_instance_uid": uid, "reason": str(err)})
+            continue
+        out.labels[uid] = series.positive
+        out.image_labels[uid] = series.image_labels
+    return out
+
+
+def _slice_pairs(data: ScoredData, uid: str) -> list[tuple[str, bool, float]]:
+    probs = data.predictions[uid].slice_probabilities
+    labels = data.image_labels[uid]
+    return [(sop, labels[sop], p) for sop, p in probs.items() if sop in labels]
+
+
+def evaluate(
+    bundle_dir: Path, data_dir: Path, labels_csv: Path, out_dir: Path, precision: str | None = None
+) -> dict[str, Any]:
+    """Write the evaluation report of a bundle on labelled data; return ``report.json``."""
+    predictor = Predictor.load(bundle_dir, precision=precision)
+    data = score(predictor, data_dir, labels_csv)
+    if not data.predictions:
+        raise ValueError("no labelled series could be scored; see the reasons above")
+    thresholds = predictor.bundle.thresholds
+    uids = sorted(data.predictions)
+    slices = [pair for uid in uids for pair in _slice_pairs(data, uid)]
+    levels = [
+        LevelData(
+            "stack",
+            [data.labels[u] for u in uids],
+            [data.predictions[u].stack_probability for u in uids],
+            thresholds["stack"].value,
+            thresholds["stack"].provenance,
+        ),
+        LevelData(
+            "slice",
+            [lab for _, lab, _ in slices],
+            [p for _, _, p in slices],
+            thresholds["slice"].value,
+            thresholds["slice"].provenance,
+        ),
+    ]
+    rows = [
+        {
+            "series_instance_uid": u,
+            "study_instance_uid": data.predictions[u].study_instance_uid,
+            "label": int(data.labels[u]),
+            "stack_probability": data.predictions[u].stack_probability,
+            "positive": int(data.predictions[u].positive),
+            "slices_used": data.predictions[u].slices_used,
+        }
+        for u in uids
+    ]
+    b = predictor.bundle
+    return write_report(
+        out_dir,
+        levels,
+        rows,
+        {
+            "name": b.name,
+            "version": b.version,
+            "sha256": b.manifest_sha256,
+            "trained": b.trained,
+            "precision": predictor.precision,
+        },
+        {
+            "series scored": len(uids),
+            "series excluded": len(data.excluded),
+            "excluded": data.excluded,
+        },
+    )
+
+
+def compare(bundle_a: Path, bundle_b: Path, data_dir: Path, labels_csv: Path) -> dict[str, Any]:
+    """Paired DeLong tests of two bundles' ROC AUCs at the stack and slice levels."""
+    scored = [score(Predictor.load(b), data_dir, labels_csv) for b in (bundle_a, bundle_b)]
+    common = sorted(set(scored[0].predictions) & set(scored[1].predictions))
+    if not common:
+        raise ValueError("the two bundles scored no series in common")
+    stack = delong_test(
+        [scored[0].labels[u] for u in common],
+        [scored[0].predictions[u].stack_probability for u in common],
+        [scored[1].predictions[u].stack_probability for u in common],
+    )
+    slice_a: list[tuple[str, bool, float]] = []
+    slice_b: dict[str, float] = {}
+    for u in common:
+        slice_a += _slice_pairs(scored[0], u)
+        slice_b.update({sop: p for sop, _, p in _slice_pairs(scored[1], u)})
+    paired = [(lab, p, slice_b[sop]) for sop, lab, p in slice_a if sop in slice_b]
+    slice_level = delong_test(
+        [x[0] for x in paired], [x[1] for x in paired], [x[2] for x in paired]
+    )
+    return {
+        "bundle_a": str(bundle_a),
+        "bundle_b": str(bundle_b),
+        "series": len(common),
+        "stack": stack.to_dict(),
+        "slice": {**slice_level.to_dict(), "slices": len(paired)},
+    }
