@@ -88,4 +88,7 @@ def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
 
 def get_logger(name: str, **bound: Any) -> Any:
     """Return a structlog logger, optionally with keys bound (for example ``job_id``)."""
-    return structlog.get_logger(name).bind(**bound)
+    # A lazy proxy, not ``.bind()``: binding at import time would freeze structlog's
+    # configuration as it was then, and a spawned receiver process imports every module
+    # before it can call configure_logging (its lines came out in console format).
+    return structlog.get_logger(name, **bound)
