@@ -122,7 +122,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from triage.daemon import serve
 
-        return serve(config)
+        return serve(
+            config,
+            log_format=args.log_format or config.logging.format,
+            log_level=args.log_level or config.logging.level,
+        )
 
     from triage.db import create_db_engine, migrate, session_factory
 

@@ -67,6 +67,7 @@ class ReceiverConfig(_Section):
     network_timeout: float = Field(default=60.0, gt=0)
     min_free_disk_mb: int = Field(default=1024, ge=0)
     shutdown_timeout: float = Field(default=30.0, ge=0)
+    processes: int = Field(default=1, ge=1)
     tls: TLSConfig = Field(default_factory=TLSConfig)
 
     @field_validator("ae_title")

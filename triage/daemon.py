@@ -1,20 +1,44 @@
-"""``triage serve``: the receiver and the scheduler in one process, stopped by a signal."""
+"""``triage serve``: the receiver and the scheduler, stopped by a signal.
+
+With ``receiver.processes: 1`` the receiver runs in this process. With N > 1 it runs in
+N child processes that share the port (SO_REUSEPORT), because one Python process
+decodes DIMSE messages, parses headers and hashes UIDs on one core only (the GIL);
+this process keeps the scheduler, restarts a receiver process that dies, and stops
+them all on SIGTERM.
+"""
 
 from __future__ import annotations
 
+import math
+import multiprocessing
+import os
 import signal
+import socket
 import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.context import SpawnProcess
 from types import FrameType
+from typing import Any
 
-from triage.config import Config
+from triage.config import Config, ReceiverConfig
 from triage.db import create_db_engine, migrate, session_factory
-from triage.logs import get_logger
+from triage.errors import TriageError
+from triage.logs import configure_logging, get_logger
 from triage.reconcile import reconcile
 from triage.recorder import InstanceRecorder
 from triage.scheduler import build_scheduler
 from triage.scp import Receiver, StoreTarget
 
 log = get_logger(__name__)
+
+# How long a receiver process may take to import, open the database and listen.
+_START_TIMEOUT = 60.0
+# A receiver process that dies sooner than this after its start is restarted after a
+# growing delay (up to _MAX_BACKOFF), so a process that cannot start (a broken TLS key,
+# say) does not spin; one that ran longer is restarted at once.
+_STABLE_AFTER = 10.0
+_MAX_BACKOFF = 30.0
 
 
 def prepare_data_dir(config: Config) -> None:
@@ -24,15 +48,213 @@ def prepare_data_dir(config: Config) -> None:
         path.chmod(0o700)
 
 
-def serve(config: Config, ready: threading.Event | None = None) -> int:
-    """Run the daemon until SIGTERM or SIGINT; return the process exit code."""
+def _process_receiver_config(cfg: ReceiverConfig, port: int) -> ReceiverConfig:
+    """One receiver process's share: the bound port and its part of max_associations."""
+    return cfg.model_copy(
+        update={"port": port, "max_associations": math.ceil(cfg.max_associations / cfg.processes)}
+    )
+
+
+def _run_receiver_process(
+    config: Config, port: int, index: int, log_format: str, log_level: str, ready: Any
+) -> None:
+    """The body of one receiver process: its own engine, recorder and listening socket."""
+    # Ctrl-C reaches the whole process group; only the parent decides when to stop, and
+    # then sends SIGTERM, so associations in flight are not cut by a stray SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    configure_logging(log_format, log_level)
+    plog = get_logger(__name__, pid=os.getpid(), receiver_process=index)
+    parent = os.getppid()
+
+    cfg = _process_receiver_config(config.receiver, port)
+    engine = create_db_engine(config.database_url, config.database.busy_timeout_ms)
+    recorder = InstanceRecorder(session_factory(engine))
+    try:
+        receiver = Receiver(
+            cfg, StoreTarget(config.spool_dir, cfg.min_free_disk_mb, recorder), reuse_port=True
+        )
+    except (TriageError, OSError) as err:
+        plog.error("receiver_start_failed", error=str(err))
+        recorder.close()
+        engine.dispose()
+        raise SystemExit(1) from err
+    # Logged before the parent hears of it, so that "serving" follows every child's line.
+    plog.info("receiver_started", port=receiver.port, max_associations=cfg.max_associations)
+    ready.set()
+    try:
+        while not stop.wait(0.5):
+            # If the parent was killed outright, nobody would ever stop us: an orphan
+            # would hold the port and the database.
+            if os.getppid() != parent:
+                plog.warning("receiver_parent_gone")
+                break
+    finally:
+        receiver.stop()
+        recorder.close()
+        engine.dispose()
+        plog.info("receiver_stopped")
+
+
+@dataclass
+class _Slot:
+    """One receiver process and when it may be restarted."""
+
+    index: int
+    process: SpawnProcess | None = None
+    started_at: float = 0.0
+    backoff: float = 0.0
+    restart_at: float | None = None
+    # Held until the process is replaced: a spawned child unpickles it after start(),
+    # and the semaphore behind it is unlinked once the parent drops the last reference.
+    ready: Any = None
+
+
+class ReceiverProcesses:
+    """``receiver.processes`` receiver processes sharing one port, kept alive by the parent.
+
+    The parent binds the address first (with SO_REUSEPORT, without listening), so that
+    port 0 resolves to one port that every child then joins, and so that the port stays
+    ours while a child restarts. A socket that does not listen gets no connections.
+    """
+
+    def __init__(self, config: Config, log_format: str, log_level: str) -> None:
+        if not hasattr(socket, "SO_REUSEPORT"):
+            raise TriageError(
+                "receiver.processes > 1 needs SO_REUSEPORT, which this platform lacks; "
+                "set receiver.processes to 1"
+            )
+        self._config = config
+        self._log_format = log_format
+        self._log_level = log_level
+        # spawn, not fork: the parent already runs threads (the scheduler, the
+        # recorder), and a forked child would inherit their locks and the engine's
+        # connections, which must be one per process.
+        self._ctx = multiprocessing.get_context("spawn")
+        cfg = config.receiver
+        info = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM)[0]
+        self._socket = socket.socket(info[0], socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            self._socket.bind(info[4])
+        except OSError as err:
+            self._socket.close()
+            raise TriageError(
+                f"cannot bind the receiver to {cfg.host}:{cfg.port}: {err.strerror or err}; "
+                "is another daemon running, or is receiver.port wrong?"
+            ) from err
+        self.port = int(self._socket.getsockname()[1])
+        self._slots = [_Slot(i) for i in range(cfg.processes)]
+        self._stopping = False
+
+    def _spawn(self, slot: _Slot) -> Any:
+        if slot.process is not None:
+            slot.process.close()  # reaped already: it was seen dead
+        ready = self._ctx.Event()
+        process = self._ctx.Process(
+            target=_run_receiver_process,
+            args=(self._config, self.port, slot.index, self._log_format, self._log_level, ready),
+            name=f"triage-receiver-{slot.index}",
+        )
+        process.start()
+        slot.ready = ready
+        slot.process = process
+        slot.started_at = time.monotonic()
+        slot.restart_at = None
+        return ready
+
+    def start(self) -> None:
+        """Start every receiver process and wait until each listens.
+
+        Raises
+        ------
+        TriageError
+            If a receiver process exits or hangs before it listens.
+        """
+        waiting = [(slot, self._spawn(slot)) for slot in self._slots]
+        deadline = time.monotonic() + _START_TIMEOUT
+        for slot, ready in waiting:
+            assert slot.process is not None
+            while not ready.wait(0.1):
+                if not slot.process.is_alive() or time.monotonic() > deadline:
+                    self.stop()
+                    raise TriageError(
+                        f"receiver process {slot.index} did not start "
+                        f"(exit code {slot.process.exitcode}); its log lines above say why"
+                    )
+
+    def check(self) -> None:
+        """Restart any receiver process that has died; called periodically by the parent."""
+        if self._stopping:
+            return
+        now = time.monotonic()
+        for slot in self._slots:
+            process = slot.process
+            if process is None or process.is_alive():
+                continue
+            if slot.restart_at is None:
+                lived = now - slot.started_at
+                slot.backoff = (
+                    0.0 if lived >= _STABLE_AFTER else min(_MAX_BACKOFF, max(1.0, 2 * slot.backoff))
+                )
+                slot.restart_at = now + slot.backoff
+                log.error(
+                    "receiver_process_died",
+                    receiver_process=slot.index,
+                    pid=process.pid,
+                    exitcode=process.exitcode,
+                    restart_in_seconds=slot.backoff,
+                )
+            if now >= slot.restart_at:
+                self._spawn(slot)
+                log.info("receiver_process_restarted", receiver_process=slot.index)
+
+    def pids(self) -> list[int]:
+        """The live receiver processes' ids."""
+        return [
+            s.process.pid
+            for s in self._slots
+            if s.process is not None and s.process.pid is not None and s.process.is_alive()
+        ]
+
+    def stop(self) -> None:
+        """SIGTERM every receiver process; each lets its associations finish first."""
+        self._stopping = True
+        live = [s.process for s in self._slots if s.process is not None and s.process.is_alive()]
+        for process in live:
+            process.terminate()
+        # Each child waits up to shutdown_timeout for its associations, then aborts
+        # them; the margin covers closing its database engine.
+        deadline = time.monotonic() + self._config.receiver.shutdown_timeout + 10.0
+        for process in live:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("receiver_process_killed", pid=process.pid)
+                process.kill()
+                process.join()
+        self._socket.close()
+
+
+def serve(
+    config: Config,
+    ready: threading.Event | None = None,
+    *,
+    log_format: str | None = None,
+    log_level: str | None = None,
+) -> int:
+    """Run the daemon until SIGTERM or SIGINT; return the process exit code.
+
+    ``log_format`` and ``log_level`` are what this process logs with (the command
+    line may override the configuration); receiver processes log the same way.
+    """
     prepare_data_dir(config)
     engine = create_db_engine(config.database_url, config.database.busy_timeout_ms)
     migrate(engine)
     sessions = session_factory(engine)
     reconcile(sessions, config.spool_dir)
 
-    recorder = InstanceRecorder(sessions)
     scheduler = build_scheduler(sessions, config)
     stop = threading.Event()
 
@@ -41,28 +263,48 @@ def serve(config: Config, ready: threading.Event | None = None) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    receiver = Receiver(
-        config.receiver,
-        StoreTarget(config.spool_dir, config.receiver.min_free_disk_mb, recorder),
-    )
-    scheduler.start()
-    log.info(
-        "serving",
-        ae_title=config.receiver.ae_title,
-        host=config.receiver.host,
-        port=receiver.port,
-        data_dir=str(config.data_dir),
-        database=engine.url.render_as_string(hide_password=True),
-    )
-    if ready is not None:
-        ready.set()
+    recorder: InstanceRecorder | None = None
+    receiver: Receiver | None = None
+    children: ReceiverProcesses | None = None
     try:
+        if config.receiver.processes > 1:
+            children = ReceiverProcesses(
+                config, log_format or config.logging.format, log_level or config.logging.level
+            )
+            children.start()
+            port = children.port
+        else:
+            recorder = InstanceRecorder(sessions)
+            receiver = Receiver(
+                config.receiver,
+                StoreTarget(config.spool_dir, config.receiver.min_free_disk_mb, recorder),
+            )
+            port = receiver.port
+        scheduler.start()
+        log.info(
+            "serving",
+            ae_title=config.receiver.ae_title,
+            host=config.receiver.host,
+            port=port,
+            receiver_processes=config.receiver.processes,
+            pid=os.getpid(),
+            data_dir=str(config.data_dir),
+            database=engine.url.render_as_string(hide_password=True),
+        )
+        if ready is not None:
+            ready.set()
         while not stop.wait(0.5):
-            pass
+            if children is not None:
+                children.check()
     finally:
-        receiver.stop()
-        scheduler.shutdown(wait=True)
-        recorder.close()
+        if receiver is not None:
+            receiver.stop()
+        if children is not None:
+            children.stop()
+        if scheduler.running:
+            scheduler.shutdown(wait=True)
+        if recorder is not None:
+            recorder.close()
         engine.dispose()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

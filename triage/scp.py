@@ -8,6 +8,7 @@ Failures become DIMSE statuses here, at the network edge, and nowhere else.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import socketserver
 import ssl
@@ -161,10 +162,12 @@ def _handle_conn_open(event: evt.Event) -> None:
 
 
 def _handle_accepted(event: evt.Event) -> None:
+    # The pid tells an admin which receiver process (receiver.processes > 1) served it.
     log.info(
         "association_accepted",
         calling_aet=event.assoc.requestor.ae_title,
         peer=event.assoc.requestor.address,
+        pid=os.getpid(),
     )
 
 
@@ -221,10 +224,33 @@ def build_ae(cfg: ReceiverConfig) -> AE:
     return ae
 
 
+class ReusePortAssociationServer(ThreadedAssociationServer):
+    """An association server whose port other processes of the same user may share.
+
+    With SO_REUSEPORT, Linux spreads incoming connections over every socket listening
+    on the port, so N receiver processes use N cores. It is set only on request (the
+    ``receiver.processes > 1`` case): otherwise a second daemon started by mistake
+    would silently share the port instead of failing to bind.
+    """
+
+    def server_bind(self) -> None:
+        """Set SO_REUSEPORT, then bind as pynetdicom does."""
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class Receiver:
     """The running Storage SCP, with a graceful stop."""
 
-    def __init__(self, cfg: ReceiverConfig, target: StoreTarget) -> None:
+    def __init__(
+        self, cfg: ReceiverConfig, target: StoreTarget, *, reuse_port: bool = False
+    ) -> None:
+        """Bind ``cfg.host:cfg.port`` and start accepting associations in a thread.
+
+        ``reuse_port`` lets several receiver processes listen on the same port
+        (see :class:`ReusePortAssociationServer`).
+        """
         self.cfg = cfg
         self.ae = build_ae(cfg)
         handlers: list[Any] = [
@@ -241,14 +267,16 @@ class Receiver:
                 "calling_aet_allow_list_empty",
                 detail="any calling AE title is accepted; set receiver.allowed_calling_aets",
             )
-        server = self.ae.start_server(
+        server = self.ae.make_server(
             (cfg.host, cfg.port),
-            block=False,
             evt_handlers=handlers,
             ssl_context=build_ssl_context(cfg),
+            server_class=ReusePortAssociationServer if reuse_port else ThreadedAssociationServer,
         )
-        assert server is not None  # block=False always returns the server
         self.server: ThreadedAssociationServer = server
+        # What ``AE.start_server(block=False)`` does, which cannot take a server class.
+        # The server is not registered with the AE: stop() shuts it down itself.
+        threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
         self._stopped = threading.Event()
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -69,3 +70,13 @@ class Daemon:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The JSON log lines whose event is ``name``, oldest first."""
+        out = []
+        for line in self.log_text().splitlines():
+            if f'"{name}"' in line:
+                record = json.loads(line)
+                if record.get("event") == name:
+                    out.append(record)
+        return out
