@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,7 @@ def _train_fold(
     work = out / "work" / f"fold{fold}"
     done = work / "done.json"
     if done.is_file():
+        print(f"fold {fold}: finished earlier, reusing {work}", file=sys.stderr)
         data = json.loads(done.read_text())
         return FoldOutcome(
             fold,

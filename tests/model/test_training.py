@@ -1,0 +1,182 @@
+"""Training from weak labels, end to end on a handful of tiny synthetic studies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from model.cli import main
+from model.folds import assign_folds
+from model.training.config import TrainingConfig, load_training_config
+from model.training.data import build_cache
+from model.training.run import preprocess_config
+from model.training.stages import SliceBatches, slice_samples
+
+ROOT = Path(__file__).parents[2]
+
+TINY = {
+    "name": "tiny",
+    "folds": 2,
+    "seed": 1,
+    "network": {"backbone": "small", "input_size": 32, "channels": 1, "weights": None},
+    "slice_cnn": {"batch_size": 32, "epochs": 1},
+    "sequence": {"batch_size": 4, "epochs": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model.synthetic import write_dataset
+
+    folder = tmp_path_factory.mktemp("synthetic")
+    write_dataset(
+        folder,
+        10,
+        positive_fraction=0.5,
+        seed=5,
+        matrix=64,
+        difficulty="easy",
+        second_study_fraction=0.3,
+    )
+    return folder
+
+
+def test_example_training_config_is_the_defaults() -> None:
+    assert load_training_config(ROOT / "training.example.yaml") == TrainingConfig()
+
+
+def test_bad_training_config_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text("slice_cnn:\n  epochz: 3\nnetwork:\n  backbone: vgg\n")
+    with pytest.raises(ValueError, match=r"slice_cnn\.epochz: unknown key") as info:
+        load_training_config(path)
+    assert "network.backbone" in str(info.value)
+
+
+def test_augmentation_never_reaches_validation(data: Path, tmp_path: Path) -> None:
+    cfg = TrainingConfig.model_validate(TINY)
+    series, _ = build_cache(data, data / "train.csv", tmp_path / "cache", preprocess_config(cfg))
+    keys = [s.series_instance_uid for s in series]
+    folds = assign_folds(keys, [s.positive for s in series], [s.patient for s in series], 2, 1)
+    train = [s for s in series if folds[s.series_instance_uid] == 0]
+    val = [s for s in series if folds[s.series_instance_uid] == 1]
+
+    train_samples = slice_samples(train, augment_positives=True, seed=1)
+    val_samples = slice_samples(val, augment_positives=False, seed=1)
+    assert all(s.augment_seed is None for s in val_samples)
+    assert len(val_samples) == sum(int(s.mask.sum()) for s in val)
+    augmented = [s for s in train_samples if s.augment_seed is not None]
+    assert augmented and all(s.label for s in augmented)
+    # Balanced: as many positive samples as negative ones.
+    assert sum(s.label for s in train_samples) == sum(not s.label for s in train_samples)
+    # Augmented copies come from training-fold series only.
+    assert {train[s.series].series_instance_uid for s in augmented} <= set(keys) - {
+        v.series_instance_uid for v in val
+    }
+    # The validation batches are exactly the cached slices.
+    batches = SliceBatches(val, val_samples, 8, 1, shuffle=False, seed=0)
+    x, _ = batches[0]
+    first = val_samples[0]
+    np.testing.assert_array_equal(
+        x[0, ..., 0], np.asarray(val[first.series].volume()[first.slot], np.float32)
+    )
+
+
+def _weights(bundle: Path) -> dict[str, np.ndarray]:
+    """Every weight array of every fold file (HDF5 bytes carry metadata that changes)."""
+    import h5py
+
+    arrays: dict[str, np.ndarray] = {}
+    for path in sorted(bundle.glob("fold*_*.weights.h5")):
+        with h5py.File(path, "r") as f:
+            f.visititems(
+                lambda name, obj, p=path: (
+                    arrays.__setitem__(f"{p.name}/{name}", obj[()])
+                    if isinstance(obj, h5py.Dataset)
+                    else None
+                )
+            )
+    return arrays
+
+
+def test_train_then_evaluate(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "training.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "bundle"
+    argv = [
+        "train",
+        "--config",
+        str(config),
+        "--data",
+        str(data),
+        "--labels",
+        str(data / "train.csv"),
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "out-of-fold stack ROC AUC" in printed
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["trained"] is True
+    assert manifest["network"]["backbone"] == "small"
+    assert [f["fold"] for f in manifest["folds"]] == [0, 1]
+    for level in ("stack", "slice"):
+        t = manifest["thresholds"][level]
+        assert t["provenance"] == "Youden on out-of-fold predictions"
+        assert 0.0 <= t["value"] <= 1.0
+    oof = manifest["metrics"]["out_of_fold"]["stack"]
+    assert oof["n"] + len(manifest["training"]["data"]["excluded"]) == 10
+    folds = json.loads((out / "folds.json").read_text())
+    patient_folds: dict[str, set[int]] = {}
+    for entry in folds.values():
+        patient_folds.setdefault(entry["patient"], set()).add(entry["fold"])
+    assert all(len(f) == 1 for f in patient_folds.values())
+    assert any(p.name.startswith("events") for p in (out / "tensorboard").rglob("*"))
+
+    # Resumable: a rerun reuses the finished folds and writes the same weights.
+    weights = _weights(out)
+    assert main(argv) == 0
+    assert "fold 0: finished earlier" in capsys.readouterr().err
+    again = _weights(out)
+    assert again.keys() == weights.keys()
+    assert all(np.array_equal(again[k], weights[k]) for k in weights)
+
+    report_dir = tmp_path / "report"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--bundle",
+                str(out),
+                "--data",
+                str(data),
+                "--labels",
+                str(data / "train.csv"),
+                "--out",
+                str(report_dir),
+            ]
+        )
+        == 0
+    )
+    report = json.loads((report_dir / "report.json").read_text())
+    stack = report["levels"]["stack"]
+    assert stack["n"] == oof["n"]
+    assert stack["threshold"]["value"] == manifest["thresholds"]["stack"]["value"]
+    for name in (
+        "stack_roc.png",
+        "slice_pr.png",
+        "stack_confusion.png",
+        "predictions.csv",
+        "report.md",
+    ):
+        assert (report_dir / name).is_file()
+    md = (report_dir / "report.md").read_text()
+    assert f"ROC AUC {stack['roc_auc']['estimate']:.3f}" in md
