@@ -26,6 +26,7 @@ series are dealt round-robin to the K senders: the total work is the same for ev
 Usage::
 
     python benchmarks/ingest.py --series 4 --concurrency 1 4 --max-pdu 131072 --tcp-nodelay 1
+    python benchmarks/ingest.py --series 4 --concurrency 1 4 --repeat 3 --processes 2
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ def triage_rows(db: Path) -> int:
 
 
 def start_triage(
-    work: Path, port: int, max_pdu: int, log_level: str
+    work: Path, port: int, max_pdu: int, log_level: str, processes: int
 ) -> tuple[subprocess.Popen[bytes], Path]:
     data_dir = work / "triage-data"
     config = work / "triage.yaml"
@@ -202,6 +203,7 @@ def start_triage(
         f"  port: {port}",
         f"  max_pdu: {max_pdu}",
         "  max_associations: 64",
+        f"  processes: {processes}",
         "  min_free_disk_mb: 64",
     ]
     lines += [
@@ -274,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="run storescp with --fork (auto: when K > 1)",
     )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="triage's receiver.processes (default 1)"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per target and K; median")
     parser.add_argument("--log-level", default="INFO", help="triage's logging.level")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
@@ -309,9 +314,16 @@ def main(argv: list[str] | None = None) -> int:
 
         results: list[Result] = []
         tport, sport = free_port(), free_port()
-        triage, data_dir = start_triage(work, tport, args.max_pdu, args.log_level)
+        triage, data_dir = start_triage(work, tport, args.max_pdu, args.log_level, args.processes)
         try:
             wait_until_echo(tport, "TRIAGE", triage, 60)
+            # With receiver.processes > 1 one process may answer before the others listen;
+            # "serving" is logged once every one does.
+            deadline = time.monotonic() + 60
+            while '"serving"' not in (work / "triage.log").read_text(errors="replace"):
+                if time.monotonic() > deadline:
+                    raise SystemExit("triage did not log 'serving' within 60 s")
+                time.sleep(0.1)
             for k in args.concurrency:
                 fork = args.storescp_fork == "yes" or (args.storescp_fork == "auto" and k > 1)
                 (work / f"k{k}").mkdir()
@@ -347,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print()
         print(
+            f"triage receiver.processes={args.processes}; "
             f"max PDU {args.max_pdu or 'unlimited'}; TCP_NODELAY={args.tcp_nodelay} for dcmtk, "
             "always on in triage; triage: fsync file + rename + fsync folder + committed row "
             "before Success; storescp: default output mode, no fsync"
