@@ -151,3 +151,84 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
     series: Mapped[Series] = relationship(back_populates="job")
+
+
+class Decision(enum.StrEnum):
+    """What a result says about pulmonary embolism."""
+
+    PRESENT = "present"
+    ABSENT = "absent"
+    UNDETERMINED = "undetermined"
+
+
+class DeliveryState(enum.StrEnum):
+    """``pending → sent | retrying(next_at) → dead(error)``."""
+
+    PENDING = "pending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+class Result(Base):
+    """The model's answer for one job: what it said, with which bundle and thresholds.
+
+    A reopened series gets a new result; the old ones stay for the audit trail.
+    """
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    decision: Mapped[Decision] = mapped_column(_enum(Decision, "decision"))
+    stack_probability: Mapped[float | None] = mapped_column(Float)
+    # JSON text: {sop_instance_uid: probability}, and the flagged SOP Instance UIDs in order.
+    slice_probabilities: Mapped[str] = mapped_column(Text, default="{}")
+    flagged_sop_instance_uids: Mapped[str] = mapped_column(Text, default="[]")
+    threshold_stack: Mapped[float | None] = mapped_column(Float)
+    threshold_slice: Mapped[float | None] = mapped_column(Float)
+    threshold_source: Mapped[str | None] = mapped_column(String(64))
+    bundle_name: Mapped[str | None] = mapped_column(String(128))
+    bundle_version: Mapped[str | None] = mapped_column(String(64))
+    bundle_sha256: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    timings: Mapped[str] = mapped_column(Text, default="{}")
+    # The output objects' UIDs, fixed once so every retry resends the same instances.
+    sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    kos_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="result")
+
+
+class Delivery(Base):
+    """One (result, destination) pair on its way out, with its retry state in the row."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id", ondelete="CASCADE"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[DeliveryState] = mapped_column(
+        _enum(DeliveryState, "delivery_state"), default=DeliveryState.PENDING, index=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    result: Mapped[Result] = relationship(back_populates="deliveries")
+
+
+class AuditEvent(Base):
+    """Something an admin changed or did: a threshold reload, a retry of dead deliveries."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
