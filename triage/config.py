@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -139,6 +139,163 @@ class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "model" / "bundles" / "demo"
+"""The demo bundle shipped in the model package: trained on synthetic phantoms only."""
+
+
+class ModelConfig(_Section):
+    """The weight bundle the workers load, and how they run it."""
+
+    # Null: the shipped demo bundle (synthetic training data, not for clinical use).
+    bundle: Path | None = None
+    # float32 or bfloat16; null uses the bundle's own setting.
+    precision: Literal["float32", "bfloat16"] | None = None
+    # TensorFlow threads per operation on the CPU; null lets TensorFlow decide.
+    threads: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+
+    @property
+    def bundle_dir(self) -> Path:
+        """The bundle folder to load."""
+        return self.bundle or DEMO_BUNDLE
+
+
+class WorkerConfig(_Section):
+    """Inference workers: how many, and how they hold their jobs."""
+
+    processes: int = Field(default=1, ge=0)
+    # A running job's lease; a worker renews it every heartbeat_seconds. A job whose lease
+    # ran out (its worker died) goes back to the queue.
+    lease_seconds: float = Field(default=300.0, gt=0)
+    heartbeat_seconds: float = Field(default=30.0, gt=0)
+    # Attempts before a job that keeps failing is marked failed.
+    max_attempts: int = Field(default=3, ge=1)
+    # How often an idle worker looks for a queued job.
+    poll_seconds: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_lease(self) -> WorkerConfig:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
+        return self
+
+
+class ThresholdsConfig(_Section):
+    """Decision thresholds; null uses the bundle's (Youden on validation data)."""
+
+    stack: float | None = Field(default=None, ge=0, le=1)
+    slice: float | None = Field(default=None, ge=0, le=1)
+    # Flagged slices (at or above the slice threshold) per study, most probable first.
+    max_flagged_slices: int = Field(default=10, ge=1)
+
+
+class WebConfig(_Section):
+    """The radiologists' worklist, JSON API, health and metrics."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # Bearer token; required when host is not a loopback address.
+    token: str | None = None
+    refresh_seconds: int = Field(default=15, ge=1)
+
+    @model_validator(mode="after")
+    def _token_when_exposed(self) -> WebConfig:
+        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.token:
+            raise ValueError(
+                f"web.host {self.host} is reachable from other machines, so web.token is "
+                "required (use ${ENV_VAR} to keep it out of the file)"
+            )
+        return self
+
+
+class DicomDestination(_Section):
+    """A PACS that receives the SR (always) and the KOS (positives) by C-STORE."""
+
+    name: str
+    type: Literal["dicom"]
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str = "TRIAGE"
+    tls: bool = False
+    ca_certificate: Path | None = None
+
+    @field_validator("ae_title", "calling_ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+class HL7Destination(_Section):
+    """A RIS or worklist engine that gets an ORU^R01 over MLLP for positives."""
+
+    name: str
+    type: Literal["hl7"]
+    host: str
+    port: int = Field(ge=1, le=65535)
+    sending_application: str = "CTPA_TRIAGE"
+    sending_facility: str = "RADIOLOGY"
+    receiving_application: str = "RIS"
+    receiving_facility: str = "RADIOLOGY"
+    ack_timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class UPSDestination(_Section):
+    """A UPS-Push SCP that gets an N-CREATE workitem with priority HIGH for positives."""
+
+    name: str
+    type: Literal["ups"]
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str = "TRIAGE"
+
+    @field_validator("ae_title", "calling_ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+class WebhookDestination(_Section):
+    """An HTTP endpoint that gets a JSON POST (no patient name or ID) for positives."""
+
+    name: str
+    type: Literal["webhook"]
+    url: str
+    token: str | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        return value
+
+
+Destination = Annotated[
+    DicomDestination | HL7Destination | UPSDestination | WebhookDestination,
+    Field(discriminator="type"),
+]
+
+
+class DispatchConfig(_Section):
+    """Retries of deliveries: exponential backoff with jitter, then dead."""
+
+    max_attempts: int = Field(default=10, ge=1)
+    backoff_seconds: float = Field(default=10.0, gt=0)
+    max_backoff_seconds: float = Field(default=3600.0, gt=0)
+    sweep_interval_seconds: float = Field(default=2.0, gt=0)
+
+
+class ReportConfig(_Section):
+    """What the SR and KOS say about who made them."""
+
+    institution_name: str | None = None
+    manufacturer: str = "ctpa-triage open-source project"
+    device_serial_number: str = "0"
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -147,6 +304,21 @@ class Config(_Section):
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
     series: SeriesConfig = Field(default_factory=SeriesConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
+    destinations: list[Destination] = Field(default_factory=list)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _unique_destination_names(self) -> Config:
+        names = [d.name for d in self.destinations]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"destination names must be unique: {', '.join(duplicates)}")
+        return self
 
     @property
     def spool_dir(self) -> Path:
@@ -189,6 +361,11 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             section[key] = str((base / value).resolve())
 
     fix(data, "data_dir")
+    if isinstance(data.get("model"), dict):
+        fix(data["model"], "bundle")
+    for dest in data.get("destinations") or []:
+        if isinstance(dest, dict):
+            fix(dest, "ca_certificate")
     tls = data.get("receiver", {}).get("tls") if isinstance(data.get("receiver"), dict) else None
     if isinstance(tls, dict):
         for key in ("certificate", "private_key", "ca_certificate"):
