@@ -1,8 +1,8 @@
-"""results, deliveries and audit events
+"""results, deliveries, audit events and worker heartbeats
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-25 22:44:28.990771
+Create Date: 2026-11-25 22:45:47.679593
 """
 
 import sqlalchemy as sa
@@ -24,6 +24,23 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
+    op.create_table(
+        "worker_heartbeats",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("worker_id", sa.String(length=128), nullable=False),
+        sa.Column("hostname", sa.String(length=255), nullable=False),
+        sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("device", sa.String(length=32), nullable=True),
+        sa.Column("started_at", sa.DateTime(), nullable=False),
+        sa.Column("last_seen_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("worker_id"),
+    )
+    with op.batch_alter_table("worker_heartbeats", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_worker_heartbeats_last_seen_at"), ["last_seen_at"], unique=False
+        )
+
     op.create_table(
         "results",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -106,4 +123,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_results_job_id"))
 
     op.drop_table("results")
+    with op.batch_alter_table("worker_heartbeats", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_worker_heartbeats_last_seen_at"))
+
+    op.drop_table("worker_heartbeats")
     op.drop_table("audit_events")
