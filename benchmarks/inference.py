@@ -175,7 +175,7 @@ def main() -> None:
                     f"{timing['preprocess']:>6.2f} {timing['cnn']:>7.2f} "
                     f"{timing['sequence']:>6.3f} {timing['total']:>7.2f} "
                     f"{timing['cnn'] / used:>7.3f} {gflops:>8.1f} {share:>5.0f}% "
-                    f"{non_cnn:>6.1%} {drift:>8.5f}"
+                    f"{non_cnn:>6.1%} {drift:>8.1e}"
                 )
                 del predictor
     print("times are medians over the studies; max|dp| is the largest study-probability")
