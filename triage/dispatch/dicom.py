@@ -1,0 +1,90 @@
+"""C-STORE of the SR (always) and the KOS (positives) to a PACS, with optional TLS.
+
+The association proposes only what is sent: the SR's and the KOS's SOP classes, each
+with Explicit VR Little Endian (and Implicit, which every SCP supports, as a fallback).
+The files are read from the outbox, so a retry sends the same SOP Instance UIDs and a
+PACS that already has them simply stores them again.
+"""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.presentation import build_context
+
+from triage.config import DicomDestination
+from triage.dispatch._dimse import associate, is_success_or_warning, read_file, status_code
+from triage.dispatch.context import DeliveryContext, DeliveryError
+
+_TRANSFER_SYNTAXES: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+
+def objects_to_send(context: DeliveryContext) -> list[tuple[str, Dataset]]:
+    """The SR, and the KOS for a positive, checked against the UIDs in the result row.
+
+    Raises
+    ------
+    DeliveryError
+        If a file is missing (retried) or holds another SOP Instance UID than the one
+        recorded, which would break the promise that a retry resends the same object.
+    """
+    wanted = [("SR", context.sr_path, context.sr_sop_instance_uid)]
+    if context.kos_path is not None:
+        wanted.append(("KOS", context.kos_path, context.kos_sop_instance_uid))
+    out = []
+    for what, path, recorded in wanted:
+        ds = read_file(path, what)
+        if recorded and str(ds.SOPInstanceUID) != recorded:
+            raise DeliveryError(
+                f"the {what} {path} has SOP Instance UID {ds.SOPInstanceUID}, "
+                f"but the result records {recorded}",
+                permanent=True,
+            )
+        out.append((what, ds))
+    return out
+
+
+def send_dicom(destination: DicomDestination, context: DeliveryContext) -> None:
+    """Store the result's SR (and KOS) on ``destination``.
+
+    Parameters
+    ----------
+    destination : DicomDestination
+        The PACS.
+    context : DeliveryContext
+        The delivery.
+
+    Raises
+    ------
+    DeliveryError
+        Unless every object was answered with success or a warning.
+    """
+    objects = objects_to_send(context)
+    sop_classes = sorted({str(ds.SOPClassUID) for _, ds in objects})
+    assoc = associate(
+        calling_ae_title=destination.calling_ae_title,
+        ae_title=destination.ae_title,
+        host=destination.host,
+        port=destination.port,
+        contexts=[build_context(uid, _TRANSFER_SYNTAXES) for uid in sop_classes],
+        tls=destination.tls,
+        ca_certificate=destination.ca_certificate,
+    )
+    peer = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    try:
+        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        for what, ds in objects:
+            if str(ds.SOPClassUID) not in accepted:
+                raise DeliveryError(
+                    f"{peer} does not accept {what} storage ({ds.SOPClassUID}); "
+                    "configure the PACS to accept it and run `triage retry`",
+                    permanent=True,
+                )
+            code = status_code(assoc.send_c_store(ds))
+            if code is None:
+                raise DeliveryError(f"no C-STORE response from {peer} for the {what}")
+            if not is_success_or_warning(code):
+                raise DeliveryError(f"{peer} refused the {what} with status 0x{code:04X}")
+    finally:
+        if assoc.is_established:
+            assoc.release()

@@ -1,0 +1,216 @@
+"""The delivery state machine: claim due rows, send them, and record what happened.
+
+A delivery goes ``pending → sent``, or ``retrying`` with an exponentially growing,
+jittered ``next_attempt_at``, and ``dead`` with its last error after
+``dispatch.max_attempts`` attempts. Errors that a retry cannot fix (an HL7 AR, a study
+without an accession number, a destination no longer in the configuration) go to
+``dead`` at once; ``triage retry`` puts dead deliveries back in the queue.
+
+Each delivery is sent inside its own transaction, with its row locked
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL): a second daemon on the same database skips
+it, and if this process dies mid-send the lock goes with its connection, so the row is
+still due and is sent again at once after a restart. Everything lives in the row, so a
+restart resumes where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, true, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from triage.config import Config, DispatchConfig
+from triage.db.models import AuditEvent, Delivery, DeliveryState, utcnow
+from triage.dispatch.context import DeliveryContext, DeliveryError, load_context
+from triage.logs import get_logger
+
+log = get_logger(__name__)
+
+Sender = Callable[[Any, DeliveryContext], None]
+
+_DUE = (DeliveryState.PENDING, DeliveryState.RETRYING)
+_MAX_ERROR = 2000  # characters of last_error kept: the reason, not a whole traceback
+
+
+def _senders() -> dict[str, Sender]:
+    # Imported here so that importing the state machine (the CLI's `retry`, the web
+    # status) does not pull in pynetdicom's SOP class tables.
+    from triage.dispatch.dicom import send_dicom
+    from triage.dispatch.hl7 import send_hl7
+    from triage.dispatch.ups import send_ups
+    from triage.dispatch.webhook import send_webhook
+
+    return {"dicom": send_dicom, "hl7": send_hl7, "ups": send_ups, "webhook": send_webhook}
+
+
+def backoff_seconds(attempts: int, cfg: DispatchConfig, rng: random.Random) -> float:
+    """The wait before the next attempt after ``attempts`` failed ones.
+
+    Doubles from ``backoff_seconds`` up to ``max_backoff_seconds``, times a jitter of
+    0.5 to 1.5 so that deliveries that failed together (a PACS restart) do not all
+    come back in the same second.
+    """
+    base = min(cfg.max_backoff_seconds, cfg.backoff_seconds * 2.0 ** min(attempts - 1, 62))
+    return base * rng.uniform(0.5, 1.5)
+
+
+def dispatch_due(
+    sessions: sessionmaker[Session],
+    config: Config,
+    now: datetime | None = None,
+    *,
+    rng: random.Random | None = None,
+    senders: dict[str, Sender] | None = None,
+) -> int:
+    """Send every delivery that is pending or retrying and due by ``now``.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        The process's session factory.
+    config : Config
+        The configuration: destinations by name, retry policy, data folder.
+    now : datetime, optional
+        Naive UTC time taken as the present; the current time by default.
+    rng : random.Random, optional
+        The source of the backoff jitter; tests pass a seeded one.
+    senders : dict, optional
+        Sender functions by destination type; the real ones by default.
+
+    Returns
+    -------
+    int
+        How many deliveries were attempted in this call, whatever their outcome.
+    """
+    now = now or utcnow()
+    rng = rng or random.Random()
+    senders = senders or _senders()
+    destinations = {d.name: d for d in config.destinations}
+    attempted: list[int] = []
+    while True:
+        with sessions() as session, session.begin():
+            stmt = (
+                select(Delivery)
+                .where(
+                    Delivery.state.in_(_DUE),
+                    Delivery.next_attempt_at <= now,
+                    # Each delivery at most once per call, whatever a sender's clock does.
+                    Delivery.id.not_in(attempted) if attempted else true(),
+                )
+                .order_by(Delivery.next_attempt_at, Delivery.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            delivery = session.scalars(stmt).first()
+            if delivery is None:
+                return len(attempted)
+            attempted.append(delivery.id)
+            _attempt(session, delivery, destinations, senders, config, now, rng)
+
+
+def _attempt(
+    session: Session,
+    delivery: Delivery,
+    destinations: dict[str, Any],
+    senders: dict[str, Sender],
+    config: Config,
+    now: datetime,
+    rng: random.Random,
+) -> None:
+    """Send one claimed delivery and move its row to its next state."""
+    attempt = delivery.attempts + 1
+    bound = log.bind(delivery_id=delivery.id, destination=delivery.destination, attempt=attempt)
+    try:
+        destination = destinations.get(delivery.destination)
+        if destination is None:
+            raise DeliveryError(
+                f"destination {delivery.destination!r} is not in the configuration; "
+                "add it back and run `triage retry`",
+                permanent=True,
+            )
+        context = load_context(session, delivery, config.data_dir, attempt)
+        bound = bound.bind(study_instance_uid=context.study_instance_uid)
+        senders[destination.type](destination, context)
+    except DeliveryError as err:
+        _failed(delivery, attempt, str(err), err.permanent, config.dispatch, now, rng, bound)
+    except Exception as err:  # a bug in one sender must not stall the whole queue
+        bound.exception("delivery_error_unexpected")
+        message = f"unexpected {type(err).__name__}: {err}"
+        _failed(delivery, attempt, message, False, config.dispatch, now, rng, bound)
+    else:
+        delivery.attempts = attempt
+        delivery.state = DeliveryState.SENT
+        delivery.sent_at = utcnow()
+        delivery.last_error = None
+        bound.info("delivery_sent")
+
+
+def _failed(
+    delivery: Delivery,
+    attempt: int,
+    message: str,
+    permanent: bool,
+    cfg: DispatchConfig,
+    now: datetime,
+    rng: random.Random,
+    bound: Any,
+) -> None:
+    delivery.attempts = attempt
+    delivery.last_error = message[:_MAX_ERROR]
+    if permanent or attempt >= cfg.max_attempts:
+        delivery.state = DeliveryState.DEAD
+        bound.error("delivery_dead", error=message, permanent=permanent)
+        return
+    delay = backoff_seconds(attempt, cfg, rng)
+    delivery.state = DeliveryState.RETRYING
+    delivery.next_attempt_at = now + timedelta(seconds=delay)
+    bound.warning("delivery_retrying", error=message, retry_in_seconds=round(delay, 1))
+
+
+def retry_dead(sessions: sessionmaker[Session], destination: str | None = None) -> int:
+    """Put dead deliveries back in the queue, due now, with their attempts reset.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        The process's session factory.
+    destination : str, optional
+        Only deliveries to this destination; all dead ones by default.
+
+    Returns
+    -------
+    int
+        How many deliveries were re-queued. An ``AuditEvent`` of kind
+        ``deliveries_retried`` records the action, even when it was none.
+    """
+    now = utcnow()
+    with sessions() as session, session.begin():
+        stmt = select(Delivery.id).where(Delivery.state == DeliveryState.DEAD)
+        if destination is not None:
+            stmt = stmt.where(Delivery.destination == destination)
+        ids = list(session.scalars(stmt.with_for_update(skip_locked=True)))
+        if ids:
+            # last_error stays until the next attempt, so status still says why it died.
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(ids), Delivery.state == DeliveryState.DEAD)
+                .values(
+                    state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, updated_at=now
+                )
+            )
+        session.add(
+            AuditEvent(
+                kind="deliveries_retried",
+                detail=json.dumps(
+                    {"destination": destination, "count": len(ids), "delivery_ids": ids}
+                ),
+                created_at=now,
+            )
+        )
+    log.info("deliveries_retried", destination=destination, count=len(ids))
+    return len(ids)
