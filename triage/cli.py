@@ -92,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(serve does this at start-up too).",
     )
     p.add_argument("--config", required=True, type=Path, help="the YAML configuration file")
+
+    p = sub.add_parser(
+        "retry",
+        parents=[common],
+        help="re-queue dead deliveries",
+        description="Put deliveries that went dead (attempts used up, or a permanent error) "
+        "back in the queue, due now with their attempts reset. The running daemon sends "
+        "them; the same SOP Instance UIDs are resent.",
+    )
+    p.add_argument("--config", required=True, type=Path, help="the YAML configuration file")
+    p.add_argument("--destination", metavar="NAME", help="only deliveries to this destination")
     return parser
 
 
@@ -134,6 +145,13 @@ def _run(args: argparse.Namespace) -> int:
     migrate(engine)
     if args.command == "migrate":
         print(f"database schema is up to date at {engine.url.render_as_string(True)}")
+        return 0
+    if args.command == "retry":
+        from triage.dispatch import retry_dead
+
+        count = retry_dead(session_factory(engine), args.destination)
+        target = f" to {args.destination}" if args.destination else ""
+        print(f"re-queued {count} dead deliver{'y' if count == 1 else 'ies'}{target}")
         return 0
     from triage.status import collect_status, format_status
 
