@@ -1,0 +1,117 @@
+"""The web application: the worklist page, its JSON, ``/healthz`` and ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from triage.config import Config
+from triage.db.models import utcnow
+from triage.logs import get_logger
+from triage.web.auth import TokenGate
+from triage.web.health import check_health
+from triage.web.metrics import metrics_registry, render_metrics
+from triage.web.page import CSS, SCRIPT, render_worklist
+from triage.web.worklist import worklist_rows
+
+log = get_logger(__name__)
+
+# The worklist holds accession numbers: no cache may keep a copy, no page may frame it.
+_PRIVATE = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+# Only the page's own stylesheet and script apply: markup smuggled in through a DICOM
+# header that escaping somehow missed could neither run nor restyle the page.
+_CSP = (
+    "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def worker_alive_seconds(config: Config) -> float:
+    """How old a worker's heartbeat may be before it counts as dead: three missed beats."""
+    return 3 * config.worker.heartbeat_seconds
+
+
+def create_app(config: Config, sessions: sessionmaker[Session]) -> Starlette:
+    """Build the ASGI application.
+
+    Parameters
+    ----------
+    config : Config
+        The daemon's configuration; ``web`` and ``worker.heartbeat_seconds`` are used.
+    sessions : sessionmaker
+        The process's session factory.
+
+    Returns
+    -------
+    Starlette
+        Routes ``/``, ``/api/worklist``, ``/healthz`` and ``/metrics``; with
+        ``web.token`` set, all but ``/healthz`` need the token (see
+        :mod:`triage.web.auth`).
+    """
+    refresh = config.web.refresh_seconds
+    alive = worker_alive_seconds(config)
+    registry = metrics_registry(sessions, alive)
+
+    def worklist_page(_request: Request) -> Response:
+        html = render_worklist(worklist_rows(sessions), refresh_seconds=refresh, now=utcnow())
+        return HTMLResponse(html, headers={**_PRIVATE, "Content-Security-Policy": _CSP})
+
+    def stylesheet(_request: Request) -> Response:
+        return Response(CSS, media_type="text/css", headers={"Cache-Control": "no-cache"})
+
+    def script(_request: Request) -> Response:
+        return Response(SCRIPT, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
+    def worklist_json(_request: Request) -> Response:
+        rows = worklist_rows(sessions)
+        return JSONResponse(
+            {
+                "generated_at": utcnow().isoformat(timespec="seconds") + "Z",
+                "rows": [r.to_json() for r in rows],
+            },
+            headers=_PRIVATE,
+        )
+
+    def healthz(_request: Request) -> Response:
+        health = check_health(sessions, alive)
+        return JSONResponse(
+            health.body, status_code=health.status_code, headers={"Cache-Control": "no-store"}
+        )
+
+    def metrics(_request: Request) -> Response:
+        return Response(render_metrics(registry), media_type=CONTENT_TYPE_LATEST)
+
+    def database_error(_request: Request, exc: Exception) -> Response:
+        # Only the first line: driver messages can carry the failing statement's values.
+        log.warning("web_database_error", error=str(exc).splitlines()[0] if str(exc) else "")
+        return PlainTextResponse(
+            "the database is not answering; try again shortly\n",
+            status_code=503,
+            headers={"Cache-Control": "no-store", "Retry-After": str(refresh)},
+        )
+
+    middleware = [Middleware(TokenGate, token=config.web.token)] if config.web.token else []
+    return Starlette(
+        routes=[
+            Route("/", worklist_page),
+            Route("/static/worklist.css", stylesheet),
+            Route("/static/worklist.js", script),
+            Route("/api/worklist", worklist_json),
+            Route("/healthz", healthz),
+            Route("/metrics", metrics),
+        ],
+        middleware=middleware,
+        exception_handlers={SQLAlchemyError: database_error},
+    )

@@ -1,0 +1,126 @@
+"""Runs the web application on uvicorn in a background thread of ``triage serve``."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import uvicorn
+from sqlalchemy.orm import Session, sessionmaker
+
+from triage.config import Config
+from triage.errors import TriageError
+from triage.logs import get_logger
+from triage.web.app import create_app
+
+log = get_logger(__name__)
+
+
+class WebError(TriageError):
+    """The web server cannot start, usually because its address is taken."""
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket here, so a taken port is an error in the caller's thread.
+
+    uvicorn binding it itself would call ``sys.exit`` inside the server thread, which
+    ends only that thread and leaves the daemon running without its worklist.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise WebError(f"web.host {host!r} cannot be resolved: {err}") from err
+    family, socktype, proto, _name, address = infos[0]
+    sock = socket.socket(family, socktype, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as err:
+        sock.close()
+        raise WebError(
+            f"the web server cannot listen on {host} port {port}: {err.strerror}; "
+            "choose another web.port or stop the program that uses it"
+        ) from err
+    sock.set_inheritable(True)
+    return sock
+
+
+class WebServer:
+    """The worklist server, listening from construction until :meth:`stop`.
+
+    Parameters
+    ----------
+    config : Config
+        The daemon's configuration (section ``web``).
+    sessions : sessionmaker
+        The process's session factory.
+    """
+
+    def __init__(self, config: Config, sessions: sessionmaker[Session]) -> None:
+        self._socket = _bind(config.web.host, config.web.port)
+        self.host = config.web.host
+        self.port: int = self._socket.getsockname()[1]
+        server_config = uvicorn.Config(
+            create_app(config, sessions),
+            # No access log: a query string may carry the token, and a path is all it adds.
+            access_log=False,
+            # None keeps uvicorn's own loggers on the root handler that
+            # configure_logging installed, so its lines come out as structlog JSON.
+            log_config=None,
+            lifespan="off",
+            server_header=False,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = uvicorn.Server(server_config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name="web", daemon=True
+        )
+
+    def start(self, timeout: float = 10.0) -> WebServer:
+        """Start serving and return once uvicorn accepts requests."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            problem = None
+            if not self._thread.is_alive():
+                problem = "the web server stopped while starting; see the log above"
+            elif time.monotonic() > deadline:
+                problem = f"the web server did not start within {timeout} s"
+            if problem:
+                self.stop(timeout=1)
+                raise WebError(problem)
+            time.sleep(0.02)
+        log.info("web_started", host=self.host, port=self.port)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the requests in flight (up to five seconds) and stop listening."""
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        self._socket.close()
+        log.info("web_stopped", port=self.port)
+
+
+def start_web(config: Config, sessions: sessionmaker[Session]) -> WebServer:
+    """Start the worklist server in a background thread.
+
+    Parameters
+    ----------
+    config : Config
+        ``web.host`` and ``web.port`` (0 picks a free port; see ``.port``).
+    sessions : sessionmaker
+        The process's session factory.
+
+    Returns
+    -------
+    WebServer
+        Running; call ``.stop()`` at shutdown.
+
+    Raises
+    ------
+    WebError
+        When the address cannot be bound or the server does not come up.
+    """
+    return WebServer(config, sessions).start()
