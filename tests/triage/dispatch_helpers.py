@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socketserver
+import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -191,7 +192,7 @@ def _on_store(event: evt.Event, received: Received) -> int:
 
 
 def start_store_scp(
-    port: int, received: Received, ae_title: str = "PACS"
+    port: int, received: Received, ae_title: str = "PACS", ssl_context: ssl.SSLContext | None = None
 ) -> ThreadedAssociationServer:
     """A Storage SCP for SR and KOS on ``port`` (0 for any free one)."""
     ae = AE(ae_title=ae_title)
@@ -200,6 +201,7 @@ def start_store_scp(
     return ae.start_server(
         ("127.0.0.1", port),
         block=False,
+        ssl_context=ssl_context,
         evt_handlers=[(evt.EVT_C_STORE, _on_store, [received])],
     )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import ssl
+import subprocess
 import threading
 import time
 from datetime import timedelta
@@ -268,3 +270,76 @@ def test_cli_retry_requeues_dead_deliveries_of_one_destination(
     assert delivery(sessions, seeded.deliveries["pacs"]).state == DeliveryState.PENDING
     assert main(["retry", "--config", str(config_file)]) == 0
     assert "re-queued 0 dead deliveries" in capsys.readouterr().out
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def test_dicom_over_tls_verifies_the_pacs_against_the_ca(tmp_path: Path) -> None:
+    d = tmp_path / "pki"
+    d.mkdir()
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-keyout",
+        str(d / "ca.key"),
+        "-out",
+        str(d / "ca.pem"),
+        "-subj",
+        "/CN=Test CA",
+    )
+    (d / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(d / "pacs.key"),
+        "-out",
+        str(d / "pacs.csr"),
+        "-subj",
+        "/CN=pacs",
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(d / "pacs.csr"),
+        "-CA",
+        str(d / "ca.pem"),
+        "-CAkey",
+        str(d / "ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(d / "ext"),
+        "-out",
+        str(d / "pacs.pem"),
+    )
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(d / "pacs.pem", d / "pacs.key")
+    received = Received()
+    scp = start_store_scp(0, received, ssl_context=server_tls)
+    try:
+        port = scp.server_address[1]
+        destinations = [
+            pacs(port, tls=True, ca_certificate=str(d / "ca.pem")),
+            pacs(port, name="untrusted", tls=True),  # the system CAs do not know ours
+        ]
+        config = make_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", destinations)
+        sessions = open_db(config)
+        seeded = seed_result(sessions, config, ["pacs", "untrusted"], decision="absent")
+        assert dispatch_due(sessions, config) == 2
+    finally:
+        scp.shutdown()
+    assert received.stored == [(Comprehensive3DSRStorage, seeded.sr_sop_instance_uid)]
+    assert delivery(sessions, seeded.deliveries["pacs"]).state == DeliveryState.SENT
+    assert delivery(sessions, seeded.deliveries["untrusted"]).state == DeliveryState.RETRYING
