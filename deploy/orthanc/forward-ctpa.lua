@@ -1,0 +1,22 @@
+-- Forward every stable CT series that looks like a CT pulmonary angiogram to the triage
+-- daemon (modality "triage" in orthanc.json). The daemon applies its own selection rules
+-- too (slice thickness, image type, slice count), so this filter can be generous; the SR
+-- and KOS that the daemon sends back are not forwarded again.
+
+local PATTERN = "ctpa|angio|pulm|embol|lungenemb|pe "
+
+function OnStableSeries(seriesId, tags, metadata)
+  local modality = string.upper(tags["Modality"] or "")
+  if modality ~= "CT" then
+    return
+  end
+  local study = ParseJson(RestApiGet("/series/" .. seriesId .. "/study"))
+  local description = string.lower((study["MainDicomTags"]["StudyDescription"] or "") .. " " ..
+                                   (tags["SeriesDescription"] or ""))
+  if string.find(description, PATTERN) == nil then
+    return
+  end
+  -- Send asynchronously; Orthanc retries failed jobs per its own settings.
+  RestApiPost("/modalities/triage/store", '{"Resources": ["' .. seriesId .. '"], "Asynchronous": true}')
+  print("forwarded series " .. seriesId .. " to triage")
+end
