@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from triage.completeness import sweep_series
 from triage.config import Config
+from triage.jobs import requeue_expired_leases
 from triage.logs import get_logger
 
 log = get_logger(__name__)
@@ -20,6 +21,17 @@ def _run_completeness(sessions: sessionmaker[Session], config: Config) -> None:
         log.error("completeness_sweep_failed", error=str(err))
 
 
+# Leases are minutes long; a few seconds of lateness in noticing a dead worker is nothing.
+LEASE_SWEEP_SECONDS = 5.0
+
+
+def _run_lease_sweep(sessions: sessionmaker[Session], config: Config) -> None:
+    try:
+        requeue_expired_leases(sessions, config.worker.max_attempts)
+    except Exception as err:  # retried at the next tick, never fatal
+        log.error("lease_sweep_failed", error=str(err))
+
+
 def build_scheduler(sessions: sessionmaker[Session], config: Config) -> BackgroundScheduler:
     """A scheduler with the sweeps registered; the caller starts and stops it."""
     scheduler = BackgroundScheduler(timezone="UTC")
@@ -29,6 +41,15 @@ def build_scheduler(sessions: sessionmaker[Session], config: Config) -> Backgrou
         seconds=config.series.sweep_interval_seconds,
         args=[sessions, config],
         id="completeness",
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.add_job(
+        _run_lease_sweep,
+        "interval",
+        seconds=LEASE_SWEEP_SECONDS,
+        args=[sessions, config],
+        id="lease_expiry",
         max_instances=1,
         coalesce=True,
     )
