@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage.db.models import Instance, Job, Series, Study
+from triage.db.models import Instance, Job, Result, Series, Study
 
 
 def _iso(value: Any) -> str | None:
     return value.isoformat(timespec="seconds") if value is not None else None
 
 
+def _result(result: Result | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {
+        "result_id": result.id,
+        "decision": result.decision.value,
+        "stack_probability": result.stack_probability,
+        "threshold_stack": result.threshold_stack,
+        "threshold_slice": result.threshold_slice,
+        "threshold_source": result.threshold_source,
+        "flagged_slices": len(json.loads(result.flagged_sop_instance_uids or "[]")),
+        "reason": result.reason,
+        "bundle": f"{result.bundle_name} {result.bundle_version}",
+        "bundle_sha256": result.bundle_sha256,
+        "created_at": _iso(result.created_at),
+    }
+
+
 def collect_status(sessions: sessionmaker[Session]) -> dict[str, Any]:
-    """Studies with their series and jobs, plus counts by state.
+    """Studies with their series, jobs and latest results, plus counts by state.
 
     Patient ID and accession number are left out on purpose: this output is pasted into
     tickets and chats. The worklist shows them to radiologists.
@@ -28,6 +47,11 @@ def collect_status(sessions: sessionmaker[Session]) -> dict[str, Any]:
                 .group_by(Instance.series_id)
             ).all()
         )
+        # A reopened series keeps its older results for the audit trail; show the newest.
+        newest = select(func.max(Result.id)).group_by(Result.series_id)
+        latest: dict[int, Result] = {
+            r.series_id: r for r in session.scalars(select(Result).where(Result.id.in_(newest)))
+        }
         studies = session.scalars(select(Study).order_by(Study.first_received_at)).all()
         out_studies = []
         for study in studies:
@@ -54,6 +78,7 @@ def collect_status(sessions: sessionmaker[Session]) -> dict[str, Any]:
                             "error": job.error,
                             "attempts": job.attempts,
                         },
+                        "result": _result(latest.get(s.id)),
                     }
                 )
             out_studies.append(
@@ -101,6 +126,14 @@ def format_status(status: dict[str, Any]) -> str:
             state = s["state"] + (f" ({s['skip_reason']})" if s["skip_reason"] else "")
             job = s["job"]
             job_text = f"  job {job['job_id']} {job['state']}" if job else ""
+            result = s["result"]
+            if result is not None:
+                probability = result["stack_probability"]
+                job_text += f"  PE {result['decision']}" + (
+                    f" (p={probability:.3f}, threshold {result['threshold_stack']:g})"
+                    if probability is not None
+                    else f" ({result['reason']})"
+                )
             miss = f", {s['missing_instances']} missing" if s["missing_instances"] else ""
             lines.append(
                 f"  series {s['series_number'] if s['series_number'] is not None else '-'}"
