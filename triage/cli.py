@@ -1,4 +1,4 @@
-"""The ``triage`` command line: serve, check-config, status, send."""
+"""The ``triage`` command line: serve, worker, reload, check-config, status, send."""
 
 from __future__ import annotations
 
@@ -46,6 +46,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the DICOM receiver and the scheduler until SIGTERM or SIGINT. "
         "Associations in flight finish first, or are aborted after "
         "receiver.shutdown_timeout seconds.",
+    )
+    p.add_argument("--config", required=True, type=Path, help="the YAML configuration file")
+
+    p = sub.add_parser(
+        "worker",
+        parents=[common],
+        help="run inference workers alone (for example on a GPU host)",
+        description="Run worker.processes inference workers (1 if it is 0) in the "
+        "foreground until SIGTERM or SIGINT, claiming jobs from the configured database. "
+        "Each finishes its current job first. SIGHUP re-reads the thresholds.",
+    )
+    p.add_argument("--config", required=True, type=Path, help="the YAML configuration file")
+
+    p = sub.add_parser(
+        "reload",
+        parents=[common],
+        help="apply the configuration's thresholds to the running daemon",
+        description="Validate the file and send SIGHUP to the running daemon "
+        "(its pid is in <data_dir>/triage.pid), which applies the new thresholds to new "
+        "jobs and records an audit event. Prints what changed. An invalid file is "
+        "rejected with its errors (exit 2) and the daemon keeps its thresholds.",
     )
     p.add_argument("--config", required=True, type=Path, help="the YAML configuration file")
 
@@ -137,6 +158,16 @@ def _run(args: argparse.Namespace) -> int:
             config,
             log_format=args.log_format or config.logging.format,
             log_level=args.log_level or config.logging.level,
+            config_path=args.config,
+        )
+    if args.command == "worker":
+        from triage.worker import run_workers
+
+        return run_workers(
+            args.config,
+            config,
+            log_format=args.log_format or config.logging.format,
+            log_level=args.log_level or config.logging.level,
         )
 
     from triage.db import create_db_engine, migrate, session_factory
@@ -152,6 +183,15 @@ def _run(args: argparse.Namespace) -> int:
         count = retry_dead(session_factory(engine), args.destination)
         target = f" to {args.destination}" if args.destination else ""
         print(f"re-queued {count} dead deliver{'y' if count == 1 else 'ies'}{target}")
+        return 0
+    if args.command == "reload":
+        from triage.reload import request_reload
+
+        outcome = request_reload(args.config, session_factory(engine))
+        if not outcome.changed:
+            print("reloaded; the thresholds are unchanged")
+        for key, change in outcome.changed.items():
+            print(f"thresholds.{key}: {change['old']} -> {change['new']}")
         return 0
     from triage.status import collect_status, format_status
 

@@ -1,4 +1,5 @@
-"""``triage serve``: the receiver and the scheduler, stopped by a signal.
+"""``triage serve``: the receiver, the scheduler and the inference workers, stopped by a
+signal; SIGHUP reloads the thresholds (see :mod:`triage.reload`).
 
 With ``receiver.processes: 1`` the receiver runs in this process. With N > 1 it runs in
 N child processes that share the port (SO_REUSEPORT), because one Python process
@@ -18,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -27,8 +29,10 @@ from triage.errors import TriageError
 from triage.logs import configure_logging, get_logger
 from triage.reconcile import reconcile
 from triage.recorder import InstanceRecorder
+from triage.reload import apply_reload, pid_file, remove_pid_file, write_pid_file
 from triage.scheduler import build_scheduler
 from triage.scp import Receiver, StoreTarget
+from triage.worker import WorkerProcesses
 
 log = get_logger(__name__)
 
@@ -243,11 +247,15 @@ def serve(
     *,
     log_format: str | None = None,
     log_level: str | None = None,
+    config_path: Path | None = None,
 ) -> int:
     """Run the daemon until SIGTERM or SIGINT; return the process exit code.
 
     ``log_format`` and ``log_level`` are what this process logs with (the command
     line may override the configuration); receiver processes log the same way.
+    ``config_path`` is the file ``config`` came from: with it, ``worker.processes``
+    inference workers start (they read the file themselves) and SIGHUP reloads the
+    thresholds from it; without it (tests), neither happens.
     """
     prepare_data_dir(config)
     engine = create_db_engine(config.database_url, config.database.busy_timeout_ms)
@@ -263,6 +271,13 @@ def serve(
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP only sets a flag: the reload reads a file and writes the database, which a
+    # signal handler must not do in the middle of whatever the main thread was doing.
+    reload_requested = threading.Event()
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _s, _f: reload_requested.set())
+    pid_path = pid_file(config)
+    write_pid_file(pid_path)
+    workers: WorkerProcesses | None = None
     recorder: InstanceRecorder | None = None
     receiver: Receiver | None = None
     children: ReceiverProcesses | None = None
@@ -281,12 +296,18 @@ def serve(
             )
             port = receiver.port
         scheduler.start()
+        if config_path is not None and config.worker.processes > 0:
+            workers = WorkerProcesses(
+                config_path, config, sessions, log_format=log_format, log_level=log_level
+            )
+            workers.start(config.worker.processes)
         log.info(
             "serving",
             ae_title=config.receiver.ae_title,
             host=config.receiver.host,
             port=port,
             receiver_processes=config.receiver.processes,
+            worker_processes=config.worker.processes if workers is not None else 0,
             pid=os.getpid(),
             data_dir=str(config.data_dir),
             database=engine.url.render_as_string(hide_password=True),
@@ -296,11 +317,21 @@ def serve(
         while not stop.wait(0.5):
             if children is not None:
                 children.check()
+            if workers is not None:
+                workers.check()
+            if reload_requested.is_set() and config_path is not None:
+                reload_requested.clear()
+                reloaded = apply_reload(config_path, config, sessions)
+                if reloaded is not config and workers is not None:
+                    workers.reload()
+                config = reloaded
     finally:
         if receiver is not None:
             receiver.stop()
         if children is not None:
             children.stop()
+        if workers is not None:
+            workers.stop()
         if scheduler.running:
             scheduler.shutdown(wait=True)
         if recorder is not None:
@@ -308,5 +339,6 @@ def serve(
         engine.dispose()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        remove_pid_file(pid_path)
         log.info("stopped")
     return 0

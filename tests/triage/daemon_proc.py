@@ -21,6 +21,9 @@ class Daemon:
         self.port = free_port()
         receiver = {"port": self.port, "min_free_disk_mb": 0, "shutdown_timeout": 5}
         receiver.update(sections.pop("receiver", {}))
+        # No inference workers unless a test asks: each would import TensorFlow and load
+        # a bundle, seconds of CPU that the receiver tests would compete with.
+        sections.setdefault("worker", {"processes": 0})
         data: dict[str, Any] = {
             "data_dir": str(folder / "var"),
             "receiver": receiver,
