@@ -1,0 +1,494 @@
+"""Inference workers: exclusive claims, leases, results with their reports and deliveries,
+undetermined series, retries, thresholds and their reload, and ``triage serve`` end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import make_config
+from daemon_proc import Daemon
+from dicom_factory import write_series
+from pydicom import dcmread
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from triage.completeness import sweep_series
+from triage.config import Config
+from triage.db import (
+    AuditEvent,
+    Delivery,
+    Job,
+    JobState,
+    Result,
+    Series,
+    SeriesState,
+    Study,
+    WorkerHeartbeat,
+    create_db_engine,
+    migrate,
+    session_factory,
+)
+from triage.db.models import utcnow
+from triage.jobs import claim_job, requeue_expired_leases
+from triage.reconcile import reconcile
+from triage.worker import Worker, flag_slices
+
+SELECTION = {
+    "min_slices": 3,
+    "require_original": False,
+    "require_axial": False,
+    "min_slice_thickness_mm": 0,
+    "max_slice_thickness_mm": 50,
+}
+DESTINATIONS = [
+    {"name": "pacs", "type": "dicom", "ae_title": "PACS", "host": "127.0.0.1", "port": 11113},
+    {"name": "ris", "type": "hl7", "host": "127.0.0.1", "port": 2575},
+]
+
+
+# -- fixtures --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained small bundle: its thresholds are 0.5, its probabilities meaningless."""
+    from model.bundle import init_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "untrained"
+    init_bundle(out, backbone="small", input_size=32, num_slices=16, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def predictor(bundle_dir: Path) -> Any:
+    from model.predict import Predictor
+
+    with pytest.warns(UserWarning, match="untrained"):
+        return Predictor.load(bundle_dir)
+
+
+def _synthetic_series(seed: int, folder: Path) -> list[Path]:
+    """A synthetic positive CTPA series (20 slices of 64 x 64)."""
+    from model.synthetic import StudyParams, generate_study, write_study
+
+    phantom = generate_study(seed, StudyParams(n_slices=20, matrix=64, positive=True))
+    return list(write_study(phantom, folder).series[0].paths)
+
+
+@pytest.fixture(scope="module")
+def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return _synthetic_series(7, tmp_path_factory.mktemp("study"))
+
+
+def _database(config: Config) -> sessionmaker[Session]:
+    engine = create_db_engine(config.database_url)
+    migrate(engine)
+    return session_factory(engine)
+
+
+def _spool_and_queue(config: Config, sessions: sessionmaker[Session], files: list[Path]) -> int:
+    """Put ``files`` in the spool as the receiver would, complete the series, return its job."""
+    header = dcmread(files[0], stop_before_pixels=True)
+    folder = config.spool_dir / header.StudyInstanceUID / header.SeriesInstanceUID
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        sop = dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        shutil.copy(path, folder / f"{sop}.dcm")
+    reconcile(sessions, config.spool_dir)
+    sweep_series(sessions, config.series, now=utcnow() + timedelta(hours=1))
+    with sessions() as session:
+        job = session.scalar(
+            select(Job).join(Series).where(Series.series_instance_uid == header.SeriesInstanceUID)
+        )
+        assert job is not None and job.state == JobState.QUEUED
+        return job.id
+
+
+def _config(tmp_path: Path, db_url: str | None = None, **sections: Any) -> Config:
+    sections.setdefault("series", {"selection": SELECTION})
+    sections.setdefault("destinations", DESTINATIONS)
+    return make_config(tmp_path, db_url, **sections)
+
+
+def _job(sessions: sessionmaker[Session], job_id: int) -> Job:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        session.expunge(job)
+        return job
+
+
+def _results(sessions: sessionmaker[Session], job_id: int) -> list[Result]:
+    with sessions() as session:
+        rows = list(session.scalars(select(Result).where(Result.job_id == job_id)))
+        for row in rows:
+            session.expunge(row)
+        return rows
+
+
+def _deliveries(sessions: sessionmaker[Session], result_id: int) -> list[str]:
+    with sessions() as session:
+        return sorted(
+            session.scalars(select(Delivery.destination).where(Delivery.result_id == result_id))
+        )
+
+
+def _make_jobs(sessions: sessionmaker[Session], n: int) -> list[int]:
+    """``n`` queued jobs on queued series, without any files (claims only)."""
+    with sessions() as session:
+        study = Study(study_instance_uid="1.2.3")
+        session.add(study)
+        jobs = []
+        for i in range(n):
+            series = Series(study=study, series_instance_uid=f"1.2.3.{i}", state=SeriesState.QUEUED)
+            job = Job(series=series, state=JobState.QUEUED)
+            session.add_all([series, job])
+            jobs.append(job)
+        session.commit()
+        return [j.id for j in jobs]
+
+
+# -- claims and leases -----------------------------------------------------------------
+
+
+def test_concurrent_workers_claim_each_job_exactly_once(tmp_path: Path, db_url: str) -> None:
+    config = make_config(tmp_path, db_url)
+    ids = _make_jobs(_database(config), 40)
+    claimed: list[list[int]] = [[], [], []]
+
+    def claim_all(slot: int) -> None:
+        # Its own engine, as a separate worker process would have.
+        sessions = session_factory(create_db_engine(config.database_url))
+        while (claim := claim_job(sessions, f"host:{slot}", 60)) is not None:
+            claimed[slot].append(claim.job_id)
+
+    threads = [threading.Thread(target=claim_all, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    everything = [j for per in claimed for j in per]
+    assert sorted(everything) == sorted(ids)  # none twice, none left behind
+    sessions = _database(config)
+    for slot, per in enumerate(claimed):
+        for job_id in per:
+            job = _job(sessions, job_id)
+            assert (job.state, job.worker_id, job.attempts) == (
+                JobState.RUNNING,
+                f"host:{slot}",
+                1,
+            )
+            assert job.lease_expires_at is not None and job.lease_expires_at > utcnow()
+
+
+def test_a_reopened_series_is_not_claimed(tmp_path: Path) -> None:
+    sessions = _database(make_config(tmp_path))
+    (job_id,) = _make_jobs(sessions, 1)
+    with sessions() as session:
+        session.execute(update(Series).values(state=SeriesState.RECEIVING))
+        session.commit()
+    assert claim_job(sessions, "w", 60) is None
+    assert _job(sessions, job_id).state == JobState.QUEUED
+
+
+def test_expired_lease_requeues_the_job_of_a_dead_worker(tmp_path: Path, db_url: str) -> None:
+    sessions = _database(make_config(tmp_path, db_url))
+    (job_id,) = _make_jobs(sessions, 1)
+    assert claim_job(sessions, "dead-worker:1", 60) is not None
+    # A live lease is left alone.
+    assert requeue_expired_leases(sessions, max_attempts=2) == 0
+    with sessions() as session:
+        session.execute(update(Job).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.commit()
+    assert requeue_expired_leases(sessions, max_attempts=2) == 1
+    job = _job(sessions, job_id)
+    assert (job.state, job.worker_id, job.attempts) == (JobState.QUEUED, None, 1)
+    assert "lease expired" in (job.error or "")
+
+    # The second death uses up max_attempts: failed, not queued again forever.
+    claim = claim_job(sessions, "dead-worker:2", 60)
+    assert claim is not None and claim.attempts == 2
+    assert requeue_expired_leases(sessions, 2, now=utcnow() + timedelta(seconds=61)) == 1
+    assert _job(sessions, job_id).state == JobState.FAILED
+    assert claim_job(sessions, "w", 60) is None
+
+
+# -- processing ------------------------------------------------------------------------
+
+
+def test_flagged_slices_are_the_most_probable_at_or_above_threshold_capped() -> None:
+    probabilities = {"1.1": 0.2, "1.2": 0.9, "1.3": 0.5, "1.4": 0.7, "1.5": 0.49}
+    assert flag_slices(probabilities, 0.5, 10) == ["1.2", "1.4", "1.3"]
+    assert flag_slices(probabilities, 0.5, 2) == ["1.2", "1.4"]
+    assert flag_slices(probabilities, 0.95, 2) == []
+
+
+def test_positive_job_stores_result_reports_and_a_delivery_per_destination(
+    tmp_path: Path, db_url: str, predictor: Any, study_files: list[Path]
+) -> None:
+    config = _config(
+        tmp_path, db_url, thresholds={"stack": 0.0, "slice": 0.0, "max_flagged_slices": 2}
+    )
+    sessions = _database(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+
+    assert Worker(config, sessions, predictor, "host:1").run_once()
+
+    job = _job(sessions, job_id)
+    assert job.state == JobState.DONE and job.worker_id == "host:1" and job.attempts == 1
+    (result,) = _results(sessions, job_id)
+    assert result.decision.value == "present"
+    assert 0.0 <= (result.stack_probability or -1) <= 1.0
+    slices = json.loads(result.slice_probabilities)
+    source_sops = {dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in study_files}
+    assert slices and set(slices) <= source_sops
+    flagged = json.loads(result.flagged_sop_instance_uids)
+    assert len(flagged) == min(2, len(slices))  # every slice passes 0.0; capped at 2
+    assert [slices[u] for u in flagged] == sorted((slices[u] for u in flagged), reverse=True)
+    assert (result.threshold_stack, result.threshold_slice) == (0.0, 0.0)
+    assert result.threshold_source == "config"
+    assert result.bundle_sha256 == predictor.bundle.manifest_sha256
+    assert result.bundle_version == "0" and result.bundle_name == predictor.bundle.name
+    assert {"read", "preprocess", "cnn", "sequence", "total", "report"} <= set(
+        json.loads(result.timings)
+    )
+    # Positives reach every destination: the PACS gets SR and KOS, the RIS its ORU.
+    assert _deliveries(sessions, result.id) == ["pacs", "ris"]
+
+    outbox = config.data_dir / "outbox" / str(result.id)
+    sr = dcmread(outbox / "sr.dcm")
+    source = dcmread(study_files[0], stop_before_pixels=True)
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
+    assert sr.SeriesInstanceUID != source.SeriesInstanceUID
+    assert sr.SOPInstanceUID == result.sr_sop_instance_uid
+    kos = dcmread(outbox / "kos.dcm")
+    assert kos.SOPInstanceUID == result.kos_sop_instance_uid
+    assert kos.StudyInstanceUID == source.StudyInstanceUID
+
+    # Done is done: nothing left to claim.
+    assert not Worker(config, sessions, predictor, "host:1").run_once()
+
+
+def test_negative_job_goes_to_the_pacs_only_and_the_bundle_slice_threshold_applies(
+    tmp_path: Path, predictor: Any, study_files: list[Path]
+) -> None:
+    # No probability reaches 1.0 from a sigmoid in float32 on this series: absent.
+    config = _config(tmp_path, thresholds={"stack": 1.0})
+    sessions = _database(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+    assert Worker(config, sessions, predictor).run_once()
+    (result,) = _results(sessions, job_id)
+    assert result.decision.value == "absent"
+    assert result.threshold_stack == 1.0
+    assert result.threshold_slice == 0.5  # the bundle's ("untrained default")
+    assert result.threshold_source == "stack=config,slice=bundle"
+    assert result.kos_sop_instance_uid is None and result.sr_sop_instance_uid
+    assert _deliveries(sessions, result.id) == ["pacs"]
+    outbox = config.data_dir / "outbox" / str(result.id)
+    assert (outbox / "sr.dcm").exists() and not (outbox / "kos.dcm").exists()
+
+
+def test_bundle_thresholds_apply_when_the_yaml_leaves_them_null(
+    tmp_path: Path, predictor: Any, study_files: list[Path]
+) -> None:
+    config = _config(tmp_path)
+    sessions = _database(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+    assert Worker(config, sessions, predictor).run_once()
+    (result,) = _results(sessions, job_id)
+    assert (result.threshold_stack, result.threshold_slice) == (0.5, 0.5)
+    assert result.threshold_source == "bundle"
+    assert result.stack_probability is not None
+    expected = "present" if result.stack_probability >= 0.5 else "absent"
+    assert result.decision.value == expected
+
+
+def test_too_few_slices_is_undetermined_with_its_reason_and_not_retried(
+    tmp_path: Path, db_url: str, predictor: Any
+) -> None:
+    # Selection lets 4 slices through; the bundle needs at least 10.
+    config = _config(tmp_path, db_url, thresholds={"stack": 0.0})
+    sessions = _database(config)
+    _, _, files = write_series(tmp_path / "short", 4)
+    job_id = _spool_and_queue(config, sessions, files)
+    worker = Worker(config, sessions, predictor)
+    assert worker.run_once()
+    job = _job(sessions, job_id)
+    assert job.state == JobState.UNDETERMINED and job.attempts == 1
+    assert "4 slices" in (job.reason or "")
+    (result,) = _results(sessions, job_id)
+    assert result.decision.value == "undetermined" and result.stack_probability is None
+    assert "4 slices" in (result.reason or "")
+    # The PACS still learns that no decision was made; the RIS is not bothered.
+    assert _deliveries(sessions, result.id) == ["pacs"]
+    sr = dcmread(config.data_dir / "outbox" / str(result.id) / "sr.dcm")
+    texts = [str(e.value) for e in sr.iterall() if e.keyword == "TextValue"]
+    assert any("No decision" in t and "4 slices" in t for t in texts), texts
+    assert not worker.run_once()
+
+
+def test_a_failing_job_is_retried_up_to_max_attempts_then_failed(
+    tmp_path: Path, db_url: str, predictor: Any, study_files: list[Path]
+) -> None:
+    config = _config(tmp_path, db_url, worker={"max_attempts": 2})
+    sessions = _database(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+
+    class Broken:
+        bundle = predictor.bundle
+        device = "CPU"
+        calls = 0
+
+        def predict(self, files: list[Path]) -> Any:
+            Broken.calls += 1
+            raise RuntimeError("out of GPU memory")
+
+    worker = Worker(config, sessions, Broken())
+    assert worker.run_once()
+    job = _job(sessions, job_id)
+    assert (job.state, job.attempts) == (JobState.QUEUED, 1)
+    assert "out of GPU memory" in (job.error or "")
+    assert worker.run_once()
+    job = _job(sessions, job_id)
+    assert (job.state, job.attempts) == (JobState.FAILED, 2)
+    assert "out of GPU memory" in (job.error or "")
+    assert not worker.run_once()
+    assert Broken.calls == 2
+    assert _results(sessions, job_id) == []
+
+
+def test_a_series_reopened_during_analysis_gets_no_stale_result(
+    tmp_path: Path, predictor: Any, study_files: list[Path]
+) -> None:
+    config = _config(tmp_path)
+    sessions = _database(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+
+    class Reopening:
+        bundle = predictor.bundle
+        device = "CPU"
+
+        def predict(self, files: list[Path]) -> Any:
+            prediction = predictor.predict(files)
+            # A late instance arrives while the model runs.
+            with sessions() as session:
+                session.execute(update(Series).values(state=SeriesState.RECEIVING))
+                session.commit()
+            return prediction
+
+    assert Worker(config, sessions, Reopening()).run_once()
+    job = _job(sessions, job_id)
+    assert job.state == JobState.QUEUED and job.attempts == 0
+    assert _results(sessions, job_id) == []
+    assert not (config.data_dir / "outbox").exists()
+
+
+# -- triage serve, reload --------------------------------------------------------------
+
+
+def _status(daemon: Daemon) -> dict[str, Any]:
+    out = daemon.cli("status", "--json")
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def _series_status(daemon: Daemon, series_uid: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        for study in _status(daemon)["studies"]:
+            for series in study["series"]:
+                if series["series_instance_uid"] == series_uid and series["result"]:
+                    return dict(series)
+        assert time.monotonic() < deadline, daemon.log_text()[-4000:]
+        time.sleep(0.5)
+
+
+def _send(daemon: Daemon, files: list[Path]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "triage.cli", "send", "--host", "127.0.0.1", "--port"]
+        + [str(daemon.port)]
+        + [str(f) for f in files],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.fixture
+def serving(tmp_path: Path, bundle_dir: Path) -> Iterator[Daemon]:
+    daemon = Daemon(
+        tmp_path,
+        series={"stable_seconds": 0.5, "sweep_interval_seconds": 0.2, "selection": SELECTION},
+        worker={"processes": 1, "poll_seconds": 0.2, "heartbeat_seconds": 1},
+        model={"bundle": str(bundle_dir)},
+        thresholds={"stack": 1.0},
+        destinations=DESTINATIONS,
+    ).start()
+    yield daemon
+    daemon.stop()
+
+
+def _rewrite_thresholds(daemon: Daemon, thresholds: Any) -> None:
+    data = yaml.safe_load(daemon.config_path.read_text())
+    data["thresholds"] = thresholds
+    daemon.config_path.write_text(yaml.safe_dump(data))
+
+
+def test_serve_analyses_a_received_series_and_reload_applies_new_thresholds(
+    serving: Daemon, tmp_path: Path, study_files: list[Path]
+) -> None:
+    daemon = serving
+    config_db = f"sqlite:///{tmp_path / 'var' / 'triage.db'}"
+    assert (tmp_path / "var" / "triage.pid").read_text().strip() == str(daemon.proc.pid)
+    source = dcmread(study_files[0], stop_before_pixels=True)
+    _send(daemon, study_files)
+    first = _series_status(daemon, source.SeriesInstanceUID, timeout=90)
+    assert first["job"]["state"] == "done"
+    assert first["result"]["decision"] == "absent"
+    assert first["result"]["threshold_stack"] == 1.0
+
+    # A bad file: rejected with its key path, exit 2, and nothing changes.
+    good = daemon.config_path.read_text()
+    _rewrite_thresholds(daemon, {"stack": 1.5})
+    out = daemon.cli("reload")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "thresholds.stack" in out.stderr
+    daemon.config_path.write_text(good)
+
+    _rewrite_thresholds(daemon, {"stack": 0.0, "slice": 0.0})
+    out = daemon.cli("reload")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "thresholds.stack: 1.0 -> 0.0" in out.stdout
+    sessions = session_factory(create_db_engine(config_db))
+    with sessions() as session:
+        events = list(session.scalars(select(AuditEvent)))
+    assert [e.kind for e in events] == ["thresholds_reloaded"]
+    detail = json.loads(events[0].detail)
+    assert detail["old"]["stack"] == 1.0 and detail["new"]["stack"] == 0.0
+
+    # The worker process applies the new thresholds to the next job.
+    files = _synthetic_series(8, tmp_path / "second")
+    _send(daemon, files)
+    second_series = dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
+    second = _series_status(daemon, second_series, timeout=60)
+    assert second["result"]["threshold_stack"] == 0.0
+    assert second["result"]["decision"] == "present"
+    with sessions() as session:
+        assert session.scalar(select(WorkerHeartbeat.device)) == "CPU"
+
+    assert daemon.stop() == 0
+    assert not (tmp_path / "var" / "triage.pid").exists()
+    with sessions() as session:
+        assert session.scalar(select(WorkerHeartbeat)) is None
