@@ -40,7 +40,7 @@ from triage.db import (
     session_factory,
 )
 from triage.db.models import utcnow
-from triage.jobs import claim_job, requeue_expired_leases
+from triage.jobs import claim_job, release_worker_jobs, requeue_expired_leases
 from triage.reconcile import reconcile
 from triage.worker import Worker, flag_slices
 
@@ -222,6 +222,31 @@ def test_expired_lease_requeues_the_job_of_a_dead_worker(tmp_path: Path, db_url:
     assert requeue_expired_leases(sessions, 2, now=utcnow() + timedelta(seconds=61)) == 1
     assert _job(sessions, job_id).state == JobState.FAILED
     assert claim_job(sessions, "w", 60) is None
+
+
+def test_jobs_of_a_dead_worker_are_released_and_a_shutdown_costs_no_attempt(
+    tmp_path: Path,
+) -> None:
+    sessions = _database(make_config(tmp_path))
+    crashed, stopped = _make_jobs(sessions, 2)
+    assert claim_job(sessions, "host:10", 60) is not None
+    assert claim_job(sessions, "host:11", 60) is not None
+    # Died on its own: the attempt counts (the series may be what kills workers).
+    assert release_worker_jobs(sessions, "host:10", max_attempts=1) == 1
+    assert _job(sessions, crashed).state == JobState.FAILED
+    # Killed by us at shutdown: queued again with its attempt given back.
+    assert release_worker_jobs(sessions, "host:11", 1, count_attempt=False) == 1
+    job = _job(sessions, stopped)
+    assert (job.state, job.attempts, job.worker_id) == (JobState.QUEUED, 0, None)
+
+
+def test_the_daemon_modules_do_not_import_tensorflow() -> None:
+    # The receiver must start in about a second and survive a crash in TensorFlow.
+    code = (
+        "import sys, triage.cli, triage.daemon, triage.worker\nprint('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 # -- processing ------------------------------------------------------------------------
