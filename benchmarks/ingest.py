@@ -203,9 +203,10 @@ def start_triage(
         f"  port: {port}",
         f"  max_pdu: {max_pdu}",
         "  max_associations: 64",
-        f"  processes: {processes}",
         "  min_free_disk_mb: 64",
     ]
+    if processes != 1:  # left out at the default, so the script also runs older triage
+        lines.append(f"  processes: {processes}")
     lines += [
         "series:",
         "  stable_seconds: 86400",  # nothing becomes complete mid-benchmark
