@@ -32,6 +32,7 @@ from triage.recorder import InstanceRecorder
 from triage.reload import apply_reload, pid_file, remove_pid_file, write_pid_file
 from triage.scheduler import build_scheduler
 from triage.scp import Receiver, StoreTarget
+from triage.web import WebServer, start_web
 from triage.worker import WorkerProcesses
 
 log = get_logger(__name__)
@@ -278,6 +279,7 @@ def serve(
     pid_path = pid_file(config)
     write_pid_file(pid_path)
     workers: WorkerProcesses | None = None
+    web: WebServer | None = None
     recorder: InstanceRecorder | None = None
     receiver: Receiver | None = None
     children: ReceiverProcesses | None = None
@@ -296,6 +298,7 @@ def serve(
             )
             port = receiver.port
         scheduler.start()
+        web = start_web(config, sessions)
         if config_path is not None and config.worker.processes > 0:
             workers = WorkerProcesses(
                 config_path, config, sessions, log_format=log_format, log_level=log_level
@@ -307,6 +310,7 @@ def serve(
             host=config.receiver.host,
             port=port,
             receiver_processes=config.receiver.processes,
+            web=f"http://{config.web.host}:{web.port}/",
             worker_processes=config.worker.processes if workers is not None else 0,
             pid=os.getpid(),
             data_dir=str(config.data_dir),
@@ -332,6 +336,8 @@ def serve(
             children.stop()
         if workers is not None:
             workers.stop()
+        if web is not None:
+            web.stop()
         if scheduler.running:
             scheduler.shutdown(wait=True)
         if recorder is not None:

@@ -1,5 +1,5 @@
-"""APScheduler set-up for the daemon's periodic sweeps (completeness now; dispatch and
-retention join later)."""
+"""APScheduler set-up for the daemon's periodic sweeps: series completeness, expired job
+leases, and result deliveries."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from triage.completeness import sweep_series
 from triage.config import Config
+from triage.dispatch import dispatch_due
 from triage.jobs import requeue_expired_leases
 from triage.logs import get_logger
 
@@ -32,6 +33,13 @@ def _run_lease_sweep(sessions: sessionmaker[Session], config: Config) -> None:
         log.error("lease_sweep_failed", error=str(err))
 
 
+def _run_dispatch(sessions: sessionmaker[Session], config: Config) -> None:
+    try:
+        dispatch_due(sessions, config)
+    except Exception as err:  # the rows keep their state; the next tick tries again
+        log.error("dispatch_sweep_failed", error=str(err))
+
+
 def build_scheduler(sessions: sessionmaker[Session], config: Config) -> BackgroundScheduler:
     """A scheduler with the sweeps registered; the caller starts and stops it."""
     scheduler = BackgroundScheduler(timezone="UTC")
@@ -50,6 +58,16 @@ def build_scheduler(sessions: sessionmaker[Session], config: Config) -> Backgrou
         seconds=LEASE_SWEEP_SECONDS,
         args=[sessions, config],
         id="lease_expiry",
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.add_job(
+        _run_dispatch,
+        "interval",
+        seconds=config.dispatch.sweep_interval_seconds,
+        args=[sessions, config],
+        id="dispatch",
+        # Sending is serial and may block on a slow peer; never two sweeps at once.
         max_instances=1,
         coalesce=True,
     )

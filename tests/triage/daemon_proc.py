@@ -28,6 +28,8 @@ class Daemon:
             "data_dir": str(folder / "var"),
             "receiver": receiver,
             "logging": {"format": "json", "level": "DEBUG"},
+            # A free port: tests run beside each other and beside a real daemon.
+            "web": {"port": 0},
             **sections,
         }
         self.config_path = folder / "config.yaml"
