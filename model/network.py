@@ -228,8 +228,12 @@ def _small_backbone(input_size: int, channels: int, weights: str | None) -> Any:
     """Return a compact strided CNN with the backbone interface, for tests and demos."""
     inputs = keras.Input((input_size, input_size, channels), name="small_input")
     x = inputs
-    for i, filters in enumerate((16, 32, 64, 128)):
-        x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"conv{i}")(x)
+    # A first layer at full resolution: a filling defect in a segmental artery is only a
+    # few pixels across, and a stride-2 first layer would blur it away.
+    for i, (filters, stride) in enumerate(((16, 1), (32, 2), (64, 2), (128, 2), (128, 2))):
+        x = layers.Conv2D(
+            filters, 3, strides=stride, padding="same", use_bias=False, name=f"conv{i}"
+        )(x)
         x = layers.BatchNormalization(name=f"bn{i}")(x)
         x = layers.Activation("relu", name=f"relu{i}")(x)
     model = keras.Model(inputs, x, name="small")
