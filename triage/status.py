@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage.db.models import Instance, Job, Result, Series, Study
+from triage.db.models import Delivery, DeliveryState, Instance, Job, Result, Series, Study
 
 
 def _iso(value: Any) -> str | None:
@@ -30,6 +30,20 @@ def _result(result: Result | None) -> dict[str, Any] | None:
         "bundle": f"{result.bundle_name} {result.bundle_version}",
         "bundle_sha256": result.bundle_sha256,
         "created_at": _iso(result.created_at),
+        "deliveries": [
+            {
+                "destination": d.destination,
+                "state": d.state.value,
+                "attempts": d.attempts,
+                "next_attempt_at": _iso(d.next_attempt_at)
+                if d.state is DeliveryState.RETRYING
+                else None,
+                "last_error": d.last_error
+                if d.state in (DeliveryState.RETRYING, DeliveryState.DEAD)
+                else None,
+            }
+            for d in sorted(result.deliveries, key=lambda d: d.id)
+        ],
     }
 
 
@@ -96,6 +110,9 @@ def collect_status(sessions: sessionmaker[Session]) -> dict[str, Any]:
             session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
         )
         instances = session.scalar(select(func.count()).select_from(Instance)) or 0
+        delivery_counts = dict(
+            session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
+        )
     return {
         "counts": {
             "studies": len(studies),
@@ -103,6 +120,7 @@ def collect_status(sessions: sessionmaker[Session]) -> dict[str, Any]:
             "instances_missing": sum(missing.values()),
             "series": {str(k.value): v for k, v in series_counts.items()},
             "jobs": {str(k.value): v for k, v in job_counts.items()},
+            "deliveries": {str(k.value): v for k, v in delivery_counts.items()},
         },
         "studies": out_studies,
     }
@@ -115,7 +133,11 @@ def format_status(status: dict[str, Any]) -> str:
         f"studies: {c['studies']}   instances: {c['instances']} (missing {c['instances_missing']})",
         "series: " + (", ".join(f"{k} {v}" for k, v in sorted(c["series"].items())) or "none"),
         "jobs:   " + (", ".join(f"{k} {v}" for k, v in sorted(c["jobs"].items())) or "none"),
+        "deliveries: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(c["deliveries"].items())) or "none"),
     ]
+    if c["deliveries"].get("dead"):
+        lines.append("  dead deliveries will not be retried: run `triage retry` once fixed")
     for study in status["studies"]:
         lines.append("")
         lines.append(
@@ -141,4 +163,9 @@ def format_status(status: dict[str, Any]) -> str:
                 f"{state}{job_text}"
             )
             lines.append(f"    {s['series_instance_uid']}")
+            for d in (result or {}).get("deliveries", []):
+                extra = (
+                    f" after {d['attempts']} attempts: {d['last_error']}" if d["last_error"] else ""
+                )
+                lines.append(f"    delivery {d['destination']}: {d['state']}{extra}")
     return "\n".join(lines)
