@@ -115,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, type=Path, help="the YAML configuration file")
 
     p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="the whole loop on this machine with synthetic studies",
+        description="Start a receiving PACS (Orthanc if installed, else a built-in receiver), "
+        "the daemon with the shipped demo bundle on a temporary folder, send a positive and a "
+        "negative synthetic CTPA, and print the worklist and where the SRs landed. The demo "
+        "bundle was trained on synthetic phantoms only: not for clinical use.",
+    )
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave the daemon and PACS running until Ctrl-C")
+
+    p = sub.add_parser(
         "retry",
         parents=[common],
         help="re-queue dead deliveries",
@@ -145,6 +157,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"FAILED {path}: {reason}", file=sys.stderr)
         print(f"sent {result.sent}, failed {len(result.failures)}")
         return 1 if result.failures else 0
+
+    if args.command == "demo":
+        from triage.demo import run_demo
+
+        return run_demo(keep_running=args.keep_running)
 
     config = load_config(args.config)
     _setup_logging(args, config)

@@ -1,0 +1,254 @@
+"""``triage demo``: the whole loop on one machine, for newcomers.
+
+It starts a receiving PACS (Debian's Orthanc if installed, else a small built-in Storage
+SCP), the daemon with the shipped demo bundle on a temporary folder, sends a positive and
+a negative synthetic CTPA, waits for the results, and prints the worklist and where the
+Structured Reports landed. The demo bundle was trained on synthetic phantoms only.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    KeyObjectSelectionDocumentStorage,
+)
+
+from triage.errors import TriageError
+from triage.send import send_files
+
+ORTHANC = Path("/usr/sbin/Orthanc")
+# Fresh "easy" studies: seeds outside the demo bundle's training and test sets.
+DEMO_STUDIES = ((90011, True), (90012, False))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise TriageError(f"a demo process exited early with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TriageError(f"nothing listens on port {port} after {timeout:g} s")
+
+
+@dataclass
+class _Pacs:
+    """The receiving PACS: where SRs and KOSs land."""
+
+    port: int
+    describe: str
+    orthanc: subprocess.Popen[bytes] | None = None
+    http_port: int | None = None
+    server: Any = None
+    received: list[Path] = field(default_factory=list)
+
+    def stop(self) -> None:
+        if self.orthanc is not None and self.orthanc.poll() is None:
+            self.orthanc.terminate()
+            self.orthanc.wait(30)
+        if self.server is not None:
+            self.server.shutdown()
+
+    def landed(self) -> list[str]:
+        if self.orthanc is not None:
+            auth = "Basic " + base64.b64encode(b"demo:demo").decode()
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{self.http_port}/series?expand", headers={"Authorization": auth}
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                series = json.loads(resp.read())
+            lines = []
+            for s in series:
+                tags = s["MainDicomTags"]
+                if tags.get("Modality") in ("SR", "KO"):
+                    lines.append(
+                        f"{tags['Modality']} {tags.get('SeriesDescription', '')}  "
+                        f"(http://127.0.0.1:{self.http_port}/series/{s['ID']})"
+                    )
+            return lines
+        return [str(p) for p in self.received]
+
+
+def _start_pacs(folder: Path) -> _Pacs:
+    port = _free_port()
+    if ORTHANC.exists():
+        http_port = _free_port()
+        config = {
+            "Name": "demo PACS",
+            "DicomAet": "ORTHANC",
+            "DicomPort": port,
+            "HttpPort": http_port,
+            "StorageDirectory": str(folder / "orthanc"),
+            "IndexDirectory": str(folder / "orthanc"),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {"demo": "demo"},
+            "DicomAlwaysAllowStore": True,
+        }
+        (folder / "orthanc.json").write_text(json.dumps(config))
+        log = (folder / "orthanc.log").open("ab")
+        proc = subprocess.Popen(
+            [str(ORTHANC), str(folder / "orthanc.json")], stdout=log, stderr=log
+        )
+        _wait_port(http_port, proc)
+        _wait_port(port, proc)
+        return _Pacs(
+            port,
+            f"Orthanc at http://127.0.0.1:{http_port}/ (user demo, password demo)",
+            orthanc=proc,
+            http_port=http_port,
+        )
+    pacs = _Pacs(port, f"built-in receiver writing to {folder / 'pacs'}")
+    (folder / "pacs").mkdir()
+
+    def on_store(event: evt.Event) -> int:
+        sop = str(getattr(event.request, "AffectedSOPInstanceUID", "unknown"))
+        path = folder / "pacs" / f"{sop}.dcm"
+        path.write_bytes(event.encoded_dataset())
+        pacs.received.append(path)
+        return 0x0000
+
+    ae = AE(ae_title="ORTHANC")
+    for uid in (
+        Comprehensive3DSRStorage,
+        ComprehensiveSRStorage,
+        KeyObjectSelectionDocumentStorage,
+    ):
+        ae.add_supported_context(uid)
+    pacs.server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    return pacs
+
+
+def _status(config_path: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "triage.cli", "status", "--json", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if out.returncode != 0:
+        raise TriageError(f"triage status failed: {out.stderr.strip()}")
+    return dict(json.loads(out.stdout))
+
+
+def _print_worklist(web_port: int) -> None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/api/worklist", timeout=10) as resp:
+        rows = json.loads(resp.read())["rows"]
+    print("\nworklist (positives first):")
+    print(
+        f"  {'accession':<16} {'state':<12} {'PE prob.':>8}  {'flag':<13} {'slices':>6}  delivery"
+    )
+    for r in rows:
+        prob = "" if r["probability_percent"] is None else f"{r['probability_percent']:.1f}%"
+        flag = "PE suspected" if r["flagged"] else ""
+        print(
+            f"  {r['accession_number'] or '':<16} {r['state']:<12} {prob:>8}  {flag:<13} "
+            f"{r['flagged_slices'] if r['flagged_slices'] is not None else '':>6}  "
+            f"{r['delivery']}"
+        )
+
+
+def run_demo(keep_running: bool = False, timeout: float = 900) -> int:
+    """Run the demo; return 0 once both studies are analysed and their SRs delivered."""
+    from model.synthetic import StudyParams, generate_study, write_study
+
+    folder = Path(tempfile.mkdtemp(prefix="triage-demo-"))
+    print(f"demo folder: {folder}")
+    pacs = _start_pacs(folder)
+    print(f"receiving PACS: {pacs.describe}")
+    receiver_port, web_port = _free_port(), _free_port()
+    config = {
+        "data_dir": str(folder / "var"),
+        "receiver": {"port": receiver_port, "min_free_disk_mb": 100},
+        "series": {"stable_seconds": 3, "sweep_interval_seconds": 1},
+        "worker": {"processes": 1, "poll_seconds": 0.5},
+        "web": {"port": web_port},
+        "dispatch": {"backoff_seconds": 1, "sweep_interval_seconds": 1},
+        "destinations": [
+            {
+                "name": "pacs",
+                "type": "dicom",
+                "ae_title": "ORTHANC",
+                "host": "127.0.0.1",
+                "port": pacs.port,
+            },
+        ],
+        "logging": {"format": "json", "level": "INFO"},
+    }
+    config_path = folder / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log = (folder / "daemon.log").open("ab")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "triage.cli", "serve", "--config", str(config_path)],
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        _wait_port(receiver_port, daemon)
+        print(
+            f"daemon: DICOM TRIAGE@127.0.0.1:{receiver_port}, worklist "
+            f"http://127.0.0.1:{web_port}/, log {folder / 'daemon.log'}"
+        )
+        for seed, positive in DEMO_STUDIES:
+            phantom = generate_study(seed, StudyParams(positive=positive, difficulty="easy"))
+            written = write_study(phantom, folder / "studies")
+            sent = send_files(
+                [written.axial.paths[0].parent], "127.0.0.1", receiver_port, "DEMOSCU", "TRIAGE"
+            )
+            kind = "with emboli" if positive else "without emboli"
+            print(f"sent a synthetic CTPA {kind}: {sent.sent} images, {len(sent.failures)} failed")
+        deadline = time.monotonic() + timeout
+        while True:
+            status = _status(config_path)
+            jobs = status["counts"]["jobs"]
+            finished = sum(jobs.get(k, 0) for k in ("done", "undetermined", "failed"))
+            deliveries = status["counts"]["deliveries"]
+            if finished == len(DEMO_STUDIES) and deliveries and set(deliveries) <= {"sent"}:
+                break
+            if time.monotonic() > deadline:
+                raise TriageError(f"the demo did not finish in {timeout:g} s; see {folder}")
+            time.sleep(1)
+        _print_worklist(web_port)
+        print("\nStructured Reports and Key Object Selections in the PACS:")
+        for line in pacs.landed():
+            print(f"  {line}")
+        if keep_running:
+            print("\nrunning; Ctrl-C stops everything")
+            with contextlib.suppress(KeyboardInterrupt):
+                daemon.wait()
+        return 0
+    finally:
+        if daemon.poll() is None:
+            daemon.terminate()
+            daemon.wait(60)
+        pacs.stop()
+        if not keep_running:
+            print(f"\nstopped; everything is in {folder} (remove it with rm -rf)")
+
