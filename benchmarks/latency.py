@@ -1,0 +1,195 @@
+"""Latency from the last acknowledged instance of a 96-slice study to the SR acknowledged
+by the PACS, by stage, against ``triage-model predict`` on the same series in the same run.
+
+The wait for ``series.stable_seconds`` (the completeness rule) is left out: it is policy,
+not work. Prints figures; asserts nothing.
+
+    python benchmarks/latency.py [--bundle DIR] [--studies 2] [--stable-seconds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from pydicom import dcmread
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    Comprehensive3DSRStorage,
+    KeyObjectSelectionDocumentStorage,
+)
+
+from triage.config import DEMO_BUNDLE
+from triage.demo import _free_port, _wait_port
+from triage.send import send_files
+
+
+def _pacs() -> tuple[int, dict[str, float], threading.Event]:
+    """A Storage SCP that records when each SR arrives (keyed by Study Instance UID)."""
+    arrivals: dict[str, float] = {}
+    got = threading.Event()
+
+    def on_store(event: evt.Event) -> int:
+        ds = event.dataset
+        if ds.Modality == "SR":
+            arrivals[str(ds.StudyInstanceUID)] = time.time()
+            got.set()
+        return 0x0000
+
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(Comprehensive3DSRStorage)
+    ae.add_supported_context(KeyObjectSelectionDocumentStorage)
+    port = _free_port()
+    ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    return port, arrivals, got
+
+
+def _epoch(text: str) -> float:
+    # The database keeps naive UTC.
+    return datetime.fromisoformat(text + "+00:00").timestamp()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", type=Path, default=DEMO_BUNDLE)
+    parser.add_argument("--studies", type=int, default=2)
+    parser.add_argument("--stable-seconds", type=float, default=2.0)
+    args = parser.parse_args()
+
+    from model.synthetic import StudyParams, generate_study, write_study
+
+    work = Path(tempfile.mkdtemp(prefix="triage-latency-"))
+    pacs_port, arrivals, _ = _pacs()
+    port, web = _free_port(), _free_port()
+    config = {
+        "data_dir": str(work / "var"),
+        "receiver": {"port": port, "min_free_disk_mb": 100},
+        "series": {"stable_seconds": args.stable_seconds, "sweep_interval_seconds": 0.2},
+        "worker": {"processes": 1, "poll_seconds": 0.1},
+        "model": {"bundle": str(args.bundle)},
+        "web": {"port": web},
+        "dispatch": {"sweep_interval_seconds": 0.2},
+        "destinations": [
+            {
+                "name": "pacs",
+                "type": "dicom",
+                "ae_title": "PACS",
+                "host": "127.0.0.1",
+                "port": pacs_port,
+            }
+        ],
+        "logging": {"level": "WARNING"},
+    }
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    log = (work / "daemon.log").open("ab")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "triage.cli", "serve", "--config", str(work / "config.yaml")],
+        stdout=log,
+        stderr=log,
+    )
+    rows = []
+    try:
+        _wait_port(port, daemon)
+        # Let the worker load the bundle before the clock starts.
+        time.sleep(15)
+        for i in range(args.studies):
+            phantom = generate_study(
+                7000 + i, StudyParams(n_slices=96, positive=i % 2 == 0, difficulty="easy")
+            )
+            series_dir = write_study(phantom, work / "studies").axial.paths[0].parent
+            send_files([series_dir], "127.0.0.1", port, "BENCH", "TRIAGE")
+            last_ack = time.time()
+            study_uid = str(
+                dcmread(next(series_dir.iterdir()), stop_before_pixels=True).StudyInstanceUID
+            )
+            deadline = time.time() + 600
+            while study_uid not in arrivals and time.time() < deadline:
+                time.sleep(0.05)
+            sr_at = arrivals[study_uid]
+            db = sqlite3.connect(work / "var" / "triage.db")
+            completed, result_at, timings = db.execute(
+                "SELECT s.completed_at, r.created_at, r.timings FROM series s "
+                "JOIN studies st ON st.id = s.study_id JOIN results r ON r.series_id = s.id "
+                "WHERE st.study_instance_uid = ? ORDER BY r.id DESC LIMIT 1",
+                (study_uid,),
+            ).fetchone()
+            t = json.loads(timings)
+            predict = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "model.cli",
+                    "predict",
+                    "--bundle",
+                    str(args.bundle),
+                    str(series_dir),
+                    "--json",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            p = json.loads(predict.stdout)["timings"]
+            rows.append(
+                {
+                    "end_to_end": sr_at - last_ack - args.stable_seconds,
+                    "to_complete": _epoch(completed) - last_ack - args.stable_seconds,
+                    "model": t.get("total", 0.0),
+                    "cnn": t.get("cnn", 0.0),
+                    "report": t.get("report", 0.0),
+                    "result_to_sr": sr_at - _epoch(result_at),
+                    "predict_total": p["total"],
+                    "predict_cnn": p["cnn"],
+                }
+            )
+    finally:
+        daemon.terminate()
+        daemon.wait(60)
+    print(
+        f"bundle {args.bundle}; stable_seconds {args.stable_seconds} s excluded; "
+        f"{args.studies} studies of 96 slices"
+    )
+    head = (
+        "end-to-end",
+        "to-complete",
+        "worker-model",
+        "of-which-CNN",
+        "SR/KOS-build",
+        "result->SR-acked",
+        "predict-CLI",
+        "predict-CNN",
+        "overhead-vs-predict",
+    )
+    print("  ".join(f"{h:>14}" for h in head))
+    for r in rows:
+        overhead = (r["end_to_end"] - r["predict_total"]) / r["end_to_end"]
+        print(
+            "  ".join(
+                f"{v:>14.2f}"
+                for v in (
+                    r["end_to_end"],
+                    r["to_complete"],
+                    r["model"],
+                    r["cnn"],
+                    r["report"],
+                    r["result_to_sr"],
+                    r["predict_total"],
+                    r["predict_cnn"],
+                )
+            )
+            + f"  {overhead:>13.0%}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
