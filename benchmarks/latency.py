@@ -29,7 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from triage.config import DEMO_BUNDLE
-from triage.demo import _free_port, _wait_port
+from triage.demo import free_port, wait_for_port
 from triage.send import send_files
 
 
@@ -48,7 +48,7 @@ def _pacs() -> tuple[int, dict[str, float], threading.Event]:
     ae = AE(ae_title="PACS")
     ae.add_supported_context(Comprehensive3DSRStorage)
     ae.add_supported_context(KeyObjectSelectionDocumentStorage)
-    port = _free_port()
+    port = free_port()
     ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     return port, arrivals, got
 
@@ -69,7 +69,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="triage-latency-"))
     pacs_port, arrivals, _ = _pacs()
-    port, web = _free_port(), _free_port()
+    port, web = free_port(), free_port()
     config = {
         "data_dir": str(work / "var"),
         "receiver": {"port": port, "min_free_disk_mb": 100},
@@ -98,7 +98,7 @@ def main() -> int:
     )
     rows = []
     try:
-        _wait_port(port, daemon)
+        wait_for_port(port, daemon)
         # Let the worker load the bundle before the clock starts.
         time.sleep(15)
         for i in range(args.studies):

@@ -37,13 +37,15 @@ ORTHANC = Path("/usr/sbin/Orthanc")
 DEMO_STUDIES = ((90011, True), (90012, False))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
+    """Poll until something accepts connections on ``port``; fail if ``proc`` exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -95,9 +97,9 @@ class _Pacs:
 
 
 def _start_pacs(folder: Path) -> _Pacs:
-    port = _free_port()
+    port = free_port()
     if ORTHANC.exists():
-        http_port = _free_port()
+        http_port = free_port()
         config = {
             "Name": "demo PACS",
             "DicomAet": "ORTHANC",
@@ -115,8 +117,8 @@ def _start_pacs(folder: Path) -> _Pacs:
         proc = subprocess.Popen(
             [str(ORTHANC), str(folder / "orthanc.json")], stdout=log, stderr=log
         )
-        _wait_port(http_port, proc)
-        _wait_port(port, proc)
+        wait_for_port(http_port, proc)
+        wait_for_port(port, proc)
         return _Pacs(
             port,
             f"Orthanc at http://127.0.0.1:{http_port}/ (user demo, password demo)",
@@ -183,7 +185,7 @@ def run_demo(keep_running: bool = False, timeout: float = 900) -> int:
     print(f"demo folder: {folder}")
     pacs = _start_pacs(folder)
     print(f"receiving PACS: {pacs.describe}")
-    receiver_port, web_port = _free_port(), _free_port()
+    receiver_port, web_port = free_port(), free_port()
     config = {
         "data_dir": str(folder / "var"),
         "receiver": {"port": receiver_port, "min_free_disk_mb": 100},
@@ -211,7 +213,7 @@ def run_demo(keep_running: bool = False, timeout: float = 900) -> int:
         stderr=log,
     )
     try:
-        _wait_port(receiver_port, daemon)
+        wait_for_port(receiver_port, daemon)
         print(
             f"daemon: DICOM TRIAGE@127.0.0.1:{receiver_port}, worklist "
             f"http://127.0.0.1:{web_port}/, log {folder / 'daemon.log'}"

@@ -23,9 +23,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "triage"))
 
-from daemon_proc import Daemon  # noqa: E402
-from dispatch_helpers import MLLPListener, segments  # noqa: E402
-from support import dcmtk, free_port, wait_for_port  # noqa: E402
+from daemon_proc import Daemon
+from dispatch_helpers import MLLPListener, segments
+from support import dcmtk, free_port, wait_for_port
 
 ROOT = Path(__file__).parents[2]
 ORTHANC = "/usr/sbin/Orthanc"
@@ -40,6 +40,7 @@ class Orthanc:
 
     def __init__(self, folder: Path, triage_port: int) -> None:
         self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
         self.dicom_port = free_port()
         self.http_port = free_port()
         config = json.loads((ROOT / "deploy" / "orthanc" / "orthanc.json").read_text())
@@ -105,7 +106,6 @@ def orthanc_and_daemon(tmp_path: Path) -> Iterator[tuple[Orthanc, Daemon, MLLPLi
     ris = MLLPListener()
     triage_port = free_port()
     orthanc = Orthanc(tmp_path / "orthanc", triage_port)
-    (tmp_path / "orthanc").mkdir()
     daemon = Daemon(
         tmp_path / "triage",
         receiver={"port": triage_port, "allowed_calling_aets": ["ORTHANC"]},

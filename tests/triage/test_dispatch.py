@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import ssl
-import subprocess
 import threading
 import time
 from datetime import timedelta
@@ -24,7 +23,7 @@ from dispatch_helpers import (
 )
 from pydicom.uid import Comprehensive3DSRStorage, KeyObjectSelectionDocumentStorage
 from sqlalchemy import select
-from support import free_port
+from support import free_port, make_test_pki
 
 from triage.cli import main
 from triage.config import DispatchConfig
@@ -272,58 +271,8 @@ def test_cli_retry_requeues_dead_deliveries_of_one_destination(
     assert "re-queued 0 dead deliveries" in capsys.readouterr().out
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
 def test_dicom_over_tls_verifies_the_pacs_against_the_ca(tmp_path: Path) -> None:
-    d = tmp_path / "pki"
-    d.mkdir()
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-keyout",
-        str(d / "ca.key"),
-        "-out",
-        str(d / "ca.pem"),
-        "-subj",
-        "/CN=Test CA",
-    )
-    (d / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        str(d / "pacs.key"),
-        "-out",
-        str(d / "pacs.csr"),
-        "-subj",
-        "/CN=pacs",
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        str(d / "pacs.csr"),
-        "-CA",
-        str(d / "ca.pem"),
-        "-CAkey",
-        str(d / "ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        str(d / "ext"),
-        "-out",
-        str(d / "pacs.pem"),
-    )
+    d = make_test_pki(tmp_path / "pki", names=("pacs",))
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(d / "pacs.pem", d / "pacs.key")
     received = Received()

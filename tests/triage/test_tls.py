@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,63 +10,12 @@ from dicom_factory import ct_slice
 from pydicom.uid import CTImageStorage
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
+from support import make_test_pki
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("pki")
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-keyout",
-        str(d / "ca.key"),
-        "-out",
-        str(d / "ca.pem"),
-        "-subj",
-        "/CN=Test CA",
-    )
-    for name in ("server", "client"):
-        ext = d / f"{name}.ext"
-        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-        _openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(d / f"{name}.key"),
-            "-out",
-            str(d / f"{name}.csr"),
-            "-subj",
-            f"/CN={name}",
-        )
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            str(d / f"{name}.csr"),
-            "-CA",
-            str(d / "ca.pem"),
-            "-CAkey",
-            str(d / "ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            str(ext),
-            "-out",
-            str(d / f"{name}.pem"),
-        )
-    return d
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _client_context(pki: Path, with_cert: bool) -> ssl.SSLContext:
