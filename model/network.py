@@ -230,13 +230,12 @@ def _small_backbone(input_size: int, channels: int, weights: str | None) -> Any:
     x = inputs
     # A first layer at full resolution: a filling defect in a segmental artery is only a
     # few pixels across, and a stride-2 first layer would blur it away.
-    # No batch normalisation: slices outside the chest are blanked by preprocessing, so the
-    # share of empty slices swings from batch to batch and BatchNorm's moving statistics
-    # then disagree with every batch it saw; a small network trains well without it.
     for i, (filters, stride) in enumerate(((16, 1), (32, 2), (64, 2), (128, 2), (128, 2))):
         x = layers.Conv2D(
-            filters, 3, strides=stride, padding="same", activation="relu", name=f"conv{i}"
+            filters, 3, strides=stride, padding="same", use_bias=False, name=f"conv{i}"
         )(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.Activation("relu", name=f"relu{i}")(x)
     model = keras.Model(inputs, x, name="small")
     if weights == "imagenet":
         raise NetworkError("the small backbone has no ImageNet weights")
