@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--keep-running", action="store_true",
                    help="leave the daemon and PACS running until Ctrl-C")
+    p.add_argument("--bundle", type=Path,
+                   help="weight bundle to use (default: the shipped demo bundle)")
 
     p = sub.add_parser(
         "retry",
@@ -161,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from triage.demo import run_demo
 
-        return run_demo(keep_running=args.keep_running)
+        return run_demo(keep_running=args.keep_running, bundle=args.bundle)
 
     config = load_config(args.config)
     _setup_logging(args, config)

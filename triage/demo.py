@@ -29,6 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     KeyObjectSelectionDocumentStorage,
 )
 
+from triage.config import DEMO_BUNDLE
 from triage.errors import TriageError
 from triage.send import send_files
 
@@ -177,12 +178,48 @@ def _print_worklist(web_port: int) -> None:
         )
 
 
-def run_demo(keep_running: bool = False, timeout: float = 900) -> int:
+def _demo_bundle(folder: Path, bundle: Path | None) -> Path:
+    """The bundle to run: the one given, else the shipped demo bundle, else an untrained one.
+
+    An untrained bundle still exercises the whole loop, but its probabilities mean nothing;
+    the demo says so loudly rather than pretending.
+    """
+    if bundle is not None:
+        return bundle
+    if (DEMO_BUNDLE / "manifest.json").is_file():
+        return DEMO_BUNDLE
+    print(
+        "WARNING: no trained demo bundle is shipped in this version "
+        f"({DEMO_BUNDLE} has no manifest.json); using an UNTRAINED bundle, so the "
+        "probabilities below mean nothing. Train one with model/bundles/demo/reproduce.sh "
+        "and pass --bundle."
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "model.cli",
+            "init-bundle",
+            "--backbone",
+            "small",
+            "--out",
+            str(folder / "untrained-bundle"),
+            "--input-size",
+            "128",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return folder / "untrained-bundle"
+
+
+def run_demo(keep_running: bool = False, timeout: float = 900, bundle: Path | None = None) -> int:
     """Run the demo; return 0 once both studies are analysed and their SRs delivered."""
     from model.synthetic import StudyParams, generate_study, write_study
 
     folder = Path(tempfile.mkdtemp(prefix="triage-demo-"))
     print(f"demo folder: {folder}")
+    bundle_dir = _demo_bundle(folder, bundle)
     pacs = _start_pacs(folder)
     print(f"receiving PACS: {pacs.describe}")
     receiver_port, web_port = free_port(), free_port()
@@ -191,6 +228,7 @@ def run_demo(keep_running: bool = False, timeout: float = 900) -> int:
         "receiver": {"port": receiver_port, "min_free_disk_mb": 100},
         "series": {"stable_seconds": 3, "sweep_interval_seconds": 1},
         "worker": {"processes": 1, "poll_seconds": 0.5},
+        "model": {"bundle": str(bundle_dir)},
         "web": {"port": web_port},
         "dispatch": {"backoff_seconds": 1, "sweep_interval_seconds": 1},
         "destinations": [
@@ -253,4 +291,3 @@ def run_demo(keep_running: bool = False, timeout: float = 900) -> int:
         pacs.stop()
         if not keep_running:
             print(f"\nstopped; everything is in {folder} (remove it with rm -rf)")
-

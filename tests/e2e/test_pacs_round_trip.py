@@ -1,8 +1,11 @@
 """End to end: a PACS (Debian's Orthanc) forwards CTPAs with the shipped Lua script, the
-daemon analyses them with the demo bundle and sends back SR + KOS, the RIS gets one ORU.
+daemon analyses them and sends back SR + KOS, the RIS gets one ORU.
 
 Everything is real and on loopback: Orthanc, dcmtk's storescu as the modality, the
-``triage serve`` process with its inference worker, an MLLP listener as the RIS.
+``triage serve`` process with its TensorFlow inference worker, an MLLP listener as the RIS.
+The model is a small, seeded, untrained bundle: this test is about the pipeline, not the
+model's accuracy. The admin's stack threshold is set between the two studies' scores, so
+the study the model scores higher is the positive one, and only it may get a KOS and an ORU.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ ROOT = Path(__file__).parents[2]
 ORTHANC = "/usr/sbin/Orthanc"
 AUTH = "Basic " + base64.b64encode(b"admin:change-me").decode()
 
-# Seeds of fresh "easy" studies, different from the demo bundle's training and test sets.
+# Seeds of one synthetic study with emboli and one without.
 POSITIVE_SEED, NEGATIVE_SEED = 90011, 90012
 
 
@@ -92,8 +95,10 @@ def studies(tmp_path: Path) -> dict[str, Path]:
     from model.synthetic import StudyParams, generate_study, write_study
 
     out = {}
-    for name, seed, positive in (("positive", POSITIVE_SEED, True),
-                                 ("negative", NEGATIVE_SEED, False)):
+    for name, seed, positive in (
+        ("positive", POSITIVE_SEED, True),
+        ("negative", NEGATIVE_SEED, False),
+    ):
         phantom = generate_study(seed, StudyParams(positive=positive, difficulty="easy"))
         written = write_study(phantom, tmp_path / name)
         out[name] = written.axial.paths[0].parent
@@ -101,7 +106,59 @@ def studies(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.fixture
-def orthanc_and_daemon(tmp_path: Path) -> Iterator[tuple[Orthanc, Daemon, MLLPListener]]:
+def bundle_and_threshold(studies: dict[str, Path], tmp_path: Path) -> tuple[Path, float, str]:
+    """An untrained bundle, a stack threshold between the two studies' scores, and which
+    study (by name) the model scores higher."""
+    bundle = tmp_path / "bundle"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "model.cli",
+            "init-bundle",
+            "--backbone",
+            "small",
+            "--out",
+            str(bundle),
+            "--input-size",
+            "64",
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    scores = {}
+    for name, folder in studies.items():
+        pred = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "model.cli",
+                "predict",
+                "--bundle",
+                str(bundle),
+                str(folder),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert pred.returncode == 0, pred.stderr
+        scores[name] = json.loads(pred.stdout)["stack_probability"]
+    assert scores["positive"] != scores["negative"]
+    higher = max(scores, key=lambda k: scores[k])
+    return bundle, (scores["positive"] + scores["negative"]) / 2, higher
+
+
+@pytest.fixture
+def orthanc_and_daemon(
+    tmp_path: Path, bundle_and_threshold: tuple[Path, float, str]
+) -> Iterator[tuple[Orthanc, Daemon, MLLPListener]]:
+    bundle, threshold, _ = bundle_and_threshold
     assert Path(ORTHANC).exists(), "Orthanc is missing: apt-get install orthanc"
     ris = MLLPListener()
     triage_port = free_port()
@@ -111,10 +168,17 @@ def orthanc_and_daemon(tmp_path: Path) -> Iterator[tuple[Orthanc, Daemon, MLLPLi
         receiver={"port": triage_port, "allowed_calling_aets": ["ORTHANC"]},
         series={"stable_seconds": 3, "sweep_interval_seconds": 0.5},
         worker={"processes": 1, "poll_seconds": 0.3},
+        model={"bundle": str(bundle)},
+        thresholds={"stack": threshold},
         dispatch={"backoff_seconds": 0.5, "max_backoff_seconds": 2, "sweep_interval_seconds": 0.5},
         destinations=[
-            {"name": "pacs", "type": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1",
-             "port": orthanc.dicom_port},
+            {
+                "name": "pacs",
+                "type": "dicom",
+                "ae_title": "ORTHANC",
+                "host": "127.0.0.1",
+                "port": orthanc.dicom_port,
+            },
             {"name": "ris", "type": "hl7", "host": "127.0.0.1", "port": ris.port},
         ],
     )
@@ -134,27 +198,51 @@ def _status(daemon: Daemon) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
-def test_pacs_round_trip(studies: dict[str, Path], orthanc_and_daemon, tmp_path: Path) -> None:
+def test_pacs_round_trip(
+    studies: dict[str, Path], bundle_and_threshold, orthanc_and_daemon, tmp_path: Path
+) -> None:
     orthanc, daemon, ris = orthanc_and_daemon
+    _, _, higher = bundle_and_threshold
+    lower = "negative" if higher == "positive" else "positive"
     # The modality sends both studies to the PACS; the Lua script forwards them.
     for folder in studies.values():
         scu = subprocess.run(
-            [dcmtk("storescu"), "-aec", "ORTHANC", "127.0.0.1", str(orthanc.dicom_port),
-             "+sd", str(folder)],
-            capture_output=True, text=True, timeout=300,
+            [
+                dcmtk("storescu"),
+                "-aec",
+                "ORTHANC",
+                "127.0.0.1",
+                str(orthanc.dicom_port),
+                "+sd",
+                str(folder),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
             env={**os.environ, "TCP_NODELAY": "1"},
         )
         assert scu.returncode == 0, scu.stdout + scu.stderr
-    _wait(lambda: _status(daemon)["counts"]["series"].get("queued", 0) == 2, 240,
-          "both series to be forwarded and queued")
+    _wait(
+        lambda: _status(daemon)["counts"]["series"].get("queued", 0) == 2,
+        240,
+        "both series to be forwarded and queued",
+    )
 
     # The PACS goes down while the results are being delivered; nothing is lost.
     orthanc.stop()
-    _wait(lambda: any(
-        d["state"] in ("retrying", "dead")
-        for st in _status(daemon)["studies"] for s in st["series"]
-        for d in ((s.get("result") or {}).get("deliveries") or [])
-    ) or "retrying" in daemon.log_text(), 300, "a delivery to fail while the PACS is down")
+    _wait(
+        lambda: (
+            any(
+                d["state"] in ("retrying", "dead")
+                for st in _status(daemon)["studies"]
+                for s in st["series"]
+                for d in ((s.get("result") or {}).get("deliveries") or [])
+            )
+            or "retrying" in daemon.log_text()
+        ),
+        300,
+        "a delivery to fail while the PACS is down",
+    )
     orthanc.start()
 
     def delivered() -> bool:
@@ -164,6 +252,7 @@ def test_pacs_round_trip(studies: dict[str, Path], orthanc_and_daemon, tmp_path:
         return len(orthanc.get("/studies")) == 2 and all(
             len(orthanc.get(f"/studies/{s}/series")) >= 2 for s in orthanc.get("/studies")
         )
+
     _wait(delivered, 300, "both results to be analysed and delivered")
 
     # SR in both studies, KOS only in the positive one.
@@ -176,12 +265,13 @@ def test_pacs_round_trip(studies: dict[str, Path], orthanc_and_daemon, tmp_path:
         )
     from pydicom import dcmread
 
-    uid_of = {name: dcmread(next(folder.iterdir()), stop_before_pixels=True).StudyInstanceUID
-              for name, folder in studies.items()}
-    accession = dcmread(next(studies["positive"].iterdir()),
-                        stop_before_pixels=True).AccessionNumber
-    assert modalities[uid_of["positive"]] == ["CT", "KO", "SR"]
-    assert modalities[uid_of["negative"]] == ["CT", "SR"]
+    uid_of = {
+        name: dcmread(next(folder.iterdir()), stop_before_pixels=True).StudyInstanceUID
+        for name, folder in studies.items()
+    }
+    accession = dcmread(next(studies[higher].iterdir()), stop_before_pixels=True).AccessionNumber
+    assert modalities[uid_of[higher]] == ["CT", "KO", "SR"]
+    assert modalities[uid_of[lower]] == ["CT", "SR"]
 
     # Exactly one ORU, for the positive study, keyed on its accession number.
     _wait(lambda: ris.messages, 60, "the ORU")
@@ -201,7 +291,7 @@ def test_pacs_round_trip(studies: dict[str, Path], orthanc_and_daemon, tmp_path:
     assert rows[1]["flagged"] is False
 
     # Nothing identifying the patient in any daemon log line.
-    ds = dcmread(next(studies["positive"].iterdir()), stop_before_pixels=True)
+    ds = dcmread(next(studies[higher].iterdir()), stop_before_pixels=True)
     log = daemon.log_text()
     for value in (str(ds.PatientName), ds.PatientID, accession):
         assert value not in log
