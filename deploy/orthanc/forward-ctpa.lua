@@ -3,7 +3,18 @@
 -- too (slice thickness, image type, slice count), so this filter can be generous; the SR
 -- and KOS that the daemon sends back are not forwarded again.
 
-local PATTERN = "ctpa|angio|pulm|embol|lungenemb|pe "
+-- Lowercase words that mark a CTPA in the study or series description. Lua patterns have
+-- no alternation, so each word is searched on its own (plain find, no pattern magic).
+local KEYWORDS = { "ctpa", "angio", "pulm", "embol" }
+
+local function looks_like_ctpa(description)
+  for _, word in ipairs(KEYWORDS) do
+    if string.find(description, word, 1, true) ~= nil then
+      return true
+    end
+  end
+  return false
+end
 
 function OnStableSeries(seriesId, tags, metadata)
   local modality = string.upper(tags["Modality"] or "")
@@ -13,7 +24,7 @@ function OnStableSeries(seriesId, tags, metadata)
   local study = ParseJson(RestApiGet("/series/" .. seriesId .. "/study"))
   local description = string.lower((study["MainDicomTags"]["StudyDescription"] or "") .. " " ..
                                    (tags["SeriesDescription"] or ""))
-  if string.find(description, PATTERN) == nil then
+  if not looks_like_ctpa(description) then
     return
   end
   -- Send asynchronously; Orthanc retries failed jobs per its own settings.

@@ -52,7 +52,11 @@ class Orthanc:
             HttpPort=self.http_port,
             StorageDirectory=str(folder / "storage"),
             IndexDirectory=str(folder / "storage"),
-            DicomModalities={"triage": ["TRIAGE", "127.0.0.1", triage_port]},
+            # The example accepts stores only from known modalities: the scanner and triage.
+            DicomModalities={
+                "triage": ["TRIAGE", "127.0.0.1", triage_port],
+                "scanner": ["SCANNER", "127.0.0.1", 104],
+            },
             LuaScripts=[str(ROOT / "deploy" / "orthanc" / "forward-ctpa.lua")],
             StableAge=2,
         )
@@ -163,14 +167,22 @@ def orthanc_and_daemon(
     ris = MLLPListener()
     triage_port = free_port()
     orthanc = Orthanc(tmp_path / "orthanc", triage_port)
+    (tmp_path / "triage").mkdir()
     daemon = Daemon(
         tmp_path / "triage",
         receiver={"port": triage_port, "allowed_calling_aets": ["ORTHANC"]},
         series={"stable_seconds": 3, "sweep_interval_seconds": 0.5},
         worker={"processes": 1, "poll_seconds": 0.3},
         model={"bundle": str(bundle)},
-        thresholds={"stack": threshold},
-        dispatch={"backoff_seconds": 0.5, "max_backoff_seconds": 2, "sweep_interval_seconds": 0.5},
+        # Every slice of the positive study scores above 0, so it gets a KOS of its top slices.
+        thresholds={"stack": threshold, "slice": 0.0},
+        # Enough attempts to outlast the PACS outage below.
+        dispatch={
+            "backoff_seconds": 0.5,
+            "max_backoff_seconds": 2,
+            "sweep_interval_seconds": 0.5,
+            "max_attempts": 200,
+        },
         destinations=[
             {
                 "name": "pacs",
@@ -183,7 +195,6 @@ def orthanc_and_daemon(
         ],
     )
     daemon.port = triage_port
-    daemon.folder.mkdir(exist_ok=True)
     try:
         yield orthanc.start(), daemon.start(), ris
     finally:
@@ -198,6 +209,7 @@ def _status(daemon: Daemon) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
+@pytest.mark.timeout(900)
 def test_pacs_round_trip(
     studies: dict[str, Path], bundle_and_threshold, orthanc_and_daemon, tmp_path: Path
 ) -> None:
@@ -209,6 +221,8 @@ def test_pacs_round_trip(
         scu = subprocess.run(
             [
                 dcmtk("storescu"),
+                "-aet",
+                "SCANNER",
                 "-aec",
                 "ORTHANC",
                 "127.0.0.1",

@@ -109,8 +109,9 @@ def load_context(
         study_instance_uid=study.study_instance_uid,
         series_instance_uid=series.series_instance_uid,
         sr_path=outbox / "sr.dcm",
-        # Only positives have a KOS; a negative that somehow has one is not sent it.
-        kos_path=outbox / "kos.dcm" if positive else None,
+        # Only positives with flagged slices have a KOS (the worker records its UID when it
+        # writes one); a negative that somehow has one is not sent it.
+        kos_path=outbox / "kos.dcm" if positive and result.kos_sop_instance_uid else None,
         sr_sop_instance_uid=result.sr_sop_instance_uid,
         kos_sop_instance_uid=result.kos_sop_instance_uid,
         bundle_name=result.bundle_name,
