@@ -12,38 +12,9 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from model.cli_types import fraction, non_negative_int, positive_int
 from model.stats_cli import add_stats
 from model.training.cli import add_compare, add_evaluate, add_train
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
 
 
 def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,24 +32,24 @@ def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", type=Path, metavar="DIR", help="data set folder to write")
     target.add_argument("--preview", type=Path, metavar="OUT.png", help="write a montage PNG")
-    p.add_argument("--studies", type=_positive_int, default=10, metavar="N", help="default 10")
+    p.add_argument("--studies", type=positive_int, default=10, metavar="N", help="default 10")
     p.add_argument(
         "--positive-fraction",
-        type=_fraction,
+        type=fraction,
         default=0.5,
         metavar="F",
         help="fraction of studies with emboli (default 0.5)",
     )
-    p.add_argument("--seed", type=_seed, default=0, metavar="S", help="default 0")
+    p.add_argument("--seed", type=non_negative_int, default=0, metavar="S", help="default 0")
     p.add_argument("--difficulty", choices=sorted(DIFFICULTIES), default="realistic")
     p.add_argument(
         "--slices",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="force the slice count (default: 80-160 at 3 mm, from the anatomy)",
     )
-    p.add_argument("--matrix", type=_positive_int, default=512, metavar="PX", help="default 512")
+    p.add_argument("--matrix", type=positive_int, default=512, metavar="PX", help="default 512")
     p.add_argument(
         "--extra-series",
         action="store_true",
@@ -147,21 +118,21 @@ def _add_init_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     p.add_argument(
         "--input-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="default 386 for inception_resnet_v2, 128 for small",
     )
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="default 3")
-    p.add_argument("--folds", type=_positive_int, default=1, metavar="K", help="default 1")
+    p.add_argument("--folds", type=positive_int, default=1, metavar="K", help="default 1")
     p.add_argument(
         "--stack-head",
         choices=("reference", "attention"),
         default="reference",
         help="default reference",
     )
-    p.add_argument("--num-slices", type=_positive_int, default=96, metavar="N", help="default 96")
-    p.add_argument("--seed", type=_seed, default=0, metavar="S", help="default 0")
+    p.add_argument("--num-slices", type=positive_int, default=96, metavar="N", help="default 96")
+    p.add_argument("--seed", type=non_negative_int, default=0, metavar="S", help="default 0")
     p.set_defaults(func=_run_init_bundle)
 
 
@@ -207,14 +178,14 @@ def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="CPU threads per operation (default: one per core)",
     )
     p.add_argument(
         "--top",
-        type=_positive_int,
+        type=positive_int,
         default=5,
         metavar="N",
         help="slices to list in the text output (default 5)",

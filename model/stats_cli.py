@@ -9,17 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.cli_types import non_negative_int
 from model.stats import delong_test, diagnostic_metrics
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def add_stats(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,7 +29,7 @@ def add_stats(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "identical to R's prop.test(x, n, correct=TRUE).",
     )
     for name in ("tp", "fn", "tn", "fp"):
-        ci.add_argument(f"--{name}", type=_count, required=True, metavar="N")
+        ci.add_argument(f"--{name}", type=non_negative_int, required=True, metavar="N")
     ci.add_argument("--confidence", type=float, default=0.95, help="default 0.95")
     ci.add_argument("--json", action="store_true", help="print JSON for scripts")
     ci.set_defaults(func=_run_ci)
