@@ -123,10 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         "negative synthetic CTPA, and print the worklist and where the SRs landed. The demo "
         "bundle was trained on synthetic phantoms only: not for clinical use.",
     )
-    p.add_argument("--keep-running", action="store_true",
-                   help="leave the daemon and PACS running until Ctrl-C")
-    p.add_argument("--bundle", type=Path,
-                   help="weight bundle to use (default: the shipped demo bundle)")
+    p.add_argument(
+        "--keep-running", action="store_true", help="leave the daemon and PACS running until Ctrl-C"
+    )
+    p.add_argument(
+        "--bundle", type=Path, help="weight bundle to use (default: the shipped demo bundle)"
+    )
 
     p = sub.add_parser(
         "retry",

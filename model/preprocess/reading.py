@@ -102,16 +102,16 @@ def _check_headers(datasets: list[Dataset], paths: list[Path], min_slices: int) 
     ps0 = _floats(first, "PixelSpacing", 2, path0)
     shape0 = (first.get("Rows"), first.get("Columns"))
     for ds, path in zip(datasets[1:], paths[1:], strict=True):
-        if not np.allclose(_floats(ds, "ImageOrientationPatient", 6, path), iop0,
-                           atol=_GEOMETRY_ATOL):
+        if not np.allclose(
+            _floats(ds, "ImageOrientationPatient", 6, path), iop0, atol=_GEOMETRY_ATOL
+        ):
             raise SeriesRejectedError(
                 f"series has inconsistent orientation: ImageOrientationPatient of {path} "
                 f"differs from {path0}."
             )
         if not np.allclose(_floats(ds, "PixelSpacing", 2, path), ps0, atol=_GEOMETRY_ATOL):
             raise SeriesRejectedError(
-                f"series has inconsistent pixel size: PixelSpacing of {path} differs "
-                f"from {path0}."
+                f"series has inconsistent pixel size: PixelSpacing of {path} differs from {path0}."
             )
         if (ds.get("Rows"), ds.get("Columns")) != shape0:
             raise SeriesRejectedError(
@@ -128,8 +128,9 @@ def _superior_positions(datasets: list[Dataset], paths: list[Path]) -> NDArray[n
     # LPS: +z is superior. The normal may point either way; flip it to point to the head.
     if normal[2] < 0:
         normal = -normal
-    ipp = np.stack([_floats(ds, "ImagePositionPatient", 3, p) for ds, p in zip(datasets, paths,
-                                                                            strict=True)])
+    ipp = np.stack(
+        [_floats(ds, "ImagePositionPatient", 3, p) for ds, p in zip(datasets, paths, strict=True)]
+    )
     return ipp @ normal
 
 

@@ -51,7 +51,10 @@ def _assert_same(a: PreprocessedSeries, b: PreprocessedSeries) -> None:
 def test_config_defaults_round_trip_through_json() -> None:
     config = PreprocessConfig()
     assert (config.num_slices, config.slice_spacing_mm, config.input_size, config.channels) == (
-        96, 3.0, 386, 3,
+        96,
+        3.0,
+        386,
+        3,
     )
     assert (config.window_center, config.window_width, config.segment) == (100.0, 700.0, True)
     restored = PreprocessConfig.from_dict(json.loads(json.dumps(config.to_dict())))
@@ -229,8 +232,7 @@ def test_a_single_slice_is_accepted_when_allowed() -> None:
 def test_window_maps_w700_l100_to_unit_range() -> None:
     hu = np.zeros((6, 4, 4))
     hu[:, 0], hu[:, 1], hu[:, 2], hu[:, 3] = -1000.0, -250.0, 450.0, 2000.0
-    config = PreprocessConfig(input_size=4, num_slices=6, segment=False, min_slices=4,
-                              channels=1)
+    config = PreprocessConfig(input_size=4, num_slices=6, segment=False, min_slices=4, channels=1)
     out = preprocess_volume(_volume(hu, 3.0), config).volume
     assert out.shape == (6, 4, 4, 1)
     assert np.allclose(out[:, :, :, 0].mean(axis=(0, 2)), [0.0, 0.0, 1.0, 1.0])
