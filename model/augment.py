@@ -1,7 +1,8 @@
 """Slice augmentation for the slice CNN, as the paper lists: translation, rotation, zoom,
 elastic deformation, blur and Gaussian noise, and a few combinations.
 
-Positive training slices are augmented until the classes balance. Augmentation is
+Positive training slices are copied until the classes balance, and training slices of
+both classes are augmented alike (model.training.stages.SliceBatches). Augmentation is
 seeded, and it is applied only to slices of training folds: the caller passes training
 slices only, and validation data never goes through this module.
 """
@@ -106,9 +107,9 @@ def augment(img: Image, rng: np.random.Generator, recipe: str | None = None) -> 
 
 
 def balancing_plan(n_positive: int, n_negative: int, seed: int) -> list[tuple[int, int]]:
-    """Which positive slices to augment, and with which seed, so the classes balance.
+    """Which positive slices to copy, and with which seed, so the classes balance.
 
-    Returns ``(positive_index, augmentation_seed)`` pairs: ``n_negative - n_positive`` of
+    Returns ``(positive_index, copy_seed)`` pairs: ``n_negative - n_positive`` of
     them, cycling over the positives in a seeded order. Empty when positives are not
     the minority.
     """

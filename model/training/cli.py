@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
+
+from model.cli_types import non_negative_int, positive_int
 
 
 def add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,6 +43,25 @@ def add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="StudyInstanceUID,PatientID (default: DIR/patients.csv, else headers)",
     )
     p.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR")
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="processes that preprocess series into the cache (default: every CPU)",
+    )
+    p.add_argument(
+        "--fold",
+        type=non_negative_int,
+        metavar="K",
+        help="train fold K only (e.g. one process per GPU); a last run without --fold "
+        "reuses the finished folds and writes the bundle",
+    )
+    p.add_argument(
+        "--cache-only",
+        action="store_true",
+        help="preprocess the series into OUT/cache and stop (before training folds in parallel)",
+    )
     p.set_defaults(func=_run_train)
 
 
@@ -48,8 +70,19 @@ def _run_train(args: argparse.Namespace) -> int:
     from model.training.run import train
 
     bundle = train(
-        load_training_config(args.config), args.data, args.labels, args.out, args.patients
+        load_training_config(args.config),
+        args.data,
+        args.labels,
+        args.out,
+        args.patients,
+        workers=args.workers,
+        only_fold=args.fold,
+        cache_only=args.cache_only,
     )
+    if bundle is None:
+        done = "series preprocessed" if args.cache_only else f"fold {args.fold} trained"
+        print(f"{done} in {args.out}; run without --fold or --cache-only to write the bundle")
+        return 0
     report = json.loads((args.out / "training_report.json").read_text())
     stack = report["out_of_fold"]["stack"]
     auc = stack.get("roc_auc") or {}

@@ -20,6 +20,7 @@ class PreprocessSection(_Section):
     window_center: float = 100.0
     window_width: float = Field(default=700.0, gt=0)
     segment: bool = True
+    crop: bool = False
     min_slices: int = Field(default=10, ge=1)
 
 
@@ -43,7 +44,14 @@ class SliceCNNSection(_Section):
     epochs: int = Field(default=8, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
     lr_decay: float = Field(default=0.01, ge=0)
+    # Balance the classes with copies of the positive slices, and augment.
     augment: bool = True
+    # The chance that a training slice, of either class, is augmented in an epoch.
+    augment_probability: float = Field(default=0.5, ge=0, le=1)
+    # Batches of un-augmented training slices over which the kept CNN's batch-norm
+    # statistics are re-estimated after training ("precise BN"); 0 keeps the moving
+    # averages of training, which lag the weights.
+    batch_norm_batches: int = Field(default=100, ge=0)
     # The optional first epoch with the backbone frozen, then fine-tuning at a lower rate.
     frozen_backbone_epochs: int = Field(default=0, ge=0)
     finetune_learning_rate: float = Field(default=1e-5, gt=0)
@@ -63,6 +71,8 @@ class TrainingConfig(_Section):
 
     name: str = "ctpa-pe"
     version: str = "1"
+    # Free text for the bundle's manifest: the data it was trained on, intended use.
+    description: str = ""
     seed: int = 0
     folds: int = Field(default=5, ge=2)
     # "ensemble": every fold's models in the bundle; "best": the fold with the lowest

@@ -9,9 +9,12 @@ silently dropped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,17 +82,44 @@ def _patient_from_header(files: Sequence[Path]) -> str | None:
         return None
 
 
+def _preprocess_one(
+    job: tuple[list[Path], PreprocessConfig, Path, Path, str | None, str],
+) -> str | None:
+    """Preprocess one series into the cache (in a worker process); the reason if rejected."""
+    files, config, volume_path, meta_path, patient, study_uid = job
+    try:
+        pre = preprocess_series(files, config)
+    except (SeriesRejectedError, OSError) as err:
+        return str(err)
+    tmp = volume_path.with_suffix(".tmp.npy")
+    np.save(tmp, pre.volume[..., 0].astype(np.float16))
+    tmp.replace(volume_path)
+    meta_path.write_text(
+        json.dumps(
+            {
+                "study_instance_uid": pre.study_instance_uid,
+                "mask": pre.mask.tolist(),
+                "sop_instance_uids": pre.sop_instance_uids,
+                "patient": patient or _patient_from_header(files) or study_uid,
+            }
+        )
+    )
+    return None
+
+
 def build_cache(
     data_dir: Path,
     labels_csv: Path,
     cache_root: Path,
     config: PreprocessConfig,
     patients_csv: Path | None = None,
+    workers: int = 1,
 ) -> tuple[list[CachedSeries], list[Excluded]]:
     """Preprocess every labelled series once (reusing earlier work) and return the cache.
 
     Patients come from ``patients_csv``, else ``DIR/patients.csv``, else each series'
-    PatientID header, so that folds can group a patient's studies.
+    PatientID header, so that folds can group a patient's studies. ``workers`` processes
+    preprocess series in parallel.
     """
     labels = read_labels(labels_csv)
     patients = _patient_ids(data_dir, patients_csv)
@@ -98,36 +128,41 @@ def build_cache(
     (folder / "preprocess.json").write_text(json.dumps(config.to_dict(), indent=1))
     cached: list[CachedSeries] = []
     excluded: list[Excluded] = []
-    for uid, series in tqdm(sorted(labels.items()), desc="preprocess", unit="series"):
+    rejected: dict[str, str] = {}
+    jobs = {}
+    for uid, series in sorted(labels.items()):
+        volume_path, meta_path = folder / f"{uid}.npy", folder / f"{uid}.json"
+        files = series_files(data_dir, series)
+        if series.indeterminate or not files:
+            continue
+        if not (volume_path.is_file() and meta_path.is_file()):
+            patient = patients.get(series.study_instance_uid)
+            jobs[uid] = (files, config, volume_path, meta_path, patient, series.study_instance_uid)
+    with contextlib.ExitStack() as stack:
+        mapper = map
+        if workers > 1 and len(jobs) > 1:
+            # spawn, not fork: the caller holds a TensorFlow or JAX runtime's threads.
+            context = multiprocessing.get_context("spawn")
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
+            mapper = pool.map  # type: ignore[assignment]
+        results = mapper(_preprocess_one, jobs.values())
+        for uid, reason in tqdm(
+            zip(jobs, results, strict=True), total=len(jobs), desc="preprocess", unit="series"
+        ):
+            if reason is not None:
+                rejected[uid] = reason
+    for uid, series in sorted(labels.items()):
         if series.indeterminate:
             excluded.append(Excluded(uid, "indeterminate exam"))
             continue
         volume_path = folder / f"{uid}.npy"
         meta_path = folder / f"{uid}.json"
+        if uid in rejected:
+            excluded.append(Excluded(uid, rejected[uid]))
+            continue
         if not (volume_path.is_file() and meta_path.is_file()):
-            files = series_files(data_dir, series)
-            if not files:
-                excluded.append(Excluded(uid, "no files under <data>/<study>/<series>/"))
-                continue
-            try:
-                pre = preprocess_series(files, config)
-            except (SeriesRejectedError, OSError) as err:
-                excluded.append(Excluded(uid, str(err)))
-                continue
-            patient = patients.get(series.study_instance_uid) or _patient_from_header(files)
-            tmp = volume_path.with_suffix(".tmp.npy")
-            np.save(tmp, pre.volume[..., 0].astype(np.float16))
-            tmp.replace(volume_path)
-            meta_path.write_text(
-                json.dumps(
-                    {
-                        "study_instance_uid": pre.study_instance_uid,
-                        "mask": pre.mask.tolist(),
-                        "sop_instance_uids": pre.sop_instance_uids,
-                        "patient": patient or series.study_instance_uid,
-                    }
-                )
-            )
+            excluded.append(Excluded(uid, "no files under <data>/<study>/<series>/"))
+            continue
         meta = json.loads(meta_path.read_text())
         sops: list[str | None] = meta["sop_instance_uids"]
         missing = [s for s in sops if s is not None and s not in series.image_labels]

@@ -1,8 +1,9 @@
 """``triage-model train``: five-fold training from weak labels, ending in a weight bundle.
 
-Per fold: the slice CNN on training-fold slices (positives augmented until the classes
-balance), the encodings of every slice, then the sequence model. A finished fold leaves
-``work/fold<k>/done.json`` and is not trained again when the command is rerun.
+Per fold: the slice CNN on training-fold slices (positives copied until the classes
+balance, both classes augmented alike), the encodings of every slice, then the sequence
+model. A finished fold leaves ``work/fold<k>/done.json`` and is not trained again when
+the command is rerun.
 Thresholds come from the Youden index on the out-of-fold predictions.
 """
 
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 from model.bundle import Bundle, write_bundle
 from model.folds import assign_folds, save_folds
@@ -63,7 +64,14 @@ def network_config(cfg: TrainingConfig) -> NetworkConfig:
 
 @contextlib.contextmanager
 def _strategy_scope() -> Iterator[None]:
-    # Several GPUs: data-parallel replicas; otherwise TensorFlow's default (CPU or 1 GPU).
+    # Several GPUs: data-parallel replicas; otherwise the backend's default (CPU or 1 GPU).
+    # The model code is plain Keras, so a GPU host with JAX but no TensorFlow also trains
+    # (KERAS_BACKEND=jax), on one device.
+    if keras.config.backend() != "tensorflow":
+        yield
+        return
+    import tensorflow as tf
+
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         with tf.distribute.MirroredStrategy().scope():
@@ -112,23 +120,32 @@ def _train_fold(
         cnn, sequence = build_networks(net, weights=cfg.network.weights, seed=seed)
         train_batches = SliceBatches(
             train,
-            slice_samples(train, cfg.slice_cnn.augment, seed),
+            slice_samples(train, balance=cfg.slice_cnn.augment, seed=seed),
             cfg.slice_cnn.batch_size,
             channels,
             shuffle=True,
             seed=seed,
+            augment_probability=cfg.slice_cnn.augment_probability if cfg.slice_cnn.augment else 0,
         )
         val_batches = SliceBatches(
             val,
-            slice_samples(val, augment_positives=False, seed=seed),
+            slice_samples(val, balance=False, seed=seed),
             cfg.slice_cnn.batch_size,
             channels,
             shuffle=False,
             seed=seed,
         )
         logs = out / "tensorboard" / f"fold{fold}"
+        statistics = SliceBatches(
+            train,
+            slice_samples(train, balance=False, seed=seed),
+            cfg.slice_cnn.batch_size,
+            channels,
+            shuffle=True,
+            seed=seed + 1,
+        )
         cnn_result = train_slice_cnn(
-            cnn, train_batches, val_batches, cfg.slice_cnn, work, logs / "slice_cnn"
+            cnn, train_batches, val_batches, cfg.slice_cnn, work, logs / "slice_cnn", statistics
         )
         enc_train = encode_series(cnn, train, channels, cfg.slice_cnn.batch_size)
         enc_val = encode_series(cnn, val, channels, cfg.slice_cnn.batch_size)
@@ -199,8 +216,16 @@ def train(
     labels_csv: Path,
     out: Path,
     patients_csv: Path | None = None,
-) -> Bundle:
+    workers: int = 1,
+    only_fold: int | None = None,
+    cache_only: bool = False,
+) -> Bundle | None:
     """Train every fold (skipping finished ones) and write the bundle into ``out``.
+
+    ``workers`` processes preprocess the series into the cache. With ``only_fold``, train
+    that fold alone and return None: several processes (one per GPU or host sharing
+    ``out``) can train folds side by side, and a last run without it writes the bundle.
+    With ``cache_only``, preprocess the series into the cache and return None.
 
     Raises
     ------
@@ -209,10 +234,12 @@ def train(
     """
     out.mkdir(parents=True, exist_ok=True)
     series, excluded = build_cache(
-        data_dir, labels_csv, out / "cache", preprocess_config(cfg), patients_csv
+        data_dir, labels_csv, out / "cache", preprocess_config(cfg), patients_csv, workers
     )
     if not series:
         raise ValueError("no usable labelled series; see the excluded list in training_report.json")
+    if cache_only:
+        return None
     keys = [s.series_instance_uid for s in series]
     groups = {s.series_instance_uid: s.patient for s in series}
     fold_of = assign_folds(
@@ -220,6 +247,11 @@ def train(
     )
     save_folds(out / "folds.json", fold_of, groups)
 
+    if only_fold is not None:
+        if not 0 <= only_fold < cfg.folds:
+            raise ValueError(f"--fold must be between 0 and {cfg.folds - 1}, not {only_fold}")
+        _train_fold(only_fold, cfg, series, fold_of, out)
+        return None
     outcomes = [_train_fold(k, cfg, series, fold_of, out) for k in range(cfg.folds)]
     stack_level, slice_level, stack_t, slice_t = _oof_levels(outcomes)
     metrics = {lvl.name: _summary_metrics(level_metrics(lvl)) for lvl in (stack_level, slice_level)}
@@ -246,6 +278,7 @@ def train(
         {
             "name": cfg.name,
             "version": cfg.version,
+            "description": cfg.description,
             "trained": True,
             "precision": cfg.precision,
             "preprocess": preprocess_config(cfg).to_dict(),

@@ -65,20 +65,32 @@ def test_augmentation_never_reaches_validation(data: Path, tmp_path: Path) -> No
     train = [s for s in series if folds[s.series_instance_uid] == 0]
     val = [s for s in series if folds[s.series_instance_uid] == 1]
 
-    train_samples = slice_samples(train, augment_positives=True, seed=1)
-    val_samples = slice_samples(val, augment_positives=False, seed=1)
-    assert all(s.augment_seed is None for s in val_samples)
+    train_samples = slice_samples(train, balance=True, seed=1)
+    val_samples = slice_samples(val, balance=False, seed=1)
+    assert all(s.copy_seed is None for s in val_samples)
     assert len(val_samples) == sum(int(s.mask.sum()) for s in val)
-    augmented = [s for s in train_samples if s.augment_seed is not None]
-    assert augmented and all(s.label for s in augmented)
+    copies = [s for s in train_samples if s.copy_seed is not None]
+    assert copies and all(s.label for s in copies)
     # Balanced: as many positive samples as negative ones.
     assert sum(s.label for s in train_samples) == sum(not s.label for s in train_samples)
-    # Augmented copies come from training-fold series only.
-    assert {train[s.series].series_instance_uid for s in augmented} <= set(keys) - {
+    # Copies come from training-fold series only.
+    assert {train[s.series].series_instance_uid for s in copies} <= set(keys) - {
         v.series_instance_uid for v in val
     }
+    # Training augments both classes alike, so augmentation is no label cue.
+    training = SliceBatches(train, train_samples, 8, 1, True, 0, augment_probability=0.5)
+    chosen = [training.augmentation_rng(i) is not None for i in range(len(train_samples))]
+    rates = [
+        np.mean([c for c, s in zip(chosen, train_samples, strict=True) if s.label == label])
+        for label in (False, True)
+    ]
+    assert abs(rates[0] - 0.5) < 0.1 and abs(rates[1] - 0.5) < 0.1, rates
+    # A new epoch augments other samples.
+    training.on_epoch_end()
+    assert [training.augmentation_rng(i) is not None for i in range(len(chosen))] != chosen
     # The validation batches are exactly the cached slices.
     batches = SliceBatches(val, val_samples, 8, 1, shuffle=False, seed=0)
+    assert all(batches.augmentation_rng(i) is None for i in range(len(val_samples)))
     x, _ = batches[0]
     first = val_samples[0]
     np.testing.assert_array_equal(
