@@ -102,9 +102,7 @@ def _resize(stack: NDArray[np.float32], size: int) -> NDArray[np.float32]:
         out[:] = stack
         return out
     for k, image in enumerate(stack):  # per slice, not per pixel
-        out[k] = np.asarray(
-            Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR)
-        )
+        out[k] = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
     # Bilinear weights are non-negative and sum to one, so values stay within [0, 1].
     return out
 
@@ -115,8 +113,28 @@ def _source_index(n_in: int, n_out: int) -> NDArray[np.intp]:
     return np.minimum(centres.astype(np.intp), n_in - 1)
 
 
+def _chest_square(
+    cavity: NDArray[np.bool_], f: int, rows: int, cols: int
+) -> tuple[int, int, int, int]:
+    """The square (top, left, height, width) around a series' chest cavity, in pixels.
+
+    ``cavity`` is the union over slices of the low-resolution cavity mask (``f`` pixels per
+    cell). The square is centred on the cavity's bounding box and kept inside the image;
+    the whole image when no cavity was found.
+    """
+    hit_r, hit_c = np.flatnonzero(cavity.any(axis=1)), np.flatnonzero(cavity.any(axis=0))
+    if hit_r.size == 0:
+        return 0, 0, rows, cols
+    r0, r1 = hit_r[0] * f, min(rows, (hit_r[-1] + 1) * f)
+    c0, c1 = hit_c[0] * f, min(cols, (hit_c[-1] + 1) * f)
+    side = min(max(r1 - r0, c1 - c0), rows, cols)
+    top = int(np.clip((r0 + r1 - side) // 2, 0, rows - side))
+    left = int(np.clip((c0 + c1 - side) // 2, 0, cols - side))
+    return top, left, side, side
+
+
 def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> PreprocessedSeries:
-    """Turn a CT volume into model input: resample, segment, window, resize, pad.
+    """Turn a CT volume into model input: resample, segment, crop, window, resize, pad.
 
     Parameters
     ----------
@@ -135,8 +153,9 @@ def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> Preprocesse
     hu, nearest, positions = _select_slices(volume, config)
     n, rows, cols = hu.shape
     size = config.input_size
-    image = _resize(_window(hu, config), size)
-    if config.segment:
+    if not config.segment:
+        image = _resize(_window(hu, config), size)
+    else:
         cavity, f = chest_mask_lowres(
             hu,
             volume.pixel_spacing,
@@ -145,9 +164,13 @@ def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> Preprocesse
             margin_mm=config.cavity_margin_mm,
             segment_pixel_mm=config.segment_pixel_mm,
         )
+        top, left, side_r, side_c = (
+            _chest_square(cavity.any(axis=0), f, rows, cols) if config.crop else (0, 0, rows, cols)
+        )
+        image = _resize(_window(hu[:, top : top + side_r, left : left + side_c], config), size)
         # Look the mask up at each output pixel directly: no full-resolution mask needed.
-        r = np.minimum(_source_index(rows, size) // f, cavity.shape[1] - 1)
-        c = np.minimum(_source_index(cols, size) // f, cavity.shape[2] - 1)
+        r = np.minimum((top + _source_index(side_r, size)) // f, cavity.shape[1] - 1)
+        c = np.minimum((left + _source_index(side_c, size)) // f, cavity.shape[2] - 1)
         # float32 times float32: multiplying by a bool array is several times slower.
         image *= cavity[:, r, :][:, :, c].astype(np.float32)
     out = np.empty((config.num_slices, size, size, config.channels), dtype=np.float32)
@@ -173,9 +196,7 @@ def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> Preprocesse
     )
 
 
-def preprocess_series(
-    files: Sequence[str | Path], config: PreprocessConfig
-) -> PreprocessedSeries:
+def preprocess_series(files: Sequence[str | Path], config: PreprocessConfig) -> PreprocessedSeries:
     """Read one series and turn it into model input; the one path training and daemon share.
 
     Parameters
