@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,6 +61,13 @@ def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="write every study as explicit VR, unsigned, head first (no scanner variation)",
     )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="studies generated in parallel (default: every CPU); the output does not depend on it",
+    )
     p.set_defaults(func=_run_synth)
 
 
@@ -91,6 +99,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         matrix=args.matrix,
         vary_storage=not args.uniform_storage,
         extra_series=args.extra_series,
+        workers=args.workers,
     )
     print(
         f"{summary.out_dir}: {summary.studies} studies ({summary.positives} positive, "

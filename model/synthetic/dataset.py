@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -57,6 +60,43 @@ def study_seeds(seed: int, n_studies: int) -> list[int]:
     return seeds
 
 
+@dataclass(frozen=True)
+class _WrittenStudy:
+    """One study of a data set, as the parent process needs it for the CSVs."""
+
+    study_instance_uid: str
+    patient_id: str
+    rows: list[list[object]]
+    slices: int
+    positive_slices: int
+
+
+def _write_one(job: tuple[int, StudyParams, WriteOptions, int, Path]) -> _WrittenStudy:
+    """Generate and write one study (in a worker process)."""
+    study_seed, params, options, patient, out = job
+    phantom = generate_study(study_seed, params)
+    identity = StudyIdentity.from_seed(study_seed, patient)
+    axial = write_study(phantom, out, options, identity).axial
+    exam = [phantom.exam.as_row()[c] for c in EXAM_COLUMNS]
+    rows: list[list[object]] = [
+        [
+            identity.study_instance_uid,
+            axial.series_instance_uid,
+            sop,
+            int(phantom.slice_labels[k]),
+            *exam,
+        ]
+        for k, sop in enumerate(axial.sop_instance_uids)
+    ]
+    return _WrittenStudy(
+        identity.study_instance_uid,
+        identity.patient_id,
+        rows,
+        phantom.n_slices,
+        int(phantom.slice_labels.sum()),
+    )
+
+
 def write_dataset(
     out_dir: str | Path,
     n_studies: int,
@@ -68,6 +108,7 @@ def write_dataset(
     vary_storage: bool = True,
     extra_series: bool = False,
     second_study_fraction: float = 0.2,
+    workers: int = 1,
 ) -> DatasetSummary:
     """Write ``n_studies`` studies with weak labels in the RSNA-STR PE layout.
 
@@ -101,6 +142,9 @@ def write_dataset(
     second_study_fraction : float
         Chance that a study belongs to the patient of the study before it (each patient
         has at most two).
+    workers : int
+        Processes that generate and write studies in parallel; the bytes written do not
+        depend on it.
 
     Returns
     -------
@@ -139,15 +183,10 @@ def write_dataset(
         train.writerow([*IMAGE_COLUMNS, *EXAM_COLUMNS])
         patient_rows = csv.writer(patient_file)
         patient_rows.writerow(PATIENT_COLUMNS)
+        # Storage options are drawn in study order before any work is farmed out, so the
+        # data set is the same whatever the number of workers.
+        jobs = []
         for i, study_seed in enumerate(seeds):
-            params = StudyParams(
-                positive=bool(positive[i]),
-                difficulty=difficulty,
-                n_slices=n_slices,
-                matrix=matrix,
-                patient_seed=patients[i],
-            )
-            phantom = generate_study(study_seed, params)
             options = (
                 WriteOptions.random(rng)
                 if vary_storage
@@ -156,23 +195,26 @@ def write_dataset(
             options = replace(
                 options, localizer=extra_series, thin=extra_series, dose_report=extra_series
             )
-            identity = StudyIdentity.from_seed(study_seed, patients[i])
-            written = write_study(phantom, out, options, identity)
-            axial = written.axial
-            exam = [phantom.exam.as_row()[c] for c in EXAM_COLUMNS]
-            for k, sop in enumerate(axial.sop_instance_uids):
-                train.writerow(
-                    [
-                        identity.study_instance_uid,
-                        axial.series_instance_uid,
-                        sop,
-                        int(phantom.slice_labels[k]),
-                        *exam,
-                    ]
-                )
-            patient_rows.writerow([identity.study_instance_uid, identity.patient_id])
-            slices += phantom.n_slices
-            positive_slices += int(phantom.slice_labels.sum())
+            params = StudyParams(
+                positive=bool(positive[i]),
+                difficulty=difficulty,
+                n_slices=n_slices,
+                matrix=matrix,
+                patient_seed=patients[i],
+            )
+            jobs.append((study_seed, params, options, patients[i], out))
+        with contextlib.ExitStack() as stack:
+            mapper = map
+            if workers > 1:
+                # spawn, not fork: the caller may hold threads (a TensorFlow runtime, say).
+                context = multiprocessing.get_context("spawn")
+                pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
+                mapper = pool.map  # type: ignore[assignment]
+            for study in mapper(_write_one, jobs):
+                train.writerows(study.rows)
+                patient_rows.writerow([study.study_instance_uid, study.patient_id])
+                slices += study.slices
+                positive_slices += study.positive_slices
     return DatasetSummary(
         out_dir=out,
         studies=n_studies,
