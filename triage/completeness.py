@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.config import SeriesConfig
@@ -67,3 +67,13 @@ def sweep_series(
                 bound.info("job_requeued", job_id=job.id, instances=len(instances))
         session.commit()
         return len(quiet)
+
+
+def next_series_due(sessions: sessionmaker[Session], cfg: SeriesConfig) -> datetime | None:
+    """When the first of the series still receiving will have been quiet for
+    ``stable_seconds`` (naive UTC); None when no series is receiving."""
+    with sessions() as session:
+        last = session.scalar(
+            select(func.min(Series.last_received_at)).where(Series.state == SeriesState.RECEIVING)
+        )
+    return None if last is None else last + timedelta(seconds=cfg.stable_seconds)

@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
@@ -30,7 +31,7 @@ from triage.logs import configure_logging, get_logger
 from triage.reconcile import reconcile
 from triage.recorder import InstanceRecorder
 from triage.reload import apply_reload, pid_file, remove_pid_file, write_pid_file
-from triage.scheduler import build_scheduler
+from triage.scheduler import build_scheduler, run_now
 from triage.scp import Receiver, StoreTarget
 from triage.web import WebServer, start_web
 from triage.worker import WorkerProcesses
@@ -264,21 +265,34 @@ def serve(
     sessions = session_factory(engine)
     reconcile(sessions, config.spool_dir)
 
-    scheduler = build_scheduler(sessions, config)
+    workers: WorkerProcesses | None = None
+    scheduler = build_scheduler(sessions, config, lambda: workers.wake() if workers else None)
     stop = threading.Event()
+    # The main loop waits on `wake`; the handlers only set flags: what they ask for reads
+    # files and writes the database, which a signal handler must not do in the middle of
+    # whatever the main thread was doing.
+    wake = threading.Event()
+    reload_requested = threading.Event()
+    dispatch_requested = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("stop_requested", signal=signal.Signals(signum).name)
         stop.set()
+        wake.set()
+
+    def request(flag: threading.Event) -> Callable[[int, FrameType | None], None]:
+        def handler(_signum: int, _frame: FrameType | None) -> None:
+            flag.set()
+            wake.set()
+
+        return handler
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    # SIGHUP only sets a flag: the reload reads a file and writes the database, which a
-    # signal handler must not do in the middle of whatever the main thread was doing.
-    reload_requested = threading.Event()
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _s, _f: reload_requested.set())
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, request(reload_requested))
+    # A worker sends SIGUSR1 when it has stored a result with deliveries.
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, request(dispatch_requested))
     pid_path = pid_file(config)
     write_pid_file(pid_path)
-    workers: WorkerProcesses | None = None
     web: WebServer | None = None
     recorder: InstanceRecorder | None = None
     receiver: Receiver | None = None
@@ -301,7 +315,12 @@ def serve(
         web = start_web(config, sessions)
         if config_path is not None and config.worker.processes > 0:
             workers = WorkerProcesses(
-                config_path, config, sessions, log_format=log_format, log_level=log_level
+                config_path,
+                config,
+                sessions,
+                log_format=log_format,
+                log_level=log_level,
+                notify_parent=True,
             )
             workers.start(config.worker.processes)
         log.info(
@@ -318,7 +337,14 @@ def serve(
         )
         if ready is not None:
             ready.set()
-        while not stop.wait(0.5):
+        while not stop.is_set():
+            wake.wait(0.5)
+            wake.clear()
+            if stop.is_set():
+                break
+            if dispatch_requested.is_set():
+                dispatch_requested.clear()
+                run_now(scheduler, "dispatch")
             if children is not None:
                 children.check()
             if workers is not None:

@@ -15,7 +15,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -155,6 +155,8 @@ class Worker:
         A loaded predictor; loaded once per process, as loading costs seconds.
     worker_id : str, optional
         Defaults to ``<hostname>:<pid>``.
+    on_deliveries : callable, optional
+        Called after a result that has deliveries is committed.
     """
 
     def __init__(
@@ -163,8 +165,12 @@ class Worker:
         sessions: sessionmaker[Session],
         predictor: SeriesPredictor,
         worker_id: str | None = None,
+        on_deliveries: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        # Called after a result with deliveries is committed: `triage serve` wakes its
+        # dispatcher with it instead of letting the SR wait for the next sweep.
+        self.on_deliveries = on_deliveries
         self.sessions = sessions
         self.predictor = predictor
         self.worker_id = worker_id or worker_id_for()
@@ -386,6 +392,8 @@ class Worker:
             job.error = None
             job.lease_expires_at = None
             session.commit()
+        if destinations and self.on_deliveries is not None:
+            self.on_deliveries()
         bound.info(
             "job_done",
             result_id=result.id,

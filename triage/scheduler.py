@@ -1,12 +1,22 @@
 """APScheduler set-up for the daemon's periodic sweeps: series completeness, expired job
-leases, and result deliveries."""
+leases, and result deliveries.
+
+The intervals bound the waits; the sweeps do not make a study wait for them. The
+completeness sweep brings its next run forward to the moment the next series becomes
+quiet, and wakes the workers when it queues jobs; :func:`run_now` lets the daemon send a
+new result's deliveries at once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage.completeness import sweep_series
+from triage.completeness import next_series_due, sweep_series
 from triage.config import Config
 from triage.dispatch import dispatch_due
 from triage.jobs import requeue_expired_leases
@@ -15,11 +25,29 @@ from triage.logs import get_logger
 log = get_logger(__name__)
 
 
-def _run_completeness(sessions: sessionmaker[Session], config: Config) -> None:
+# Past the moment a series turns quiet, so that the sweep's cutoff has passed it.
+_DUE_MARGIN = timedelta(milliseconds=20)
+
+
+def _run_completeness(
+    sessions: sessionmaker[Session],
+    config: Config,
+    scheduler: BaseScheduler,
+    on_jobs_queued: Callable[[], None] | None,
+) -> None:
     try:
-        sweep_series(sessions, config.series)
+        if sweep_series(sessions, config.series) and on_jobs_queued is not None:
+            on_jobs_queued()
+        due = next_series_due(sessions, config.series)
     except Exception as err:  # a failed sweep is retried at the next tick, never fatal
         log.error("completeness_sweep_failed", error=str(err))
+        return
+    job = scheduler.get_job("completeness")
+    if due is None or job is None or job.next_run_time is None:
+        return
+    due_at = max(due.replace(tzinfo=UTC) + _DUE_MARGIN, datetime.now(UTC))
+    if due_at < job.next_run_time:
+        job.modify(next_run_time=due_at)
 
 
 # Leases are minutes long; a few seconds of lateness in noticing a dead worker is nothing.
@@ -40,14 +68,22 @@ def _run_dispatch(sessions: sessionmaker[Session], config: Config) -> None:
         log.error("dispatch_sweep_failed", error=str(err))
 
 
-def build_scheduler(sessions: sessionmaker[Session], config: Config) -> BackgroundScheduler:
-    """A scheduler with the sweeps registered; the caller starts and stops it."""
+def build_scheduler(
+    sessions: sessionmaker[Session],
+    config: Config,
+    on_jobs_queued: Callable[[], None] | None = None,
+) -> BackgroundScheduler:
+    """A scheduler with the sweeps registered; the caller starts and stops it.
+
+    ``on_jobs_queued`` is called after a completeness sweep that completed series (the
+    daemon wakes its workers with it).
+    """
     scheduler = BackgroundScheduler(timezone="UTC")
     scheduler.add_job(
         _run_completeness,
         "interval",
         seconds=config.series.sweep_interval_seconds,
-        args=[sessions, config],
+        args=[sessions, config, scheduler, on_jobs_queued],
         id="completeness",
         max_instances=1,
         coalesce=True,
@@ -72,3 +108,10 @@ def build_scheduler(sessions: sessionmaker[Session], config: Config) -> Backgrou
         coalesce=True,
     )
     return scheduler
+
+
+def run_now(scheduler: BaseScheduler, job_id: str) -> None:
+    """Run a sweep now rather than at its next tick (a no-op for an unknown job)."""
+    job = scheduler.get_job(job_id)
+    if job is not None:
+        job.modify(next_run_time=datetime.now(UTC))

@@ -84,6 +84,8 @@ def run_worker(
     log_format: str | None = None,
     log_level: str | None = None,
     parent_pid: int | None = None,
+    wake_event: threading.Event | None = None,
+    notify_parent: bool = False,
 ) -> None:
     """Run one worker until ``stop_event`` is set: load the bundle once, then loop.
 
@@ -99,6 +101,12 @@ def run_worker(
         Override the configuration's logging settings (the command line's).
     parent_pid : int, optional
         Stop when this process is no longer our parent (it was killed outright).
+    wake_event : threading.Event, optional
+        Set (by SIGUSR1 from the daemon's completeness sweep) to look for a job now
+        rather than after ``worker.poll_seconds``; also set when stopping.
+    notify_parent : bool
+        Send SIGUSR1 to ``parent_pid`` (``triage serve``) after each result with
+        deliveries, so that its dispatcher sends the report at once.
     """
     config = load_config(config_path)
     configure_logging(log_format or config.logging.format, log_level or config.logging.level)
@@ -117,7 +125,15 @@ def run_worker(
             threads=config.model.threads,
             batch_size=config.model.batch_size,
         )
-        worker = Worker(config, sessions, predictor, worker_id)
+        on_deliveries = None
+        if notify_parent and parent_pid is not None:
+            pid = parent_pid
+
+            def on_deliveries() -> None:
+                with contextlib.suppress(ProcessLookupError):  # the daemon is going away
+                    os.kill(pid, signal.SIGUSR1)
+
+        worker = Worker(config, sessions, predictor, worker_id, on_deliveries=on_deliveries)
         worker.start_heartbeat()
         log.info(
             "worker_started",
@@ -141,7 +157,11 @@ def run_worker(
                     log.error("worker_loop_failed", error=str(err), exc_info=True)
                     busy = False
                 if not busy:
-                    stop_event.wait(config.worker.poll_seconds)
+                    if wake_event is None:
+                        stop_event.wait(config.worker.poll_seconds)
+                    else:
+                        wake_event.wait(config.worker.poll_seconds)
+                        wake_event.clear()
         finally:
             worker.stop_heartbeat()
             log.info("worker_stopped", worker_id=worker_id)
@@ -158,13 +178,23 @@ def _reload_thresholds(worker: Worker, config_path: Path) -> None:
     worker.set_thresholds(config.thresholds)
 
 
-def _worker_process_main(config_path: Path, log_format: str | None, log_level: str | None) -> None:
+def _worker_process_main(
+    config_path: Path, log_format: str | None, log_level: str | None, notify_parent: bool
+) -> None:
     """The body of a worker process: signals first, then :func:`run_worker`."""
     stop = threading.Event()
     reload = threading.Event()
-    # Installed before anything slow: SIGHUP's default action would kill the process.
+    wake = threading.Event()
+
+    def on_term(_s: int, _f: object) -> None:
+        stop.set()
+        wake.set()
+
+    # Installed before anything slow: SIGHUP's and SIGUSR1's default actions would kill
+    # the process.
     signal.signal(signal.SIGHUP, lambda _s, _f: reload.set())
-    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    signal.signal(signal.SIGUSR1, lambda _s, _f: wake.set())
+    signal.signal(signal.SIGTERM, on_term)
     # Ctrl-C reaches the whole process group; the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -175,6 +205,8 @@ def _worker_process_main(config_path: Path, log_format: str | None, log_level: s
             log_format=log_format,
             log_level=log_level,
             parent_pid=os.getppid(),
+            wake_event=wake,
+            notify_parent=notify_parent,
         )
     except Exception as err:
         configure_logging(log_format or "json", log_level or "INFO")
@@ -183,13 +215,17 @@ def _worker_process_main(config_path: Path, log_format: str | None, log_level: s
 
 
 def _spawn(
-    config_path: Path, index: int, log_format: str | None, log_level: str | None
+    config_path: Path,
+    index: int,
+    log_format: str | None,
+    log_level: str | None,
+    notify_parent: bool = False,
 ) -> SpawnProcess:
     # spawn, not fork: the parent runs threads and holds database connections, and a
     # spawned child imports TensorFlow itself, so the parent never does.
     process = multiprocessing.get_context("spawn").Process(
         target=_worker_process_main,
-        args=(Path(config_path).resolve(), log_format, log_level),
+        args=(Path(config_path).resolve(), log_format, log_level, notify_parent),
         name=f"triage-worker-{index}",
     )
     process.start()
@@ -245,7 +281,9 @@ class WorkerProcesses:
 
     A worker that dies is restarted (after a growing delay if it died young, so a bundle
     that cannot load does not spin), and its job is requeued at once instead of
-    waiting out the lease.
+    waiting out the lease. :meth:`wake` sends idle workers to the queue at once; with
+    ``notify_parent`` (``triage serve``), a worker sends this process SIGUSR1 after each
+    result with deliveries.
     """
 
     def __init__(
@@ -256,8 +294,10 @@ class WorkerProcesses:
         *,
         log_format: str | None = None,
         log_level: str | None = None,
+        notify_parent: bool = False,
     ) -> None:
         self._config_path = Path(config_path)
+        self._notify_parent = notify_parent
         self._config = config
         self._sessions = sessions
         self._log_format = log_format
@@ -271,10 +311,19 @@ class WorkerProcesses:
     def start(self, n: int) -> None:
         """Start ``n`` workers (they load the bundle in the background)."""
         for i in range(n):
-            self._procs.append(_spawn(self._config_path, i, self._log_format, self._log_level))
+            self._procs.append(self._spawn(i))
             self._started.append(time.monotonic())
             self._backoff.append(0.0)
             self._restart_at.append(None)
+
+    def _spawn(self, index: int) -> SpawnProcess:
+        return _spawn(
+            self._config_path, index, self._log_format, self._log_level, self._notify_parent
+        )
+
+    def wake(self) -> None:
+        """Ask idle workers to look for a job now (jobs were just queued)."""
+        signal_worker_processes([p for p in self._procs if p is not None], signal.SIGUSR1)
 
     def pids(self) -> list[int]:
         """The live workers' process ids."""
@@ -307,7 +356,7 @@ class WorkerProcesses:
             restart_at = self._restart_at[i]
             if restart_at is not None and now >= restart_at:
                 process.close()
-                self._procs[i] = _spawn(self._config_path, i, self._log_format, self._log_level)
+                self._procs[i] = self._spawn(i)
                 self._started[i] = now
                 self._restart_at[i] = None
                 log.info("worker_process_restarted", worker_process=i)

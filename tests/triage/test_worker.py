@@ -517,3 +517,50 @@ def test_serve_analyses_a_received_series_and_reload_applies_new_thresholds(
     assert not (tmp_path / "var" / "triage.pid").exists()
     with sessions() as session:
         assert session.scalar(select(WorkerHeartbeat)) is None
+
+
+def test_serve_does_not_make_a_study_wait_for_its_sweep_intervals(
+    tmp_path: Path, bundle_dir: Path, study_files: list[Path]
+) -> None:
+    # Every interval is a minute: the SR can only arrive within the deadline below if the
+    # completeness sweep runs when the series turns quiet, wakes the worker, and the
+    # worker wakes the dispatcher.
+    from dispatch_helpers import Received, start_store_scp
+
+    received = Received()
+    pacs = start_store_scp(0, received)
+    daemon = Daemon(
+        tmp_path,
+        series={"stable_seconds": 2.0, "sweep_interval_seconds": 1.0, "selection": SELECTION},
+        worker={"processes": 1, "poll_seconds": 60, "heartbeat_seconds": 1},
+        dispatch={"sweep_interval_seconds": 60},
+        model={"bundle": str(bundle_dir)},
+        destinations=[
+            {
+                "name": "pacs",
+                "type": "dicom",
+                "ae_title": "PACS",
+                "host": "127.0.0.1",
+                "port": pacs.server_address[1],
+            }
+        ],
+    ).start()
+    try:
+        sessions = session_factory(create_db_engine(f"sqlite:///{tmp_path / 'var' / 'triage.db'}"))
+        deadline = time.monotonic() + 60
+        while True:  # the worker has loaded its bundle and is waiting out its poll
+            with sessions() as session:
+                if session.scalar(select(WorkerHeartbeat)) is not None:
+                    break
+            assert time.monotonic() < deadline, daemon.log_text()[-4000:]
+            time.sleep(0.2)
+        time.sleep(1.0)
+        _send(daemon, study_files)
+        sent = time.monotonic()
+        while not received.stored:
+            assert time.monotonic() - sent < 30, daemon.log_text()[-4000:]
+            time.sleep(0.1)
+        assert received.stored[0][0] == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    finally:
+        daemon.stop()
+        pacs.shutdown()
