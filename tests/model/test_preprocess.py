@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -327,3 +328,23 @@ def test_rejects_files_that_are_not_dicom(series: list[Path]) -> None:
 def test_rejection_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="0 slices"):
         read_series([])
+
+
+def test_crop_fills_the_input_with_the_chest(phantom: Phantom, tmp_path: Path) -> None:
+    files = _write(phantom, tmp_path)
+    config = PreprocessConfig(input_size=64, channels=1)
+    whole = preprocess_series(files, config)
+    cropped = preprocess_series(files, replace(config, crop=True))
+    assert cropped.volume.shape == whole.volume.shape
+    assert np.array_equal(cropped.mask, whole.mask)
+    assert cropped.sop_instance_uids == whole.sop_instance_uids
+
+    def chest_width(volume: np.ndarray) -> int:
+        columns = np.flatnonzero(volume[..., 0].max(axis=(0, 1)) > 0)
+        return int(columns[-1] - columns[0] + 1)
+
+    # The cavity spans most of the cropped input's width, much less of the whole image's.
+    assert chest_width(cropped.volume) >= 0.85 * 64
+    assert chest_width(cropped.volume) > 1.2 * chest_width(whole.volume)
+    with pytest.raises(ValueError, match="crop needs segment"):
+        PreprocessConfig(segment=False, crop=True)

@@ -143,3 +143,14 @@ def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str
         main(argv)
     assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_parallel_workers_write_the_same_data_set(tmp_path: Path) -> None:
+    def files(root: Path) -> dict[Path, bytes]:
+        return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    for workers in (1, 2):
+        write_dataset(tmp_path / f"w{workers}", 3, seed=9, n_slices=8, matrix=32, workers=workers)
+    one, two = files(tmp_path / "w1"), files(tmp_path / "w2")
+    assert len(one) > 3 * 8
+    assert one == two

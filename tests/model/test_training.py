@@ -14,7 +14,7 @@ from model.folds import assign_folds
 from model.training.config import TrainingConfig, load_training_config
 from model.training.data import build_cache
 from model.training.run import preprocess_config
-from model.training.stages import SliceBatches, slice_samples
+from model.training.stages import SliceBatches, recompute_batch_norm, slice_samples
 
 ROOT = Path(__file__).parents[2]
 
@@ -161,6 +161,18 @@ def test_train_then_evaluate(
     assert again.keys() == weights.keys()
     assert all(np.array_equal(again[k], weights[k]) for k in weights)
 
+    # Folds one process each (as on a host with several GPUs) give the same bundle.
+    split = [*argv[:-1], str(tmp_path / "split")]
+    assert main([*split, "--cache-only"]) == 0
+    assert not list((tmp_path / "split").glob("fold*_*.weights.h5"))
+    for fold in ("1", "0"):
+        assert main([*split, "--fold", fold]) == 0
+    assert "run without --fold" in capsys.readouterr().out
+    assert main(split) == 0
+    apart = _weights(tmp_path / "split")
+    assert all(np.array_equal(apart[k], weights[k]) for k in weights)
+    assert main([*split, "--fold", "2"]) == 2
+
     report_dir = tmp_path / "report"
     assert (
         main(
@@ -192,3 +204,22 @@ def test_train_then_evaluate(
         assert (report_dir / name).is_file()
     md = (report_dir / "report.md").read_text()
     assert f"ROC AUC {stack['roc_auc']['estimate']:.3f}" in md
+
+
+def test_precise_batch_norm_statistics_are_the_mean_over_the_batches() -> None:
+    import keras
+
+    from model.network import build_slice_cnn
+
+    cnn = build_slice_cnn("small", 32, 1, None, seed=0)
+    rng = np.random.default_rng(0)
+    batches = [(rng.random((8, 32, 32, 1), dtype=np.float32), None) for _ in range(4)]
+    assert recompute_batch_norm(cnn, batches, max_batches=3) == 3  # type: ignore[arg-type]
+    backbone = cnn.get_layer("small")
+    first = keras.Model(backbone.input, backbone.get_layer("conv0").output)
+    features = np.asarray(first(np.concatenate([x for x, _ in batches[:3]]) * 2 - 1))
+    norm = backbone.get_layer("bn0")
+    np.testing.assert_allclose(
+        np.asarray(norm.moving_mean), features.reshape(-1, features.shape[-1]).mean(0), atol=1e-5
+    )
+    assert norm.momentum == 0.99  # restored
