@@ -178,48 +178,17 @@ def _print_worklist(web_port: int) -> None:
         )
 
 
-def _demo_bundle(folder: Path, bundle: Path | None) -> Path:
-    """The bundle to run: the one given, else the shipped demo bundle, else an untrained one.
-
-    An untrained bundle still exercises the whole loop, but its probabilities mean nothing;
-    the demo says so loudly rather than pretending.
-    """
-    if bundle is not None:
-        return bundle
-    if (DEMO_BUNDLE / "manifest.json").is_file():
-        return DEMO_BUNDLE
-    print(
-        "WARNING: no trained demo bundle is shipped in this version "
-        f"({DEMO_BUNDLE} has no manifest.json); using an UNTRAINED bundle, so the "
-        "probabilities below mean nothing. Train one with model/bundles/demo/reproduce.sh "
-        "and pass --bundle."
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "model.cli",
-            "init-bundle",
-            "--backbone",
-            "small",
-            "--out",
-            str(folder / "untrained-bundle"),
-            "--input-size",
-            "128",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return folder / "untrained-bundle"
-
-
 def run_demo(keep_running: bool = False, timeout: float = 900, bundle: Path | None = None) -> int:
     """Run the demo; return 0 once both studies are analysed and their SRs delivered."""
     from model.synthetic import StudyParams, generate_study, write_study
 
     folder = Path(tempfile.mkdtemp(prefix="triage-demo-"))
     print(f"demo folder: {folder}")
-    bundle_dir = _demo_bundle(folder, bundle)
+    bundle_dir = bundle or DEMO_BUNDLE
+    print(
+        f"bundle: {bundle_dir}"
+        + ("" if bundle else " (trained on synthetic phantoms only: NOT FOR CLINICAL USE)")
+    )
     pacs = _start_pacs(folder)
     print(f"receiving PACS: {pacs.describe}")
     receiver_port, web_port = free_port(), free_port()

@@ -2,10 +2,8 @@
 daemon analyses them and sends back SR + KOS, the RIS gets one ORU.
 
 Everything is real and on loopback: Orthanc, dcmtk's storescu as the modality, the
-``triage serve`` process with its TensorFlow inference worker, an MLLP listener as the RIS.
-The model is a small, seeded, untrained bundle: this test is about the pipeline, not the
-model's accuracy. The admin's stack threshold is set between the two studies' scores, so
-the study the model scores higher is the positive one, and only it may get a KOS and an ORU.
+``triage serve`` process with its TensorFlow inference worker running the shipped demo
+bundle (the default ``model.bundle``) with its own thresholds, an MLLP listener as the RIS.
 """
 
 from __future__ import annotations
@@ -34,7 +32,9 @@ ROOT = Path(__file__).parents[2]
 ORTHANC = "/usr/sbin/Orthanc"
 AUTH = "Basic " + base64.b64encode(b"admin:change-me").decode()
 
-# Seeds of one synthetic study with emboli and one without.
+# Seeds of one synthetic study with emboli and one without, outside the demo bundle's
+# training and test sets (the same as `triage demo`). The demo bundle scores them 0.999
+# and 0.004 against its stack threshold of 0.48.
 POSITIVE_SEED, NEGATIVE_SEED = 90011, 90012
 
 
@@ -110,59 +110,7 @@ def studies(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.fixture
-def bundle_and_threshold(studies: dict[str, Path], tmp_path: Path) -> tuple[Path, float, str]:
-    """An untrained bundle, a stack threshold between the two studies' scores, and which
-    study (by name) the model scores higher."""
-    bundle = tmp_path / "bundle"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "model.cli",
-            "init-bundle",
-            "--backbone",
-            "small",
-            "--out",
-            str(bundle),
-            "--input-size",
-            "64",
-            "--seed",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    scores = {}
-    for name, folder in studies.items():
-        pred = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "model.cli",
-                "predict",
-                "--bundle",
-                str(bundle),
-                str(folder),
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert pred.returncode == 0, pred.stderr
-        scores[name] = json.loads(pred.stdout)["stack_probability"]
-    assert scores["positive"] != scores["negative"]
-    higher = max(scores, key=lambda k: scores[k])
-    return bundle, (scores["positive"] + scores["negative"]) / 2, higher
-
-
-@pytest.fixture
-def orthanc_and_daemon(
-    tmp_path: Path, bundle_and_threshold: tuple[Path, float, str]
-) -> Iterator[tuple[Orthanc, Daemon, MLLPListener]]:
-    bundle, threshold, _ = bundle_and_threshold
+def orthanc_and_daemon(tmp_path: Path) -> Iterator[tuple[Orthanc, Daemon, MLLPListener]]:
     assert Path(ORTHANC).exists(), "Orthanc is missing: apt-get install orthanc"
     ris = MLLPListener()
     triage_port = free_port()
@@ -173,9 +121,7 @@ def orthanc_and_daemon(
         receiver={"port": triage_port, "allowed_calling_aets": ["ORTHANC"]},
         series={"stable_seconds": 6, "sweep_interval_seconds": 0.5},
         worker={"processes": 1, "poll_seconds": 0.3},
-        model={"bundle": str(bundle)},
-        # Every slice of the positive study scores above 0, so it gets a KOS of its top slices.
-        thresholds={"stack": threshold, "slice": 0.0},
+        # No model section: the default is the shipped demo bundle and its thresholds.
         # Enough attempts to outlast the PACS outage below.
         dispatch={
             "backoff_seconds": 0.5,
@@ -211,11 +157,11 @@ def _status(daemon: Daemon) -> dict[str, Any]:
 
 @pytest.mark.timeout(900)
 def test_pacs_round_trip(
-    studies: dict[str, Path], bundle_and_threshold, orthanc_and_daemon, tmp_path: Path
+    studies: dict[str, Path],
+    orthanc_and_daemon: tuple[Orthanc, Daemon, MLLPListener],
+    tmp_path: Path,
 ) -> None:
     orthanc, daemon, ris = orthanc_and_daemon
-    _, _, higher = bundle_and_threshold
-    lower = "negative" if higher == "positive" else "positive"
     # The modality sends both studies to the PACS; the Lua script forwards them.
     for folder in studies.values():
         scu = subprocess.run(
@@ -284,9 +230,10 @@ def test_pacs_round_trip(
         name: dcmread(next(folder.iterdir()), stop_before_pixels=True).StudyInstanceUID
         for name, folder in studies.items()
     }
-    accession = dcmread(next(studies[higher].iterdir()), stop_before_pixels=True).AccessionNumber
-    assert modalities[uid_of[higher]] == ["CT", "KO", "SR"]
-    assert modalities[uid_of[lower]] == ["CT", "SR"]
+    positive = dcmread(next(studies["positive"].iterdir()), stop_before_pixels=True)
+    accession = positive.AccessionNumber
+    assert modalities[uid_of["positive"]] == ["CT", "KO", "SR"]
+    assert modalities[uid_of["negative"]] == ["CT", "SR"]
 
     # Exactly one ORU, for the positive study, keyed on its accession number.
     _wait(lambda: ris.messages, 60, "the ORU")
@@ -306,7 +253,7 @@ def test_pacs_round_trip(
     assert rows[1]["flagged"] is False
 
     # Nothing identifying the patient in any daemon log line.
-    ds = dcmread(next(studies[higher].iterdir()), stop_before_pixels=True)
+    ds = dcmread(next(studies["positive"].iterdir()), stop_before_pixels=True)
     log = daemon.log_text()
     for value in (str(ds.PatientName), ds.PatientID, accession):
         assert value not in log

@@ -115,6 +115,7 @@ def _weights(bundle: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+@pytest.mark.timeout(900)  # trains the folds twice: in one process, then one per process
 def test_train_then_evaluate(
     data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
