@@ -13,6 +13,7 @@ receiver must start in about a second and survive a crash in TensorFlow.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -39,6 +40,7 @@ from triage.inference import (
 )
 from triage.jobs import release_worker_jobs, requeue_expired_leases, worker_id_for
 from triage.logs import configure_logging, get_logger
+from triage.report import warm_up as warm_up_reports
 
 __all__ = [
     "ALGORITHM_NAME",
@@ -133,6 +135,15 @@ def run_worker(
                 with contextlib.suppress(ProcessLookupError):  # the daemon is going away
                     os.kill(pid, signal.SIGUSR1)
 
+        try:
+            warm_up_reports()
+        except Exception as err:  # only the first study's latency depends on it
+            log.warning("report_warm_up_failed", error=str(err))
+        # The model's millions of long-lived objects would make every full garbage
+        # collection scan them (a pause of tenths of a second in the middle of a study);
+        # they live as long as the process, so take them out of the collector's sight.
+        gc.collect()
+        gc.freeze()
         worker = Worker(config, sessions, predictor, worker_id, on_deliveries=on_deliveries)
         worker.start_heartbeat()
         log.info(
