@@ -165,7 +165,9 @@ def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> Preprocesse
             segment_pixel_mm=config.segment_pixel_mm,
         )
         top, left, side_r, side_c = (
-            _chest_square(cavity.any(axis=0), f, rows, cols) if config.crop else (0, 0, rows, cols)
+            _chest_square(np.any(cavity, axis=0), f, rows, cols)
+            if config.crop
+            else (0, 0, rows, cols)
         )
         image = _resize(_window(hu[:, top : top + side_r, left : left + side_c], config), size)
         # Look the mask up at each output pixel directly: no full-resolution mask needed.
