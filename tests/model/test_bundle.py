@@ -168,3 +168,20 @@ def test_init_bundle_cli_writes_an_untrained_bundle(tmp_path: Path) -> None:
     assert bundle.network_config().channels == 1
     assert bundle.network_config().stack_head == "attention"
     assert bundle.thresholds["slice"].provenance == "untrained default"
+
+
+def test_the_shipped_demo_bundle_is_trained_labelled_and_its_report_matches_the_readme() -> None:
+    from model.bundle import load_bundle
+
+    root = Path(__file__).parents[2]
+    demo = root / "model" / "bundles" / "demo"
+    bundle = load_bundle(demo)  # verifies every file's sha256
+    assert bundle.manifest["trained"] is True
+    assert "NOT FOR CLINICAL USE" in bundle.manifest["description"]
+    assert bundle.manifest["preprocess"]["crop"] is True
+    report = json.loads((demo / "report" / "report.json").read_text())
+    assert report["bundle"]["sha256"] == bundle.manifest_sha256
+    auc = report["levels"]["stack"]["roc_auc"]
+    readme = (root / "README.md").read_text()
+    figure = f"{auc['estimate']:.3f} (95% CI {auc['low']:.3f}–{auc['high']:.3f})"
+    assert figure in readme, figure
