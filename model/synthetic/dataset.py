@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from model.parallel import process_map
 from model.synthetic.dicom_writer import StudyIdentity, WriteOptions, write_study
 from model.synthetic.difficulty import Difficulty, get_difficulty
 from model.synthetic.labels import EXAM_COLUMNS, IMAGE_COLUMNS
@@ -203,18 +201,11 @@ def write_dataset(
                 patient_seed=patients[i],
             )
             jobs.append((study_seed, params, options, patients[i], out))
-        with contextlib.ExitStack() as stack:
-            mapper = map
-            if workers > 1:
-                # spawn, not fork: the caller may hold threads (a TensorFlow runtime, say).
-                context = multiprocessing.get_context("spawn")
-                pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
-                mapper = pool.map  # type: ignore[assignment]
-            for study in mapper(_write_one, jobs):
-                train.writerows(study.rows)
-                patient_rows.writerow([study.study_instance_uid, study.patient_id])
-                slices += study.slices
-                positive_slices += study.positive_slices
+        for study in process_map(_write_one, jobs, workers):
+            train.writerows(study.rows)
+            patient_rows.writerow([study.study_instance_uid, study.patient_id])
+            slices += study.slices
+            positive_slices += study.positive_slices
     return DatasetSummary(
         out_dir=out,
         studies=n_studies,

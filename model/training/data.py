@@ -9,12 +9,9 @@ silently dropped.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import multiprocessing
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from numpy.typing import NDArray
 from tqdm import tqdm
 
 from model.labels import SeriesLabels, read_labels, read_patients
+from model.parallel import process_map
 from model.preprocess import PreprocessConfig, SeriesRejectedError, preprocess_series
 
 
@@ -132,25 +130,18 @@ def build_cache(
     jobs = {}
     for uid, series in sorted(labels.items()):
         volume_path, meta_path = folder / f"{uid}.npy", folder / f"{uid}.json"
-        files = series_files(data_dir, series)
-        if series.indeterminate or not files:
+        if series.indeterminate or (volume_path.is_file() and meta_path.is_file()):
             continue
-        if not (volume_path.is_file() and meta_path.is_file()):
+        files = series_files(data_dir, series)
+        if files:
             patient = patients.get(series.study_instance_uid)
             jobs[uid] = (files, config, volume_path, meta_path, patient, series.study_instance_uid)
-    with contextlib.ExitStack() as stack:
-        mapper = map
-        if workers > 1 and len(jobs) > 1:
-            # spawn, not fork: the caller holds a TensorFlow or JAX runtime's threads.
-            context = multiprocessing.get_context("spawn")
-            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
-            mapper = pool.map  # type: ignore[assignment]
-        results = mapper(_preprocess_one, jobs.values())
-        for uid, reason in tqdm(
-            zip(jobs, results, strict=True), total=len(jobs), desc="preprocess", unit="series"
-        ):
-            if reason is not None:
-                rejected[uid] = reason
+    results = process_map(_preprocess_one, jobs.values(), workers)
+    for uid, reason in tqdm(
+        zip(jobs, results, strict=True), total=len(jobs), desc="preprocess", unit="series"
+    ):
+        if reason is not None:
+            rejected[uid] = reason
     for uid, series in sorted(labels.items()):
         if series.indeterminate:
             excluded.append(Excluded(uid, "indeterminate exam"))
