@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from model.cli_types import fraction, non_negative_int, positive_int
+from model.cli_types import add_workers, fraction, non_negative_int, positive_int
 from model.stats_cli import add_stats
 from model.training.cli import add_compare, add_evaluate, add_train
 
@@ -61,13 +61,7 @@ def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="write every study as explicit VR, unsigned, head first (no scanner variation)",
     )
-    p.add_argument(
-        "--workers",
-        type=positive_int,
-        default=os.cpu_count() or 1,
-        metavar="N",
-        help="studies generated in parallel (default: every CPU); the output does not depend on it",
-    )
+    add_workers(p, "generate studies in parallel; the output does not depend on it")
     p.set_defaults(func=_run_synth)
 
 
@@ -209,7 +203,6 @@ def _quiet_tensorflow() -> None:
     so stderr is pointed at /dev/null for the import; a Python error is still raised after
     stderr is restored.
     """
-    import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" in sys.modules:

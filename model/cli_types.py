@@ -1,8 +1,9 @@
-"""argparse value types shared by the ``triage-model`` subcommands."""
+"""argparse value types and options shared by the ``triage-model`` subcommands."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def _whole_number(text: str) -> int:
@@ -37,3 +38,14 @@ def fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
     return value
+
+
+def add_workers(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--workers N``: processes for ``what``, every CPU by default."""
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help=f"processes that {what} (default: every CPU)",
+    )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from model.cli_types import non_negative_int, positive_int
+from model.cli_types import add_workers, non_negative_int
 
 
 def add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,13 +42,7 @@ def add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="StudyInstanceUID,PatientID (default: DIR/patients.csv, else headers)",
     )
     p.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR")
-    p.add_argument(
-        "--workers",
-        type=positive_int,
-        default=os.cpu_count() or 1,
-        metavar="N",
-        help="processes that preprocess series into the cache (default: every CPU)",
-    )
+    add_workers(p, "preprocess series into the cache")
     p.add_argument(
         "--fold",
         type=non_negative_int,
