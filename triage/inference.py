@@ -268,36 +268,27 @@ class Worker:
         try:
             outcome = self._analyse(files, thresholds)
         except Exception as err:
-            state = release_claim(
-                self.sessions,
-                claim,
-                error=f"{type(err).__name__}: {err}",
-                max_attempts=self.config.worker.max_attempts,
-            )
-            bound.error(
-                "job_attempt_failed",
-                error=f"{type(err).__name__}: {err}",
-                new_state=state.value if state else "lost",
-                exc_info=True,
-            )
+            self._give_back(claim, err, "job_attempt_failed", "", bound)
             return
         try:
             self._store(claim, series_uid, files, outcome, bound)
         except Exception as err:
             # Building or storing the report failed (a database outage, a full disk):
             # nothing was committed, and the next attempt starts over.
-            state = release_claim(
-                self.sessions,
-                claim,
-                error=f"storing the result failed: {type(err).__name__}: {err}",
-                max_attempts=self.config.worker.max_attempts,
-            )
-            bound.error(
-                "job_store_failed",
-                error=f"{type(err).__name__}: {err}",
-                new_state=state.value if state else "lost",
-                exc_info=True,
-            )
+            self._give_back(claim, err, "job_store_failed", "storing the result failed: ", bound)
+
+    def _give_back(
+        self, claim: Claim, err: Exception, event: str, context: str, bound: Any
+    ) -> None:
+        """Return a failed attempt's job to the queue (or fail it) and log why."""
+        error = f"{type(err).__name__}: {err}"
+        state = release_claim(
+            self.sessions,
+            claim,
+            error=context + error,
+            max_attempts=self.config.worker.max_attempts,
+        )
+        bound.error(event, error=error, new_state=state.value if state else "lost", exc_info=True)
 
     def _analyse(self, files: list[Path], thresholds: AppliedThresholds) -> _Outcome:
         """Run the predictor and decide; a series it rejects is undetermined."""
