@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 from pathlib import Path
+
+# The product's own helpers, which triage demo and the benchmarks use too.
+from triage.demo import free_port, wait_for_port
+
+__all__ = ["dcmtk", "free_port", "make_test_pki", "wait_for_port"]
 
 DCMTK_BIN = Path("/usr/bin")
 
@@ -16,28 +19,6 @@ def dcmtk(tool: str) -> str:
     if not path.exists():
         raise RuntimeError(f"dcmtk's {tool} is not installed; run .ci/run or apt-get install dcmtk")
     return str(path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(
-    port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
-) -> None:
-    """Poll until something accepts TCP connections on ``port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
 
 
 def _openssl(*args: str) -> None:

@@ -67,8 +67,8 @@ class Orthanc:
     def start(self) -> Orthanc:
         log = (self.folder / "orthanc.log").open("ab")
         self.proc = subprocess.Popen([ORTHANC, str(self.config_path)], stdout=log, stderr=log)
-        wait_for_port(self.http_port, proc=self.proc)
-        wait_for_port(self.dicom_port, proc=self.proc)
+        wait_for_port(self.http_port, self.proc, timeout=30)
+        wait_for_port(self.dicom_port, self.proc, timeout=30)
         return self
 
     def stop(self) -> None:

@@ -44,7 +44,7 @@ class Daemon:
             stdout=log,
             stderr=log,
         )
-        wait_for_port(self.port, proc=self.proc)
+        wait_for_port(self.port, self.proc, timeout=30)
         return self
 
     def kill(self) -> None:
