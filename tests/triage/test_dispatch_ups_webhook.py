@@ -75,9 +75,9 @@ def test_ups_push_creates_a_high_priority_workitem_once_per_delivery(tmp_path: P
     assert delivery(sessions, seeded.deliveries["worklist"]).state == DeliveryState.SENT
 
 
-def test_ups_duplicate_answer_means_the_workitem_is_there(tmp_path: Path) -> None:
-    received = Received()
-    scp = start_ups_scp(received, status=0x0111)
+def _dispatch_to_ups_answering(status: int, tmp_path: Path) -> Delivery:
+    """Send one result to a UPS SCP that answers N-CREATE with ``status``; the row after."""
+    scp = start_ups_scp(Received(), status=status)
     try:
         config = make_config(
             tmp_path, f"sqlite:///{tmp_path / 't.db'}", [worklist(scp.server_address[1])]
@@ -87,22 +87,15 @@ def test_ups_duplicate_answer_means_the_workitem_is_there(tmp_path: Path) -> Non
         dispatch_due(sessions, config)
     finally:
         scp.shutdown()
-    assert delivery(sessions, seeded.deliveries["worklist"]).state == DeliveryState.SENT
+    return delivery(sessions, seeded.deliveries["worklist"])
+
+
+def test_ups_duplicate_answer_means_the_workitem_is_there(tmp_path: Path) -> None:
+    assert _dispatch_to_ups_answering(0x0111, tmp_path).state == DeliveryState.SENT
 
 
 def test_ups_refusal_is_retried_with_its_status(tmp_path: Path) -> None:
-    received = Received()
-    scp = start_ups_scp(received, status=0x0110)
-    try:
-        config = make_config(
-            tmp_path, f"sqlite:///{tmp_path / 't.db'}", [worklist(scp.server_address[1])]
-        )
-        sessions = open_db(config)
-        seeded = seed_result(sessions, config, ["worklist"])
-        dispatch_due(sessions, config)
-    finally:
-        scp.shutdown()
-    row = delivery(sessions, seeded.deliveries["worklist"])
+    row = _dispatch_to_ups_answering(0x0110, tmp_path)
     assert row.state == DeliveryState.RETRYING
     assert "0x0110" in (row.last_error or "")
 
