@@ -208,22 +208,27 @@ class WebConfig(_Section):
         return self
 
 
-class DicomDestination(_Section):
-    """A PACS that receives the SR (always) and the KOS (positives) by C-STORE."""
+class _DicomPeer(_Section):
+    """A destination reached over a DICOM association: its AE title and address."""
 
     name: str
-    type: Literal["dicom"]
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
     calling_ae_title: str = "TRIAGE"
-    tls: bool = False
-    ca_certificate: Path | None = None
 
     @field_validator("ae_title", "calling_ae_title")
     @classmethod
     def _ae(cls, value: str) -> str:
         return _check_ae_title(value)
+
+
+class DicomDestination(_DicomPeer):
+    """A PACS that receives the SR (always) and the KOS (positives) by C-STORE."""
+
+    type: Literal["dicom"]
+    tls: bool = False
+    ca_certificate: Path | None = None
 
 
 class HL7Destination(_Section):
@@ -240,20 +245,10 @@ class HL7Destination(_Section):
     ack_timeout_seconds: float = Field(default=30.0, gt=0)
 
 
-class UPSDestination(_Section):
+class UPSDestination(_DicomPeer):
     """A UPS-Push SCP that gets an N-CREATE workitem with priority HIGH for positives."""
 
-    name: str
     type: Literal["ups"]
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
-    calling_ae_title: str = "TRIAGE"
-
-    @field_validator("ae_title", "calling_ae_title")
-    @classmethod
-    def _ae(cls, value: str) -> str:
-        return _check_ae_title(value)
 
 
 class WebhookDestination(_Section):
