@@ -20,6 +20,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +48,12 @@ def device_name() -> str:
     return f"gpu ({gpus[0].name})" if gpus else "cpu"
 
 
-def _seconds(fn: object, repeat: int) -> float:
+def _seconds(fn: Callable[[], object], repeat: int) -> float:
     """Best wall time of ``repeat`` calls of ``fn`` (after the caller has warmed it up)."""
     best = float("inf")
     for _ in range(repeat):
         started = time.perf_counter()
-        fn()  # type: ignore[operator]
+        fn()
         best = min(best, time.perf_counter() - started)
     return best
 
