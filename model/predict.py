@@ -15,13 +15,14 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import structlog
 from numpy.typing import NDArray
+from pydicom.dataset import Dataset
 
 from model.bundle import Bundle, load_bundle
 from model.preprocess import PreprocessedSeries, preprocess_series
@@ -66,6 +67,9 @@ class Prediction:
         Each fold's stack probability, for a spread across the ensemble.
     device : str
         ``GPU`` or ``CPU``.
+    headers : list of pydicom.Dataset
+        The source slices' datasets without pixel data, cranial first, for a report on
+        the series (left out of :meth:`to_dict`).
     """
 
     stack_probability: float
@@ -80,6 +84,7 @@ class Prediction:
     study_instance_uid: str = ""
     fold_stack_probabilities: list[float] = field(default_factory=list)
     device: str = "CPU"
+    headers: list[Dataset] = field(default_factory=list, repr=False)
 
     @property
     def positive(self) -> bool:
@@ -88,7 +93,9 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready mapping of every field, plus ``positive``."""
-        data = asdict(self)
+        # Without the headers: they are not JSON, and asdict would deep-copy them.
+        data = asdict(replace(self, headers=[]))
+        del data["headers"]
         data["positive"] = self.positive
         return data
 
@@ -379,4 +386,5 @@ class Predictor:
             study_instance_uid=series.study_instance_uid,
             fold_stack_probabilities=stacks,
             device=self.device,
+            headers=series.headers,
         )

@@ -140,6 +140,8 @@ class _Outcome:
     flagged: list[str] | None = None
     timings: dict[str, float] | None = None
     reason: str | None = None
+    # The series' headers as the predictor read them (none for a rejected series).
+    headers: list[Dataset] | None = None
 
 
 class Worker:
@@ -314,13 +316,16 @@ class Worker:
             slice_probabilities={k: float(v) for k, v in prediction.slice_probabilities.items()},
             flagged=flagged,
             timings=dict(prediction.timings),
+            headers=prediction.headers,
         )
 
     def _store(
         self, claim: Claim, series_uid: str, files: list[Path], outcome: _Outcome, bound: Any
     ) -> None:
         """Write the result, its reports and deliveries, and finish the job, atomically."""
-        headers = _read_headers(files, bound)
+        # The predictor hands over the headers it read; only a series it rejected (or a
+        # predictor that keeps none) needs its files read again.
+        headers = outcome.headers or _read_headers(files, bound)
         bundle = self.predictor.bundle
         with self.sessions() as session:
             # A write first: on SQLite it takes the write lock, so what is read below

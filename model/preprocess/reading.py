@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,9 @@ class CTVolume:
         SOP Instance UID of each slice.
     series_instance_uid, study_instance_uid : str
         The series and its study.
+    headers : list of pydicom.Dataset
+        Each slice's dataset without its pixel data, in the order of ``hu``, so that
+        whoever reports on the series need not read its files a second time.
     """
 
     hu: NDArray[np.float32]
@@ -47,6 +50,7 @@ class CTVolume:
     sop_instance_uids: list[str]
     series_instance_uid: str
     study_instance_uid: str
+    headers: list[Dataset] = field(default_factory=list, repr=False)
 
     @property
     def spacing_mm(self) -> float:
@@ -197,6 +201,8 @@ def read_series(files: Sequence[str | Path], min_slices: int = 10) -> CTVolume:
     hu = np.empty((len(paths), int(first.Rows), int(first.Columns)), dtype=np.float32)
     for out_index, src in enumerate(order):
         hu[out_index] = _to_hu(datasets[src], paths[src])
+        # The pixels are in `hu` now; the rest of the dataset is kept as the header.
+        del datasets[src].PixelData
     spacing = _floats(first, "PixelSpacing", 2, paths[0])
     return CTVolume(
         hu=hu,
@@ -205,4 +211,5 @@ def read_series(files: Sequence[str | Path], min_slices: int = 10) -> CTVolume:
         sop_instance_uids=[str(datasets[i].SOPInstanceUID) for i in order],
         series_instance_uid=str(first.get("SeriesInstanceUID", "")),
         study_instance_uid=str(first.get("StudyInstanceUID", "")),
+        headers=[datasets[i] for i in order],
     )

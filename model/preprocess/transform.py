@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
+from pydicom.dataset import Dataset
 
 from model.preprocess.config import PreprocessConfig
 from model.preprocess.reading import CTVolume, read_series
@@ -40,6 +41,8 @@ class PreprocessedSeries:
         Seconds spent: ``read`` and ``preprocess``.
     slice_positions_mm : numpy.ndarray
         Position of each output slice along the cranially pointing normal; NaN for padding.
+    headers : list of pydicom.Dataset
+        The source slices' datasets without pixel data (see ``CTVolume.headers``).
     """
 
     volume: NDArray[np.float32]
@@ -53,6 +56,7 @@ class PreprocessedSeries:
     slice_positions_mm: NDArray[np.float64] = field(
         default_factory=lambda: np.empty(0, dtype=np.float64)
     )
+    headers: list[Dataset] = field(default_factory=list, repr=False)
 
 
 def _select_slices(
@@ -195,6 +199,7 @@ def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> Preprocesse
         source_spacing_mm=volume.spacing_mm,
         timings={"preprocess": time.perf_counter() - start},
         slice_positions_mm=out_positions,
+        headers=volume.headers,
     )
 
 

@@ -62,6 +62,10 @@ def test_prediction_has_probabilities_per_sop_and_timings(
     assert result.thresholds["stack"]["value"] == 0.5
     data = json.loads(json.dumps(result.to_dict()))
     assert data["positive"] == (result.stack_probability >= 0.5)
+    # The headers the predictor read travel with the prediction (for the report), but
+    # not into its JSON.
+    assert "headers" not in data
+    assert sorted(str(h.SOPInstanceUID) for h in result.headers) == sorted(uids)
 
 
 def test_prediction_is_deterministic_across_calls_loads_and_batch_sizes(

@@ -92,6 +92,18 @@ def test_output_is_cranial_first_and_maps_to_source_slices(
     assert np.all(np.diff(reference.slice_positions_mm[reference.mask]) < 0)
 
 
+def test_headers_come_back_cranial_first_without_pixel_data(
+    phantom: Phantom, tmp_path: Path
+) -> None:
+    written = write_study(phantom, tmp_path).axial
+    # Reversed on purpose: the headers follow the anatomy, not the order of the files.
+    volume = read_series(list(reversed(written.paths)))
+    assert [str(h.SOPInstanceUID) for h in volume.headers] == volume.sop_instance_uids
+    assert volume.sop_instance_uids == list(written.sop_instance_uids)
+    assert all("PixelData" not in h for h in volume.headers)
+    assert volume.headers[0].StudyInstanceUID == volume.study_instance_uid
+
+
 @pytest.mark.parametrize(
     ("instance_order", "file_names"),
     [("feet_first", "sop_uid"), ("head_first", "shuffled"), ("feet_first", "shuffled")],

@@ -305,6 +305,34 @@ def test_positive_job_stores_result_reports_and_a_delivery_per_destination(
     assert not Worker(config, sessions, predictor, "host:1").run_once()
 
 
+def test_the_report_uses_the_headers_the_predictor_read(
+    tmp_path: Path, predictor: Any, study_files: list[Path]
+) -> None:
+    config = _config(tmp_path, thresholds={"stack": 0.0, "slice": 0.0})
+    sessions = _database(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+
+    class ReadOnce:
+        bundle = predictor.bundle
+        device = "CPU"
+
+        def predict(self, files: list[Path]) -> Any:
+            prediction = predictor.predict(files)
+            # Reading the series once is enough: the worker must not open the files again.
+            for path in files:
+                path.unlink()
+            return prediction
+
+    assert Worker(config, sessions, ReadOnce()).run_once()
+    (result,) = _results(sessions, job_id)
+    sr = dcmread(config.data_dir / "outbox" / str(result.id) / "sr.dcm")
+    (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
+    (series,) = evidence.ReferencedSeriesSequence
+    cited = {str(item.ReferencedSOPInstanceUID) for item in series.ReferencedSOPSequence}
+    source_sops = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in study_files}
+    assert cited == source_sops
+
+
 def test_negative_job_goes_to_the_pacs_only_and_the_bundle_slice_threshold_applies(
     tmp_path: Path, predictor: Any, study_files: list[Path]
 ) -> None:
