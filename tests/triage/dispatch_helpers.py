@@ -180,6 +180,8 @@ class Received:
     stored: list[tuple[str, str]] = field(default_factory=list)
     proposed: list[set[str]] = field(default_factory=list)
     created: list[tuple[str, Dataset]] = field(default_factory=list)
+    # Each stored object's transfer syntax and encoded data set, as it came over the wire.
+    encoded: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def _on_store(event: evt.Event, received: Received) -> int:
@@ -188,16 +190,21 @@ def _on_store(event: evt.Event, received: Received) -> int:
     received.proposed.append(
         {str(cx.abstract_syntax) for cx in event.assoc.requestor.requested_contexts}
     )
+    received.encoded.append((str(event.context.transfer_syntax), event.request.DataSet.getvalue()))
     return 0x0000
 
 
 def start_store_scp(
-    port: int, received: Received, ae_title: str = "PACS", ssl_context: ssl.SSLContext | None = None
+    port: int,
+    received: Received,
+    ae_title: str = "PACS",
+    ssl_context: ssl.SSLContext | None = None,
+    transfer_syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian),
 ) -> ThreadedAssociationServer:
     """A Storage SCP for SR and KOS on ``port`` (0 for any free one)."""
     ae = AE(ae_title=ae_title)
     for sop in (Comprehensive3DSRStorage, KeyObjectSelectionDocumentStorage):
-        ae.add_supported_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.add_supported_context(sop, list(transfer_syntaxes))
     return ae.start_server(
         ("127.0.0.1", port),
         block=False,

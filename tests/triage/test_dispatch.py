@@ -21,7 +21,12 @@ from dispatch_helpers import (
     seed_result,
     start_store_scp,
 )
-from pydicom.uid import Comprehensive3DSRStorage, KeyObjectSelectionDocumentStorage
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    KeyObjectSelectionDocumentStorage,
+)
 from sqlalchemy import select
 from support import free_port, make_test_pki
 
@@ -78,6 +83,34 @@ def test_positive_sends_sr_and_kos_proposing_only_their_contexts(tmp_path: Path)
         assert (row.state, row.attempts, row.last_error) == (DeliveryState.SENT, 1, None)
         assert row.sent_at is not None
     assert dispatch_due(sessions, config) == 0  # nothing is sent twice
+    # The outbox files went out byte for byte, in their own transfer syntax.
+    sr_file = config.data_dir / "outbox" / str(positive.result_id) / "sr.dcm"
+    on_disk = sr_file.read_bytes()
+    sr_sent = [data for _, data in received.encoded if on_disk.endswith(data)]
+    assert len(sr_sent) == 1 and len(sr_sent[0]) > 1000
+    assert {syntax for syntax, _ in received.encoded} == {ExplicitVRLittleEndian}
+
+
+def test_a_pacs_that_takes_only_implicit_vr_gets_the_reports_converted(tmp_path: Path) -> None:
+    received = Received()
+    scp = start_store_scp(0, received, transfer_syntaxes=(ImplicitVRLittleEndian,))
+    try:
+        config = make_config(
+            tmp_path, f"sqlite:///{tmp_path / 't.db'}", [pacs(scp.server_address[1])]
+        )
+        sessions = open_db(config)
+        positive = seed_result(sessions, config, ["pacs"])
+        assert dispatch_due(sessions, config) == 1
+    finally:
+        scp.shutdown()
+    assert sorted(received.stored) == sorted(
+        [
+            (Comprehensive3DSRStorage, positive.sr_sop_instance_uid),
+            (KeyObjectSelectionDocumentStorage, positive.kos_sop_instance_uid),
+        ]
+    )
+    assert {syntax for syntax, _ in received.encoded} == {ImplicitVRLittleEndian}
+    assert delivery(sessions, positive.deliveries["pacs"]).state == DeliveryState.SENT
 
 
 def test_pacs_down_retries_with_growing_backoff_then_dead_then_retry_resends_same_uids(

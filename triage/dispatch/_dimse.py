@@ -10,6 +10,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
@@ -92,6 +93,17 @@ def read_file(path: Path, what: str) -> Dataset:
         raise DeliveryError(f"the {what} {path} does not exist (yet)") from err
     except (InvalidDicomError, OSError, ValueError) as err:
         raise DeliveryError(f"cannot read the {what} {path}: {err}", permanent=True) from err
+
+
+def store_file(assoc: Association, path: Path) -> Dataset | None:
+    """C-STORE the file at ``path`` as its bytes lie on disk, without re-encoding it.
+
+    The accepted context must have the file's transfer syntax. Handed a dataset,
+    pynetdicom encodes it again element by element, which takes ~0.1 s for an SR's
+    nested content tree; streamed from the file it takes a millisecond.
+    """
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    return assoc.send_c_store(path)
 
 
 def status_code(status: Dataset | None) -> int | None:

@@ -3,23 +3,32 @@
 The association proposes only what is sent: the SR's and the KOS's SOP classes, each
 with Explicit VR Little Endian (and Implicit, which every SCP supports, as a fallback).
 The files are read from the outbox, so a retry sends the same SOP Instance UIDs and a
-PACS that already has them simply stores them again.
+PACS that already has them simply stores them again. Where the PACS accepts the file's
+own transfer syntax (Explicit VR Little Endian), the file's bytes are sent as they are.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 
 from triage.config import DicomDestination
-from triage.dispatch._dimse import associate, is_success_or_warning, read_file, status_code
+from triage.dispatch._dimse import (
+    associate,
+    is_success_or_warning,
+    read_file,
+    status_code,
+    store_file,
+)
 from triage.dispatch.context import DeliveryContext, DeliveryError
 
 _TRANSFER_SYNTAXES: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 
-def objects_to_send(context: DeliveryContext) -> list[tuple[str, Dataset]]:
+def objects_to_send(context: DeliveryContext) -> list[tuple[str, Path, Dataset]]:
     """The SR, and the KOS for a positive, checked against the UIDs in the result row.
 
     Raises
@@ -40,7 +49,7 @@ def objects_to_send(context: DeliveryContext) -> list[tuple[str, Dataset]]:
                 f"but the result records {recorded}",
                 permanent=True,
             )
-        out.append((what, ds))
+        out.append((what, path, ds))
     return out
 
 
@@ -60,7 +69,7 @@ def send_dicom(destination: DicomDestination, context: DeliveryContext) -> None:
         Unless every object was answered with success or a warning.
     """
     objects = objects_to_send(context)
-    sop_classes = sorted({str(ds.SOPClassUID) for _, ds in objects})
+    sop_classes = sorted({str(ds.SOPClassUID) for _, _, ds in objects})
     assoc = associate(
         calling_ae_title=destination.calling_ae_title,
         ae_title=destination.ae_title,
@@ -72,15 +81,22 @@ def send_dicom(destination: DicomDestination, context: DeliveryContext) -> None:
     )
     peer = f"{destination.ae_title}@{destination.host}:{destination.port}"
     try:
-        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
-        for what, ds in objects:
-            if str(ds.SOPClassUID) not in accepted:
+        accepted = {
+            str(cx.abstract_syntax): cx.transfer_syntax[0] for cx in assoc.accepted_contexts
+        }
+        for what, path, ds in objects:
+            syntax = accepted.get(str(ds.SOPClassUID))
+            if syntax is None:
                 raise DeliveryError(
                     f"{peer} does not accept {what} storage ({ds.SOPClassUID}); "
                     "configure the PACS to accept it and run `triage retry`",
                     permanent=True,
                 )
-            code = status_code(assoc.send_c_store(ds))
+            if syntax == ds.file_meta.TransferSyntaxUID:
+                response = store_file(assoc, path)
+            else:  # pynetdicom converts the dataset to the syntax the PACS chose
+                response = assoc.send_c_store(ds)
+            code = status_code(response)
             if code is None:
                 raise DeliveryError(f"no C-STORE response from {peer} for the {what}")
             if not is_success_or_warning(code):
