@@ -80,9 +80,10 @@ def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pynetdicom's, APScheduler's and Alembic's own output is noisy and pynetdicom's can
-    # echo dataset contents; they are kept at WARNING whatever the daemon's level.
-    for name in ("pynetdicom", "apscheduler", "alembic"):
+    # pynetdicom's, APScheduler's, Alembic's and highdicom's own output is noisy (highdicom
+    # writes seven lines per report it builds) and pynetdicom's can echo dataset
+    # contents; they are kept at WARNING whatever the daemon's level.
+    for name in ("pynetdicom", "apscheduler", "alembic", "highdicom"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
