@@ -1,10 +1,12 @@
 """C-STORE of the SR (always) and the KOS (positives) to a PACS, with optional TLS.
 
-The association proposes only what is sent: the SR's and the KOS's SOP classes, each
-with Explicit VR Little Endian (and Implicit, which every SCP supports, as a fallback).
-The files are read from the outbox, so a retry sends the same SOP Instance UIDs and a
-PACS that already has them simply stores them again. Where the PACS accepts the file's
-own transfer syntax (Explicit VR Little Endian), the file's bytes are sent as they are.
+The association proposes only what is sent: the SR's and the KOS's SOP classes, each in
+two presentation contexts, Explicit VR Little Endian (the outbox files' own syntax) and
+Implicit VR Little Endian (which every SCP supports). Separate contexts let the PACS
+accept both, where one context with both syntaxes gets whichever the PACS prefers:
+where it accepts the file's syntax the file's bytes are sent as they are, otherwise
+the dataset is converted. The files are read from the outbox, so a retry sends the
+same SOP Instance UIDs and a PACS that already has them simply stores them again.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from triage.dispatch._dimse import (
 )
 from triage.dispatch.context import DeliveryContext, DeliveryError
 
-_TRANSFER_SYNTAXES: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+_TRANSFER_SYNTAXES: tuple[UID, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 def objects_to_send(context: DeliveryContext) -> list[tuple[str, Path, Dataset]]:
@@ -75,26 +77,26 @@ def send_dicom(destination: DicomDestination, context: DeliveryContext) -> None:
         ae_title=destination.ae_title,
         host=destination.host,
         port=destination.port,
-        contexts=[build_context(uid, _TRANSFER_SYNTAXES) for uid in sop_classes],
+        contexts=[build_context(uid, [ts]) for uid in sop_classes for ts in _TRANSFER_SYNTAXES],
         tls=destination.tls,
         ca_certificate=destination.ca_certificate,
     )
     peer = f"{destination.ae_title}@{destination.host}:{destination.port}"
     try:
-        accepted = {
-            str(cx.abstract_syntax): cx.transfer_syntax[0] for cx in assoc.accepted_contexts
-        }
+        accepted: dict[str, set[str]] = {}
+        for cx in assoc.accepted_contexts:
+            accepted.setdefault(str(cx.abstract_syntax), set()).update(cx.transfer_syntax)
         for what, path, ds in objects:
-            syntax = accepted.get(str(ds.SOPClassUID))
-            if syntax is None:
+            syntaxes = accepted.get(str(ds.SOPClassUID))
+            if not syntaxes:
                 raise DeliveryError(
                     f"{peer} does not accept {what} storage ({ds.SOPClassUID}); "
                     "configure the PACS to accept it and run `triage retry`",
                     permanent=True,
                 )
-            if syntax == ds.file_meta.TransferSyntaxUID:
+            if ds.file_meta.TransferSyntaxUID in syntaxes:
                 response = store_file(assoc, path)
-            else:  # pynetdicom converts the dataset to the syntax the PACS chose
+            else:  # pynetdicom converts the dataset to a syntax the PACS accepted
                 response = assoc.send_c_store(ds)
             code = status_code(response)
             if code is None:
