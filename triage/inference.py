@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -299,8 +300,11 @@ class Worker:
         try:
             prediction = self.predictor.predict(files)
         except (SeriesRejectedError, InvalidDicomError, FileNotFoundError) as err:
-            # Retrying cannot make a short or unreadable series analysable.
-            return _Outcome(Decision.UNDETERMINED, thresholds, reason=str(err))
+            # Retrying cannot make a short or unreadable series analysable. The reason
+            # goes into the SR the PACS shows: a file is named as the spool knows it
+            # (<study>/<series>/<instance>.dcm), not by this host's folders.
+            reason = str(err).replace(f"{self.config.spool_dir}{os.sep}", "")
+            return _Outcome(Decision.UNDETERMINED, thresholds, reason=reason)
         decision = (
             Decision.PRESENT
             if prediction.stack_probability >= thresholds.stack

@@ -391,6 +391,24 @@ def test_too_few_slices_is_undetermined_with_its_reason_and_not_retried(
     assert not worker.run_once()
 
 
+def test_an_undetermined_reason_names_the_file_without_the_hosts_folders(
+    tmp_path: Path, predictor: Any
+) -> None:
+    config = _config(tmp_path)
+    sessions = _database(config)
+    study_uid, series_uid, files = write_series(tmp_path / "broken", 12)
+    broken = dcmread(files[5])
+    del broken.PixelData
+    broken.save_as(files[5], enforce_file_format=True)
+    job_id = _spool_and_queue(config, sessions, files)
+    assert Worker(config, sessions, predictor).run_once()
+    (result,) = _results(sessions, job_id)
+    assert result.decision.value == "undetermined"
+    reason = result.reason or ""
+    assert f"{study_uid}/{series_uid}/{broken.SOPInstanceUID}.dcm has no pixel data" in reason
+    assert str(tmp_path) not in reason
+
+
 def test_a_failing_job_is_retried_up_to_max_attempts_then_failed(
     tmp_path: Path, db_url: str, predictor: Any, study_files: list[Path]
 ) -> None:
