@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dicom_factory import ACCESSION, PATIENT_ID
+from dicom_factory import ACCESSION, BIRTH_DATE, PATIENT_ID, PATIENT_NAME
 from dispatch_helpers import MLLPListener, delivery, make_config, open_db, seed_result, segments
 
 from triage.db import DeliveryState
 from triage.dispatch import dispatch_due
-from triage.dispatch.hl7 import escape
+from triage.dispatch.hl7 import escape, person_name
 from triage.dispatch.mllp import parse_ack
 
 
@@ -54,7 +54,10 @@ def test_one_oru_per_positive_keyed_on_the_accession_with_status_p_and_flag_a(
     assert msh[12] == "2.5.1"
     assert (msh[3], msh[5]) == ("CTPA_TRIAGE", "PowerScribe")
     assert msh[10] == f"T{seeded.deliveries['ris']}-1"
-    assert seg["PID"][0][3] == PATIENT_ID  # the RIS matches the patient with it
+    pid = seg["PID"][0]
+    assert pid[3] == PATIENT_ID  # the RIS matches the patient with it
+    # Name and birth date, which RIS interfaces check against the order, from the SR.
+    assert (pid[5], pid[7]) == (PATIENT_NAME, BIRTH_DATE)
     orc, obr = seg["ORC"][0], seg["OBR"][0]
     assert orc[1] == "RE"
     assert orc[2] == orc[3] == obr[2] == obr[3] == obr[18] == ACCESSION
@@ -97,15 +100,17 @@ def test_ae_is_retried_with_its_reason(tmp_path: Path, listener: MLLPListener) -
 def test_ar_is_dead_with_the_reason_and_no_identifiers(
     tmp_path: Path, listener: MLLPListener
 ) -> None:
-    listener.code, listener.text = "AR", f"Unknown order {ACCESSION}"
+    family = PATIENT_NAME.split("^")[0]
+    listener.code, listener.text = "AR", f"Unknown order {ACCESSION} for {family}, {BIRTH_DATE}"
     config = make_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [ris(listener.port)])
     sessions = open_db(config)
     seeded = seed_result(sessions, config, ["ris"])
     dispatch_due(sessions, config)
     row = delivery(sessions, seeded.deliveries["ris"])
     assert (row.state, row.attempts) == (DeliveryState.DEAD, 1)
-    assert row.last_error is not None and "AR: Unknown order <accession>" in row.last_error
-    assert ACCESSION not in row.last_error
+    assert row.last_error is not None
+    assert "AR: Unknown order <accession> for <patient name>, <birth date>" in row.last_error
+    assert ACCESSION not in row.last_error and family not in row.last_error
 
 
 def test_a_study_without_accession_cannot_be_matched_and_is_dead(
@@ -140,6 +145,15 @@ def test_a_silent_listener_times_out_and_is_retried(tmp_path: Path) -> None:
 
 def test_escape_keeps_delimiters_out_of_fields() -> None:
     assert escape("a|b^c&d~e\\f\rg") == "a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f g"
+
+
+def test_a_dicom_person_name_becomes_an_xpn() -> None:
+    # DICOM: family^given^middle^prefix^suffix; HL7 XPN: family^given^middle^suffix^prefix.
+    assert person_name("Doe^John^Quincy^Dr^Jr") == "Doe^John^Quincy^Jr^Dr"
+    assert person_name("Doe^John") == "Doe^John"
+    assert person_name("Yamada^Tarou=山田^太郎=やまだ^たろう") == "Yamada^Tarou"
+    assert person_name("O|Brien^Ann") == "O\\F\\Brien^Ann"
+    assert person_name("") == ""
 
 
 def test_parse_ack_reads_err_when_msa_has_no_text() -> None:

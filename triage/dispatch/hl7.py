@@ -9,7 +9,7 @@ Layout (``|`` fields, ``^`` components, segments ended by a carriage return)::
 
     MSH|^~\\&|<sending app>|<sending facility>|<receiving app>|<receiving facility>|
         <now>||ORU^R01^ORU_R01|T<delivery id>-<attempt>|P|2.5.1||||||UNICODE UTF-8
-    PID|1||<Patient ID>
+    PID|1||<Patient ID>||<Patient Name as XPN>||<birth date>|<sex>
     ORC|RE|<accession>|<accession>
     OBR|1|<accession>|<accession>|PE_TRIAGE^CTPA pulmonary embolism AI triage^L|||
         <result time>|...|OBR-18 <accession>|...|OBR-22 <now>||OBR-24 CT|OBR-25 P
@@ -24,11 +24,20 @@ it). OBX-9 carries the probability as HL7 defines it (0 to 1); OBX 2 repeats it 
 percent for a RIS that only displays values. The message control ID is
 ``T<delivery id>-<attempt>``: every attempt can be traced in the RIS's logs to one
 delivery and one attempt, and a resend of the same result is a plain update.
+
+PID-3 comes from the database; the name, birth date and sex (PID-5, 7 and 8, which
+RIS interfaces check against the order) come from the SR in the outbox, which copied
+them unchanged from the analysed images. The database keeps no more patient data for
+the sake of this message, and none of it reaches a log line.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 
 from triage.config import HL7Destination
 from triage.db.models import utcnow
@@ -68,13 +77,53 @@ def _segment(name: str, fields: dict[int, str]) -> str:
     return "|".join([name, *values])
 
 
+@dataclass(frozen=True)
+class Patient:
+    """PID-5, PID-7 and PID-8, already in HL7 form (empty when the images had none)."""
+
+    name: str = ""
+    birth_date: str = ""
+    sex: str = ""
+
+    def __repr__(self) -> str:  # never print a patient's identity by accident
+        return "Patient(<redacted>)"
+
+
+def person_name(dicom_name: str) -> str:
+    """A DICOM PN (family^given^middle^prefix^suffix) as an HL7 XPN (family^given^
+    middle^suffix^prefix), from its alphabetic group, escaped."""
+    parts = (dicom_name.split("=")[0].split("^") + [""] * 5)[:5]
+    family, given, middle, prefix, suffix = parts
+    return "^".join(escape(p) for p in (family, given, middle, suffix, prefix)).rstrip("^")
+
+
+def patient_from_sr(context: DeliveryContext) -> Patient:
+    """The patient as the SR carries it; empty fields if the SR cannot be read."""
+    try:
+        ds = dcmread(
+            context.sr_path, specific_tags=["PatientName", "PatientBirthDate", "PatientSex"]
+        )
+    except (OSError, InvalidDicomError, ValueError):
+        return Patient()
+    sex = str(ds.get("PatientSex", "") or "").upper()
+    return Patient(
+        name=person_name(str(ds.get("PatientName", "") or "")),
+        birth_date=escape(str(ds.get("PatientBirthDate", "") or "")),
+        # DICOM's M, F and O are HL7 table 0001's too; anything else is unknown.
+        sex=sex if sex in ("M", "F", "O") else ("U" if sex else ""),
+    )
+
+
 def control_id(context: DeliveryContext) -> str:
     """MSH-10: one per attempt, at most 20 characters, traceable to the delivery."""
     return f"T{context.delivery_id}-{context.attempt}"
 
 
 def build_oru(
-    destination: HL7Destination, context: DeliveryContext, now: datetime | None = None
+    destination: HL7Destination,
+    context: DeliveryContext,
+    now: datetime | None = None,
+    patient: Patient | None = None,
 ) -> str:
     """The ORU^R01 for one positive result, segments separated by carriage returns.
 
@@ -94,6 +143,7 @@ def build_oru(
             permanent=True,
         )
     now = now or utcnow()
+    patient = patient or Patient()
     accession = escape(context.accession_number)
     observed = _timestamp(context.created_at)
     msh = (
@@ -111,7 +161,16 @@ def build_oru(
     )
     segments = [
         msh,
-        _segment("PID", {1: "1", 3: escape(context.patient_id or "")}),
+        _segment(
+            "PID",
+            {
+                1: "1",
+                3: escape(context.patient_id or ""),
+                5: patient.name,
+                7: patient.birth_date,
+                8: patient.sex,
+            },
+        ),
         _segment("ORC", {1: "RE", 2: accession, 3: accession}),
         _segment(
             "OBR",
@@ -184,14 +243,17 @@ def build_oru(
     return "\r".join(segments) + "\r"
 
 
-def _redact(text: str, context: DeliveryContext) -> str:
+def _redact(text: str, context: DeliveryContext, patient: Patient) -> str:
     # A RIS may quote the order or patient it could not match; the reason goes to
     # last_error and the log, which never hold either.
     for value, label in (
         (context.accession_number, "<accession>"),
         (context.patient_id, "<patient id>"),
+        (patient.name, "<patient name>"),
+        (patient.name.split("^")[0], "<patient name>"),
+        (patient.birth_date, "<birth date>"),
     ):
-        if value:
+        if value and len(value) > 1:
             text = text.replace(value, label)
     return text
 
@@ -205,7 +267,8 @@ def send_hl7(destination: HL7Destination, context: DeliveryContext) -> None:
         Transient for a connection failure, a late or malformed ACK, or AE; permanent
         for AR (the reason text from MSA-3/ERR is in the message).
     """
-    message = build_oru(destination, context)
+    patient = patient_from_sr(context)
+    message = build_oru(destination, context, patient=patient)
     peer = f"{destination.host}:{destination.port}"
     try:
         reply = exchange(
@@ -226,5 +289,5 @@ def send_hl7(destination: HL7Destination, context: DeliveryContext) -> None:
         )
     if ack.accepted:
         return
-    reason = _redact(ack.text, context) or "no reason given"
+    reason = _redact(ack.text, context, patient) or "no reason given"
     raise DeliveryError(f"{peer} answered {ack.code}: {reason}", permanent=ack.rejected)
