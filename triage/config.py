@@ -197,6 +197,9 @@ class WebConfig(_Section):
     # Bearer token; required when host is not a loopback address.
     token: str | None = None
     refresh_seconds: int = Field(default=15, ge=1)
+    # The worklist shows studies that received an instance in the last this many hours
+    # (a month of studies would make every refresh read them all); null shows all.
+    worklist_hours: float | None = Field(default=72, gt=0)
 
     @model_validator(mode="after")
     def _token_when_exposed(self) -> WebConfig:

@@ -286,7 +286,8 @@ def sqlite_sessions(tmp_path: Path) -> sessionmaker[Session]:
 
 
 def _client(tmp_path: Path, sessions: sessionmaker[Session], **web: object) -> TestClient:
-    config: Config = make_config(tmp_path, web={"port": 0, **web})
+    # The fixtures arrived in 2024: list every study, not only the last few days'.
+    config: Config = make_config(tmp_path, web={"port": 0, "worklist_hours": None, **web})
     return TestClient(create_app(config, sessions))
 
 
@@ -377,6 +378,33 @@ def test_a_negative_result_keeps_its_place_and_a_positive_jumps(
     # A more probable positive goes above a less probable one, whatever the arrival.
     finish("SECOND", Decision.PRESENT, 0.9)
     assert order() == ["SECOND", "THIRD", "FIRST"]
+
+
+def test_the_worklist_holds_the_studies_of_its_window(
+    tmp_path: Path, sqlite_sessions: sessionmaker[Session]
+) -> None:
+    now = utcnow()
+    with sqlite_sessions.begin() as s:
+        add_study(s, "ACC-TODAY", now - timedelta(hours=1), Outcome())
+        add_study(s, "ACC-2-DAYS", now - timedelta(hours=47), Outcome())
+        add_study(s, "ACC-LAST-WEEK", now - timedelta(days=7), Outcome())
+    assert [r.accession_number for r in worklist_rows(sqlite_sessions)] == [
+        "ACC-LAST-WEEK",
+        "ACC-2-DAYS",
+        "ACC-TODAY",
+    ]
+    since = now - timedelta(hours=48)
+    listed = [r.accession_number for r in worklist_rows(sqlite_sessions, since)]
+    assert listed == ["ACC-2-DAYS", "ACC-TODAY"]
+
+    client = _client(tmp_path, sqlite_sessions, worklist_hours=48)
+    rows = client.get("/api/worklist").json()["rows"]
+    assert [r["accession_number"] for r in rows] == ["ACC-2-DAYS", "ACC-TODAY"]
+    page = client.get("/").text
+    assert "ACC-LAST-WEEK" not in page and "ACC-TODAY" in page
+    assert "studies in the last 48 hours" in page
+    empty = _client(tmp_path, sqlite_sessions, worklist_hours=0.5).get("/").text
+    assert "No studies received in the last 0.5 hours." in empty
 
 
 # --- the page and the JSON API ------------------------------------------------------
@@ -629,7 +657,7 @@ def test_server_on_a_free_port_logs_neither_tokens_nor_accessions(
 ) -> None:
     populate(sqlite_sessions)
     _heartbeat(sqlite_sessions, "worker-a", 1)
-    config = make_config(tmp_path, web={"port": 0, "token": "s3cret-token"})
+    config = make_config(tmp_path, web={"port": 0, "token": "s3cret-token", "worklist_hours": None})
     caplog.set_level(logging.DEBUG)
     web = start_web(config, sqlite_sessions)
     try:

@@ -27,7 +27,9 @@ TOKEN = "browser-test-token"
 def server(tmp_path: Path) -> Iterator[WebServer]:
     sessions = open_db(f"sqlite:///{tmp_path / 'triage.db'}")
     populate(sessions)
-    config = make_config(tmp_path, web={"port": 0, "token": TOKEN, "refresh_seconds": 1})
+    config = make_config(
+        tmp_path, web={"port": 0, "token": TOKEN, "refresh_seconds": 1, "worklist_hours": None}
+    )
     web = start_web(config, sessions)
     yield web
     web.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,7 +20,7 @@ from triage.web.auth import TokenGate
 from triage.web.health import check_health
 from triage.web.metrics import metrics_registry, render_metrics
 from triage.web.page import CSS, SCRIPT, render_worklist
-from triage.web.worklist import worklist_rows
+from triage.web.worklist import WorklistRow, worklist_rows
 
 log = get_logger(__name__)
 
@@ -64,8 +66,16 @@ def create_app(config: Config, sessions: sessionmaker[Session]) -> Starlette:
     alive = worker_alive_seconds(config)
     registry = metrics_registry(sessions, alive)
 
+    window = config.web.worklist_hours
+
+    def listed_rows() -> list[WorklistRow]:
+        since = utcnow() - timedelta(hours=window) if window is not None else None
+        return worklist_rows(sessions, since)
+
     def worklist_page(_request: Request) -> Response:
-        html = render_worklist(worklist_rows(sessions), refresh_seconds=refresh, now=utcnow())
+        html = render_worklist(
+            listed_rows(), refresh_seconds=refresh, now=utcnow(), window_hours=window
+        )
         return HTMLResponse(html, headers={**_PRIVATE, "Content-Security-Policy": _CSP})
 
     def stylesheet(_request: Request) -> Response:
@@ -75,7 +85,7 @@ def create_app(config: Config, sessions: sessionmaker[Session]) -> Starlette:
         return Response(SCRIPT, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
     def worklist_json(_request: Request) -> Response:
-        rows = worklist_rows(sessions)
+        rows = listed_rows()
         return JSONResponse(
             {
                 "generated_at": utcnow().isoformat(timespec="seconds") + "Z",

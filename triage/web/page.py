@@ -173,7 +173,13 @@ def _row_html(row: WorklistRow) -> str:
     )
 
 
-def render_worklist(rows: list[WorklistRow], *, refresh_seconds: int, now: datetime) -> str:
+def render_worklist(
+    rows: list[WorklistRow],
+    *,
+    refresh_seconds: int,
+    now: datetime,
+    window_hours: float | None = None,
+) -> str:
     """The whole worklist page.
 
     Parameters
@@ -184,6 +190,9 @@ def render_worklist(rows: list[WorklistRow], *, refresh_seconds: int, now: datet
         How often the page reloads its table.
     now : datetime
         The time the page shows as last updated (naive UTC).
+    window_hours : float, optional
+        The list holds the studies of this many past hours (the page says so); all
+        studies when ``None``.
 
     Returns
     -------
@@ -192,8 +201,9 @@ def render_worklist(rows: list[WorklistRow], *, refresh_seconds: int, now: datet
     """
     positives = sum(1 for r in rows if r.flagged)
     pending = sum(1 for r in rows if r.state in ("receiving", "queued", "analysing"))
+    window = f" in the last {window_hours:g} hours" if window_hours is not None else ""
     body = "".join(_row_html(r) for r in rows) or (
-        '<tr><td class="empty" colspan="7">No studies received yet.</td></tr>'
+        f'<tr><td class="empty" colspan="7">No studies received{window or " yet"}.</td></tr>'
     )
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -217,7 +227,7 @@ def render_worklist(rows: list[WorklistRow], *, refresh_seconds: int, now: datet
 <div class="summary" id="summary">
   <span class="pe"><b>{positives}</b> PE suspected</span>
   <span><b>{pending}</b> in progress</span>
-  <span><b>{len(rows)}</b> studies</span>
+  <span><b>{len(rows)}</b> studies{window}</span>
 </div>
 <main id="worklist">
 <table>

@@ -325,7 +325,9 @@ def order_rows(rows: list[WorklistRow]) -> list[WorklistRow]:
     return sorted(rows, key=key)
 
 
-def worklist_rows(sessions: sessionmaker[Session]) -> list[WorklistRow]:
+def worklist_rows(
+    sessions: sessionmaker[Session], since: datetime | None = None
+) -> list[WorklistRow]:
     """Read the worklist from the database, in reading order.
 
     A handful of set queries rather than one query per study, so a page refresh stays
@@ -335,6 +337,9 @@ def worklist_rows(sessions: sessionmaker[Session]) -> list[WorklistRow]:
     ----------
     sessions : sessionmaker
         The process's session factory.
+    since : datetime, optional
+        Only studies that received an instance at or after this naive UTC time; every
+        study when ``None``.
 
     Returns
     -------
@@ -342,15 +347,28 @@ def worklist_rows(sessions: sessionmaker[Session]) -> list[WorklistRow]:
         One row per study, ordered by :func:`order_rows`.
     """
     with sessions() as session:
-        studies = session.scalars(select(Study)).all()
+        listed = select(Study)
+        if since is not None:
+            listed = listed.where(Study.last_received_at >= since)
+        studies = session.scalars(listed).all()
+        study_ids = listed.with_only_columns(Study.id).scalar_subquery()
+        series_ids = select(Series.id).where(Series.study_id.in_(study_ids)).scalar_subquery()
         series_by_study: dict[int, list[Series]] = defaultdict(list)
-        for s in session.scalars(select(Series)).all():
+        for s in session.scalars(select(Series).where(Series.study_id.in_(study_ids))).all():
             series_by_study[s.study_id].append(s)
-        jobs = {j.series_id: j for j in session.scalars(select(Job)).all()}
+        jobs = {
+            j.series_id: j
+            for j in session.scalars(select(Job).where(Job.series_id.in_(series_ids))).all()
+        }
         # A reopened series keeps its earlier results for the audit trail; the newest one
         # speaks for it, and stays shown while the series is re-analysed, so a positive
         # that was already raised does not silently drop down the list.
-        latest_ids = select(func.max(Result.id)).group_by(Result.series_id).scalar_subquery()
+        latest_ids = (
+            select(func.max(Result.id))
+            .where(Result.series_id.in_(series_ids))
+            .group_by(Result.series_id)
+            .scalar_subquery()
+        )
         results = {
             r.series_id: r for r in session.scalars(select(Result).where(Result.id.in_(latest_ids)))
         }
