@@ -16,6 +16,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from triage.db.models import (
     SeriesState,
     utcnow,
 )
+from triage.dispatch.context import outbox_dir
 from triage.jobs import (
     Claim,
     beat,
@@ -143,6 +145,24 @@ class _Outcome:
     reason: str | None = None
     # The series' headers as the predictor read them (none for a rejected series).
     headers: list[Dataset] | None = None
+
+
+@dataclass(frozen=True)
+class _Reports:
+    """One result's encoded SR and KOS, before they go to the outbox."""
+
+    sr: bytes
+    sr_uid: str
+    kos: bytes | None = None
+    kos_uid: str | None = None
+
+    def write(self, outbox: Path, result: Result) -> None:
+        """Write the files durably and record their SOP Instance UIDs on the result."""
+        write_durably(outbox / "sr.dcm", self.sr)
+        result.sr_sop_instance_uid = self.sr_uid
+        if self.kos is not None:
+            write_durably(outbox / "kos.dcm", self.kos)
+            result.kos_sop_instance_uid = self.kos_uid
 
 
 class Worker:
@@ -331,6 +351,10 @@ class Worker:
         # predictor that keeps none) needs its files read again.
         headers = outcome.headers or _read_headers(files, bound)
         bundle = self.predictor.bundle
+        # Built before the transaction: on SQLite the transaction holds the database's
+        # write lock, which the receiver needs for every instance it acknowledges.
+        started = time.perf_counter()
+        reports = self._build_reports(claim, outcome, headers, bound)
         with self.sessions() as session:
             # A write first: on SQLite it takes the write lock, so what is read below
             # cannot change before the commit; everywhere it proves the claim still holds.
@@ -375,12 +399,12 @@ class Worker:
             )
             session.add(result)
             session.flush()
-            started = time.perf_counter()
-            has_sr, has_kos = self._write_reports(result, outcome, headers, bound)
+            if reports is not None:
+                reports.write(outbox_dir(self.config.data_dir, result.id), result)
             timings = dict(outcome.timings or {})
             timings["report"] = time.perf_counter() - started
             result.timings = json.dumps(timings)
-            destinations = self._deliveries(outcome.decision) if has_sr else []
+            destinations = self._deliveries(outcome.decision) if reports is not None else []
             for name in destinations:
                 session.add(Delivery(result_id=result.id, destination=name))
             if outcome.decision == Decision.UNDETERMINED:
@@ -402,22 +426,24 @@ class Worker:
             threshold_stack=outcome.thresholds.stack,
             threshold_source=outcome.thresholds.source,
             flagged_slices=len(outcome.flagged or []),
-            kos=has_kos,
+            kos=reports is not None and reports.kos is not None,
             deliveries=destinations,
             reason=outcome.reason,
             seconds=round((outcome.timings or {}).get("total", 0.0), 3),
         )
 
-    def _write_reports(
-        self, result: Result, outcome: _Outcome, headers: list[Dataset], bound: Any
-    ) -> tuple[bool, bool]:
-        """Build the SR (and KOS) and write them to the outbox; record their UIDs."""
+    def _build_reports(
+        self, claim: Claim, outcome: _Outcome, headers: list[Dataset], bound: Any
+    ) -> _Reports | None:
+        """Build and encode the SR (and, for a positive, the KOS); None without headers."""
         if not headers:
             bound.warning("report_skipped", reason="no readable header in the series")
-            return False, False
+            return None
         bundle = self.predictor.bundle
         analysis = AnalysisResult(
-            result_id=f"result-{result.id}",
+            # Seeds the reports' UIDs; unique per analysis, as the result row's id does
+            # not exist yet. A resend reads the outbox file, so it keeps the same UIDs.
+            result_id=f"job-{claim.job_id}-{uuid.uuid4().hex}",
             decision=cast(ReportDecision, outcome.decision.value),
             stack_probability=outcome.stack_probability,
             slice_probabilities=outcome.slice_probabilities or {},
@@ -434,15 +460,14 @@ class Worker:
             "device_serial": report.device_serial_number,
             "institution_name": report.institution_name,
         }
-        outbox = outbox_dir(self.config.data_dir, result.id)
         sr = build_sr(analysis, headers, **options)
-        write_durably(outbox / "sr.dcm", _encode(sr))
-        result.sr_sop_instance_uid = str(sr.SOPInstanceUID)
         kos = build_kos(analysis, headers, **options)
-        if kos is not None:
-            write_durably(outbox / "kos.dcm", _encode(kos))
-            result.kos_sop_instance_uid = str(kos.SOPInstanceUID)
-        return True, kos is not None
+        return _Reports(
+            sr=_encode(sr),
+            sr_uid=str(sr.SOPInstanceUID),
+            kos=_encode(kos) if kos is not None else None,
+            kos_uid=str(kos.SOPInstanceUID) if kos is not None else None,
+        )
 
     def _deliveries(self, decision: Decision) -> list[str]:
         """Destination names that get this result: DICOM always, the rest for positives."""
@@ -451,11 +476,6 @@ class Worker:
             for d in self.config.destinations
             if isinstance(d, DicomDestination) or decision == Decision.PRESENT
         ]
-
-
-def outbox_dir(data_dir: Path, result_id: int) -> Path:
-    """Where a result's ``sr.dcm`` and ``kos.dcm`` wait for the dispatcher."""
-    return data_dir / "outbox" / str(result_id)
 
 
 def _encode(dataset: Dataset) -> bytes:

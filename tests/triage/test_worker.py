@@ -20,9 +20,10 @@ from conftest import make_config
 from daemon_proc import Daemon
 from dicom_factory import write_series
 from pydicom import dcmread
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from triage import inference
 from triage.completeness import sweep_series
 from triage.config import Config
 from triage.db import (
@@ -331,6 +332,31 @@ def test_the_report_uses_the_headers_the_predictor_read(
     cited = {str(item.ReferencedSOPInstanceUID) for item in series.ReferencedSOPSequence}
     source_sops = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in study_files}
     assert cited == source_sops
+
+
+def test_the_reports_are_built_while_others_can_write_to_the_database(
+    tmp_path: Path, predictor: Any, study_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On SQLite a transaction holds the one write lock, which the receiver needs for each
+    # instance it acknowledges: the worker must not hold it while it builds the SR.
+    config = _config(tmp_path, thresholds={"stack": 0.0, "slice": 0.0})
+    sessions = _database(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+    impatient = create_db_engine(config.database_url, busy_timeout_ms=0)
+    writes = []
+    build_sr = inference.build_sr
+
+    def build_sr_while_another_writes(*args: Any, **kwargs: Any) -> Any:
+        with impatient.begin() as connection:  # "database is locked" if the lock is held
+            writes.append(connection.execute(text("UPDATE studies SET study_date = '20260101'")))
+        return build_sr(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "build_sr", build_sr_while_another_writes)
+    assert Worker(config, sessions, predictor).run_once()
+    assert len(writes) == 1
+    assert _job(sessions, job_id).state == JobState.DONE
+    (result,) = _results(sessions, job_id)
+    assert (config.data_dir / "outbox" / str(result.id) / "sr.dcm").is_file()
 
 
 def test_negative_job_goes_to_the_pacs_only_and_the_bundle_slice_threshold_applies(
