@@ -286,6 +286,17 @@ class DispatchConfig(_Section):
     sweep_interval_seconds: float = Field(default=2.0, gt=0)
 
 
+class RetentionConfig(_Section):
+    """How long the daemon keeps its own copies; the PACS keeps the originals."""
+
+    # Received images of a series whose analysis has ended (or that was skipped), this
+    # many days after its last instance arrived; null keeps them.
+    spool_days: float | None = Field(default=7.0, gt=0)
+    # A result's SR and KOS files once every delivery of it was sent; null keeps them.
+    outbox_days: float | None = Field(default=30.0, gt=0)
+    sweep_interval_seconds: float = Field(default=3600.0, gt=0)
+
+
 class ReportConfig(_Section):
     """What the SR and KOS say about who made them."""
 
@@ -309,6 +320,7 @@ class Config(_Section):
     destinations: list[Destination] = Field(default_factory=list)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Config:

@@ -1,5 +1,5 @@
 """APScheduler set-up for the daemon's periodic sweeps: series completeness, expired job
-leases, and result deliveries.
+leases, result deliveries, and retention of the spool and outbox.
 
 The intervals bound the waits; the sweeps do not make a study wait for them. The
 completeness sweep brings its next run forward to the moment the next series becomes
@@ -21,6 +21,7 @@ from triage.config import Config
 from triage.dispatch import dispatch_due
 from triage.jobs import requeue_expired_leases
 from triage.logs import get_logger
+from triage.retention import sweep_retention
 
 log = get_logger(__name__)
 
@@ -59,6 +60,13 @@ def _run_lease_sweep(sessions: sessionmaker[Session], config: Config) -> None:
         requeue_expired_leases(sessions, config.worker.max_attempts)
     except Exception as err:  # retried at the next tick, never fatal
         log.error("lease_sweep_failed", error=str(err))
+
+
+def _run_retention(sessions: sessionmaker[Session], config: Config) -> None:
+    try:
+        sweep_retention(sessions, config)
+    except Exception as err:  # what was not deleted now is deleted at the next tick
+        log.error("retention_sweep_failed", error=str(err))
 
 
 def _run_dispatch(sessions: sessionmaker[Session], config: Config) -> None:
@@ -104,6 +112,15 @@ def build_scheduler(
         args=[sessions, config],
         id="dispatch",
         # Sending is serial and may block on a slow peer; never two sweeps at once.
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.add_job(
+        _run_retention,
+        "interval",
+        seconds=config.retention.sweep_interval_seconds,
+        args=[sessions, config],
+        id="retention",
         max_instances=1,
         coalesce=True,
     )
