@@ -135,6 +135,7 @@ def _expire_spool(
                 session.rollback()
                 continue
             series_uid = series.series_instance_uid
+            series.spool_released_at = utcnow()
             folders = set()
             for row in rows:
                 path = spool / row.file_path

@@ -54,10 +54,12 @@ def collect_status(sessions: sessionmaker[Session]) -> dict[str, Any]:
     tickets and chats. The worklist shows them to radiologists.
     """
     with sessions() as session:
+        # Images the retention sweep let go are not missing: they served their purpose.
         missing = dict(
             session.execute(
                 select(Instance.series_id, func.count())
-                .where(Instance.missing.is_(True))
+                .join(Series, Series.id == Instance.series_id)
+                .where(Instance.missing.is_(True), Series.spool_released_at.is_(None))
                 .group_by(Instance.series_id)
             ).all()
         )
@@ -82,6 +84,7 @@ def collect_status(sessions: sessionmaker[Session]) -> dict[str, Any]:
                         "skip_reason": s.skip_reason,
                         "instances": s.instance_count,
                         "missing_instances": missing.get(s.id, 0),
+                        "spool_released_at": _iso(s.spool_released_at),
                         "last_received_at": _iso(s.last_received_at),
                         "job": None
                         if job is None
@@ -157,6 +160,8 @@ def format_status(status: dict[str, Any]) -> str:
                     else f" ({result['reason']})"
                 )
             miss = f", {s['missing_instances']} missing" if s["missing_instances"] else ""
+            if s["spool_released_at"]:
+                miss += f", images released {s['spool_released_at']} (retention)"
             lines.append(
                 f"  series {s['series_number'] if s['series_number'] is not None else '-'}"
                 f" {s['modality'] or '?'} {desc!r}: {s['instances']} instances{miss}; "

@@ -28,6 +28,7 @@ from triage.db import (
 from triage.dispatch import outbox_dir
 from triage.retention import sweep_retention
 from triage.scheduler import build_scheduler
+from triage.status import collect_status
 
 NOW = datetime(2026, 6, 1, 12, 0, 0)
 OLD = NOW - timedelta(days=8)  # past the default 7 days
@@ -125,8 +126,13 @@ def test_finished_series_past_the_retention_lose_their_images_and_keep_their_row
     for files in (recent, queued, running, reopened):
         assert all(f.exists() for f in files)
         assert _missing(sessions, files) == [False, False, False]
-    with sessions() as session:
-        assert session.scalar(select(Series).where(Series.series_instance_uid == "1.2.3.10.1"))
+    # `triage status` says the images were let go, not that they are missing.
+    status = collect_status(sessions)
+    by_uid = {s["series_instance_uid"]: s for st in status["studies"] for s in st["series"]}
+    assert by_uid["1.2.3.10.1"]["spool_released_at"] is not None
+    assert by_uid["1.2.3.10.1"]["missing_instances"] == 0
+    assert by_uid["1.2.3.13.1"]["spool_released_at"] is None
+    assert status["counts"]["instances_missing"] == 0
     # Nothing is left to do a second time.
     assert sweep_retention(sessions, config, now=NOW).series == 0
 

@@ -99,6 +99,8 @@ class Series(Base):
     first_received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # When the retention sweep deleted its images: its missing instances were let go, not lost.
+    spool_released_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
