@@ -39,10 +39,14 @@ def score(predictor: Predictor, data_dir: Path, labels_csv: Path) -> ScoredData:
             out.excluded.append({"series_instance_uid": uid, "reason": "no files"})
             continue
         try:
-            out.predictions[uid] = predictor.predict(files)
+            prediction = predictor.predict(files)
         except (SeriesRejectedError, OSError) as err:
             out.excluded.append({"series_instance_uid": uid, "reason": str(err)})
             continue
+        # The headers (~3 MB for 96 slices) are for a report on one series; hundreds of
+        # them kept for the whole evaluation would take gigabytes.
+        prediction.headers = []
+        out.predictions[uid] = prediction
         out.labels[uid] = series.positive
         out.image_labels[uid] = series.image_labels
     return out

@@ -11,7 +11,8 @@ import pytest
 from model.bundle import init_bundle
 from model.cli import main
 from model.predict import Prediction, Predictor, UntrainedBundleWarning
-from model.synthetic import StudyParams, generate_study, write_study
+from model.synthetic import StudyParams, generate_study, write_dataset, write_study
+from model.training.evaluate import score
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +141,14 @@ def test_cli_predict_errors_are_one_line_and_exit_2(
     assert main(["predict", "--bundle", str(tmp_path / "nobundle"), str(folder)]) == 2
     err = capsys.readouterr().err.strip()
     assert "bundle folder does not exist" in err and "\n" not in err
+
+
+def test_evaluation_keeps_the_scores_but_not_each_series_headers(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    # Evaluation holds every prediction until the end; with their headers (~3 MB per
+    # 96-slice series) a few hundred would take gigabytes.
+    write_dataset(tmp_path, 2, seed=4, n_slices=20, matrix=128, vary_storage=False)
+    scored = score(predictor, tmp_path, tmp_path / "train.csv")
+    assert len(scored.predictions) == 2
+    assert all(p.headers == [] and p.slice_probabilities for p in scored.predictions.values())
