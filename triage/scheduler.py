@@ -55,25 +55,13 @@ def _run_completeness(
 LEASE_SWEEP_SECONDS = 5.0
 
 
-def _run_lease_sweep(sessions: sessionmaker[Session], config: Config) -> None:
+def _run_sweep(name: str, sweep: Callable[[], object]) -> None:
+    """Run one periodic sweep; a failure is logged and never fatal. The rows keep their
+    state, so the next tick picks up what this one did not do."""
     try:
-        requeue_expired_leases(sessions, config.worker.max_attempts)
-    except Exception as err:  # retried at the next tick, never fatal
-        log.error("lease_sweep_failed", error=str(err))
-
-
-def _run_retention(sessions: sessionmaker[Session], config: Config) -> None:
-    try:
-        sweep_retention(sessions, config)
-    except Exception as err:  # what was not deleted now is deleted at the next tick
-        log.error("retention_sweep_failed", error=str(err))
-
-
-def _run_dispatch(sessions: sessionmaker[Session], config: Config) -> None:
-    try:
-        dispatch_due(sessions, config)
-    except Exception as err:  # the rows keep their state; the next tick tries again
-        log.error("dispatch_sweep_failed", error=str(err))
+        sweep()
+    except Exception as err:
+        log.error(f"{name}_sweep_failed", error=str(err))
 
 
 def build_scheduler(
@@ -87,42 +75,43 @@ def build_scheduler(
     daemon wakes its workers with it).
     """
     scheduler = BackgroundScheduler(timezone="UTC")
-    scheduler.add_job(
+
+    def every(seconds: float, job_id: str, run: Callable[..., None], *args: object) -> None:
+        # Never two runs of one sweep at once (sending is serial and may block on a slow
+        # peer), and ticks missed meanwhile collapse into one.
+        scheduler.add_job(
+            run, "interval", seconds=seconds, args=args, id=job_id, max_instances=1, coalesce=True
+        )
+
+    every(
+        config.series.sweep_interval_seconds,
+        "completeness",
         _run_completeness,
-        "interval",
-        seconds=config.series.sweep_interval_seconds,
-        args=[sessions, config, scheduler, on_jobs_queued],
-        id="completeness",
-        max_instances=1,
-        coalesce=True,
+        sessions,
+        config,
+        scheduler,
+        on_jobs_queued,
     )
-    scheduler.add_job(
-        _run_lease_sweep,
-        "interval",
-        seconds=LEASE_SWEEP_SECONDS,
-        args=[sessions, config],
-        id="lease_expiry",
-        max_instances=1,
-        coalesce=True,
+    every(
+        LEASE_SWEEP_SECONDS,
+        "lease_expiry",
+        _run_sweep,
+        "lease",
+        lambda: requeue_expired_leases(sessions, config.worker.max_attempts),
     )
-    scheduler.add_job(
-        _run_dispatch,
-        "interval",
-        seconds=config.dispatch.sweep_interval_seconds,
-        args=[sessions, config],
-        id="dispatch",
-        # Sending is serial and may block on a slow peer; never two sweeps at once.
-        max_instances=1,
-        coalesce=True,
+    every(
+        config.dispatch.sweep_interval_seconds,
+        "dispatch",
+        _run_sweep,
+        "dispatch",
+        lambda: dispatch_due(sessions, config),
     )
-    scheduler.add_job(
-        _run_retention,
-        "interval",
-        seconds=config.retention.sweep_interval_seconds,
-        args=[sessions, config],
-        id="retention",
-        max_instances=1,
-        coalesce=True,
+    every(
+        config.retention.sweep_interval_seconds,
+        "retention",
+        _run_sweep,
+        "retention",
+        lambda: sweep_retention(sessions, config),
     )
     return scheduler
 
