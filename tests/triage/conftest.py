@@ -28,6 +28,14 @@ def make_config(tmp_path: Path, db_url: str | None = None, **sections: Any) -> C
     return parse_config(data, tmp_path)
 
 
+def open_db(config: Config) -> sessionmaker[Session]:
+    """The migrated database of ``config`` (its data folder made) and a session factory."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_db_engine(config.database_url)
+    migrate(engine)
+    return session_factory(engine)
+
+
 @dataclass
 class RunningReceiver:
     config: Config

@@ -38,9 +38,6 @@ from triage.db import (
     Result,
     Series,
     Study,
-    create_db_engine,
-    migrate,
-    session_factory,
 )
 from triage.dispatch import outbox_dir
 from triage.report import AnalysisResult, build_kos, build_sr
@@ -65,13 +62,6 @@ def make_config(
         },
     }
     return parse_config(data, tmp_path)
-
-
-def open_db(config: Config) -> sessionmaker[Session]:
-    """The migrated database of ``config`` and its session factory."""
-    engine = create_db_engine(config.database_url)
-    migrate(engine)
-    return session_factory(engine)
 
 
 @dataclass

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import open_db
 from dispatch_helpers import (
     Received,
     delivery,
     make_config,
-    open_db,
     seed_result,
     start_store_scp,
 )

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import open_db
 from dicom_factory import ACCESSION, BIRTH_DATE, PATIENT_ID, PATIENT_NAME
-from dispatch_helpers import MLLPListener, delivery, make_config, open_db, seed_result, segments
+from dispatch_helpers import MLLPListener, delivery, make_config, seed_result, segments
 
 from triage.db import DeliveryState
 from triage.dispatch import dispatch_due

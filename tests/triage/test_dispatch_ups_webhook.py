@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from conftest import open_db
 from dicom_factory import ACCESSION, PATIENT_ID, PATIENT_NAME
 from dispatch_helpers import (
     PROBABILITY,
@@ -13,7 +14,6 @@ from dispatch_helpers import (
     WebhookServer,
     delivery,
     make_config,
-    open_db,
     seed_result,
     start_ups_scp,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from conftest import make_config
+from conftest import make_config, open_db
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,9 +21,6 @@ from triage.db import (
     Series,
     SeriesState,
     Study,
-    create_db_engine,
-    migrate,
-    session_factory,
 )
 from triage.dispatch import outbox_dir
 from triage.retention import sweep_retention
@@ -33,13 +30,6 @@ from triage.status import collect_status
 NOW = datetime(2026, 6, 1, 12, 0, 0)
 OLD = NOW - timedelta(days=8)  # past the default 7 days
 RECENT = NOW - timedelta(days=2)
-
-
-def _open(config: Config) -> sessionmaker[Session]:
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_db_engine(config.database_url)
-    migrate(engine)
-    return session_factory(engine)
 
 
 def _series(
@@ -106,7 +96,7 @@ def test_finished_series_past_the_retention_lose_their_images_and_keep_their_row
     tmp_path: Path, db_url: str
 ) -> None:
     config = make_config(tmp_path, db_url)
-    sessions = _open(config)
+    sessions = open_db(config)
     done = _series(sessions, config, "10", OLD, job=JobState.DONE)
     failed = _series(sessions, config, "11", OLD, job=JobState.FAILED)
     skipped = _series(sessions, config, "12", OLD, state=SeriesState.SKIPPED, job=None)
@@ -139,7 +129,7 @@ def test_finished_series_past_the_retention_lose_their_images_and_keep_their_row
 
 def test_a_study_folder_stays_while_another_series_of_it_is_kept(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    sessions = _open(config)
+    sessions = open_db(config)
     old = _series(sessions, config, "20", OLD, study_uid="1.2.3.20")
     kept = _series(sessions, config, "21", OLD, job=JobState.QUEUED, study_uid="1.2.3.20")
     sweep_retention(sessions, config, now=NOW)
@@ -149,7 +139,7 @@ def test_a_study_folder_stays_while_another_series_of_it_is_kept(tmp_path: Path)
 
 def test_null_keeps_everything(tmp_path: Path) -> None:
     config = make_config(tmp_path, retention={"spool_days": None, "outbox_days": None})
-    sessions = _open(config)
+    sessions = open_db(config)
     files = _series(sessions, config, "30", OLD)
     report = sweep_retention(sessions, config, now=NOW)
     assert (report.series, report.outboxes) == (0, 0)
@@ -182,7 +172,7 @@ def test_reports_go_once_every_delivery_was_sent_and_the_retention_passed(
     tmp_path: Path,
 ) -> None:
     config = make_config(tmp_path, retention={"spool_days": None, "outbox_days": 30})
-    sessions = _open(config)
+    sessions = open_db(config)
     long_ago = NOW - timedelta(days=31)
     sent = _result(sessions, config, "40", long_ago, "sent", "sent")
     dead = _result(sessions, config, "41", long_ago, "sent", "dead")
@@ -197,6 +187,6 @@ def test_reports_go_once_every_delivery_was_sent_and_the_retention_passed(
 
 def test_the_daemon_schedules_the_retention_sweep(tmp_path: Path) -> None:
     config = make_config(tmp_path, retention={"sweep_interval_seconds": 600})
-    scheduler = build_scheduler(_open(config), config)
+    scheduler = build_scheduler(open_db(config), config)
     job = scheduler.get_job("retention")
     assert job is not None and job.trigger.interval == timedelta(seconds=600)

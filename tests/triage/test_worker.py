@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import make_config
+from conftest import make_config, open_db
 from daemon_proc import Daemon
 from dicom_factory import write_series
 from pydicom import dcmread
@@ -37,7 +37,6 @@ from triage.db import (
     Study,
     WorkerHeartbeat,
     create_db_engine,
-    migrate,
     session_factory,
 )
 from triage.db.models import utcnow
@@ -90,12 +89,6 @@ def _synthetic_series(seed: int, folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return _synthetic_series(7, tmp_path_factory.mktemp("study"))
-
-
-def _database(config: Config) -> sessionmaker[Session]:
-    engine = create_db_engine(config.database_url)
-    migrate(engine)
-    return session_factory(engine)
 
 
 def _spool_and_queue(config: Config, sessions: sessionmaker[Session], files: list[Path]) -> int:
@@ -165,7 +158,7 @@ def _make_jobs(sessions: sessionmaker[Session], n: int) -> list[int]:
 
 def test_concurrent_workers_claim_each_job_exactly_once(tmp_path: Path, db_url: str) -> None:
     config = make_config(tmp_path, db_url)
-    ids = _make_jobs(_database(config), 40)
+    ids = _make_jobs(open_db(config), 40)
     claimed: list[list[int]] = [[], [], []]
 
     def claim_all(slot: int) -> None:
@@ -181,7 +174,7 @@ def test_concurrent_workers_claim_each_job_exactly_once(tmp_path: Path, db_url: 
         t.join(60)
     everything = [j for per in claimed for j in per]
     assert sorted(everything) == sorted(ids)  # none twice, none left behind
-    sessions = _database(config)
+    sessions = open_db(config)
     for slot, per in enumerate(claimed):
         for job_id in per:
             job = _job(sessions, job_id)
@@ -194,7 +187,7 @@ def test_concurrent_workers_claim_each_job_exactly_once(tmp_path: Path, db_url: 
 
 
 def test_a_reopened_series_is_not_claimed(tmp_path: Path) -> None:
-    sessions = _database(make_config(tmp_path))
+    sessions = open_db(make_config(tmp_path))
     (job_id,) = _make_jobs(sessions, 1)
     with sessions() as session:
         session.execute(update(Series).values(state=SeriesState.RECEIVING))
@@ -204,7 +197,7 @@ def test_a_reopened_series_is_not_claimed(tmp_path: Path) -> None:
 
 
 def test_expired_lease_requeues_the_job_of_a_dead_worker(tmp_path: Path, db_url: str) -> None:
-    sessions = _database(make_config(tmp_path, db_url))
+    sessions = open_db(make_config(tmp_path, db_url))
     (job_id,) = _make_jobs(sessions, 1)
     assert claim_job(sessions, "dead-worker:1", 60) is not None
     # A live lease is left alone.
@@ -228,7 +221,7 @@ def test_expired_lease_requeues_the_job_of_a_dead_worker(tmp_path: Path, db_url:
 def test_jobs_of_a_dead_worker_are_released_and_a_shutdown_costs_no_attempt(
     tmp_path: Path,
 ) -> None:
-    sessions = _database(make_config(tmp_path))
+    sessions = open_db(make_config(tmp_path))
     crashed, stopped = _make_jobs(sessions, 2)
     assert claim_job(sessions, "host:10", 60) is not None
     assert claim_job(sessions, "host:11", 60) is not None
@@ -266,7 +259,7 @@ def test_positive_job_stores_result_reports_and_a_delivery_per_destination(
     config = _config(
         tmp_path, db_url, thresholds={"stack": 0.0, "slice": 0.0, "max_flagged_slices": 2}
     )
-    sessions = _database(config)
+    sessions = open_db(config)
     job_id = _spool_and_queue(config, sessions, study_files)
 
     assert Worker(config, sessions, predictor, "host:1").run_once()
@@ -310,7 +303,7 @@ def test_the_report_uses_the_headers_the_predictor_read(
     tmp_path: Path, predictor: Any, study_files: list[Path]
 ) -> None:
     config = _config(tmp_path, thresholds={"stack": 0.0, "slice": 0.0})
-    sessions = _database(config)
+    sessions = open_db(config)
     job_id = _spool_and_queue(config, sessions, study_files)
 
     class ReadOnce:
@@ -334,13 +327,13 @@ def test_the_report_uses_the_headers_the_predictor_read(
     assert cited == source_sops
 
 
-def test_the_reports_are_built_while_others_can_write_to_the_database(
+def test_the_reports_are_built_while_others_can_write_to_theopen_db(
     tmp_path: Path, predictor: Any, study_files: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # On SQLite a transaction holds the one write lock, which the receiver needs for each
     # instance it acknowledges: the worker must not hold it while it builds the SR.
     config = _config(tmp_path, thresholds={"stack": 0.0, "slice": 0.0})
-    sessions = _database(config)
+    sessions = open_db(config)
     job_id = _spool_and_queue(config, sessions, study_files)
     impatient = create_db_engine(config.database_url, busy_timeout_ms=0)
     writes = []
@@ -364,7 +357,7 @@ def test_negative_job_goes_to_the_pacs_only_and_the_bundle_slice_threshold_appli
 ) -> None:
     # No probability reaches 1.0 from a sigmoid in float32 on this series: absent.
     config = _config(tmp_path, thresholds={"stack": 1.0})
-    sessions = _database(config)
+    sessions = open_db(config)
     job_id = _spool_and_queue(config, sessions, study_files)
     assert Worker(config, sessions, predictor).run_once()
     (result,) = _results(sessions, job_id)
@@ -382,7 +375,7 @@ def test_bundle_thresholds_apply_when_the_yaml_leaves_them_null(
     tmp_path: Path, predictor: Any, study_files: list[Path]
 ) -> None:
     config = _config(tmp_path)
-    sessions = _database(config)
+    sessions = open_db(config)
     job_id = _spool_and_queue(config, sessions, study_files)
     assert Worker(config, sessions, predictor).run_once()
     (result,) = _results(sessions, job_id)
@@ -398,7 +391,7 @@ def test_too_few_slices_is_undetermined_with_its_reason_and_not_retried(
 ) -> None:
     # Selection lets 4 slices through; the bundle needs at least 10.
     config = _config(tmp_path, db_url, thresholds={"stack": 0.0})
-    sessions = _database(config)
+    sessions = open_db(config)
     _, _, files = write_series(tmp_path / "short", 4)
     job_id = _spool_and_queue(config, sessions, files)
     worker = Worker(config, sessions, predictor)
@@ -421,7 +414,7 @@ def test_an_undetermined_reason_names_the_file_without_the_hosts_folders(
     tmp_path: Path, predictor: Any
 ) -> None:
     config = _config(tmp_path)
-    sessions = _database(config)
+    sessions = open_db(config)
     study_uid, series_uid, files = write_series(tmp_path / "broken", 12)
     broken = dcmread(files[5])
     del broken.PixelData
@@ -439,7 +432,7 @@ def test_a_failing_job_is_retried_up_to_max_attempts_then_failed(
     tmp_path: Path, db_url: str, predictor: Any, study_files: list[Path]
 ) -> None:
     config = _config(tmp_path, db_url, worker={"max_attempts": 2})
-    sessions = _database(config)
+    sessions = open_db(config)
     job_id = _spool_and_queue(config, sessions, study_files)
 
     class Broken:
@@ -469,7 +462,7 @@ def test_a_series_reopened_during_analysis_gets_no_stale_result(
     tmp_path: Path, predictor: Any, study_files: list[Path]
 ) -> None:
     config = _config(tmp_path)
-    sessions = _database(config)
+    sessions = open_db(config)
     job_id = _spool_and_queue(config, sessions, study_files)
 
     class Reopening:
