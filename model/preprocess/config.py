@@ -6,6 +6,16 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+Z_WINDOWS = ("top", "lungs")
+"""How the ``num_slices`` input slices are chosen from a longer series."""
+
+CHANNEL_WINDOWS: dict[str, tuple[tuple[float, float], ...]] = {
+    "repeat": (),
+    # (centre, width) in HU of each channel, in channel order.
+    "pe_lung_mediastinum": ((100.0, 700.0), (-600.0, 1500.0), (40.0, 400.0)),
+}
+"""What the input channels hold; ``repeat`` uses the config's one window in every channel."""
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -17,15 +27,25 @@ class PreprocessConfig:
     Parameters
     ----------
     num_slices : int
-        Slices in the model input, taken from the top (cranial end); fewer are zero-padded.
+        Slices in the model input; a series with fewer is zero-padded at the caudal end.
+    z_window : str
+        Which ``num_slices`` of a longer series the model sees. ``top``: the cranial-most
+        ones (the authors' code). ``lungs``: the window holding the most chest cavity, as
+        found by the segmentation, so a scan that starts in the neck keeps its lung bases
+        (and their emboli); centred on the cavity when all of it fits.
     slice_spacing_mm : float
         Target spacing along the slice normal.
     input_size : int
         Rows and columns of each output slice.
     channels : int
-        1, or 3 for backbones with RGB input (the grey image repeated).
+        1, or 3 for backbones with RGB input.
+    channel_windows : str
+        What the channels hold. ``repeat``: the one window below in every channel (the
+        paper). ``pe_lung_mediastinum``: three CT windows, as the RSNA-STR 2020 winners fed
+        a 2-D CNN: the PE window (W700/L100), the lung window (W1500/L-600) and the
+        mediastinal window (W400/L40); needs 3 channels.
     window_center, window_width : float
-        Intensity window in HU, mapped to ``[0, 1]``.
+        Intensity window in HU, mapped to ``[0, 1]`` (with ``repeat``).
     segment : bool
         Zero everything outside the chest cavity (lungs, heart and mediastinum).
     crop : bool
@@ -52,6 +72,8 @@ class PreprocessConfig:
     slice_spacing_mm: float = 3.0
     input_size: int = 386
     channels: int = 3
+    z_window: str = "top"
+    channel_windows: str = "repeat"
     window_center: float = 100.0
     window_width: float = 700.0
     segment: bool = True
@@ -66,7 +88,10 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type == "bool":
+            if f.type == "str":
+                if not isinstance(value, str):
+                    raise ValueError(f"{f.name} must be a string, not {value!r}.")
+            elif f.type == "bool":
                 if not isinstance(value, bool):
                     raise ValueError(f"{f.name} must be true or false, not {value!r}.")
             elif f.type == "int":
@@ -82,6 +107,17 @@ class PreprocessConfig:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}.")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, not {self.channels}.")
+        if self.z_window not in Z_WINDOWS:
+            raise ValueError(
+                f"z_window must be one of {', '.join(Z_WINDOWS)}, not {self.z_window!r}."
+            )
+        if self.channel_windows not in CHANNEL_WINDOWS:
+            raise ValueError(
+                f"channel_windows must be one of {', '.join(CHANNEL_WINDOWS)}, "
+                f"not {self.channel_windows!r}."
+            )
+        if self.channel_windows != "repeat" and self.channels != 3:
+            raise ValueError(f"channel_windows {self.channel_windows!r} needs channels: 3.")
         if not 0.0 <= self.spacing_tolerance < 1.0:
             raise ValueError(
                 f"spacing_tolerance is a fraction in [0, 1), not {self.spacing_tolerance}."
@@ -92,6 +128,12 @@ class PreprocessConfig:
             raise ValueError("crop needs segment: the crop is the square around the cavity.")
         if self.bone_threshold_hu <= self.lung_threshold_hu:
             raise ValueError("bone_threshold_hu must be above lung_threshold_hu.")
+
+    def windows(self) -> tuple[tuple[float, float], ...]:
+        """The (centre, width) window in HU of each input channel."""
+        return CHANNEL_WINDOWS[self.channel_windows] or (
+            ((self.window_center, self.window_width),) * self.channels
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain JSON-serialisable values, for the weight bundle."""

@@ -60,22 +60,25 @@ class PreprocessedSeries:
 
 
 def _select_slices(
-    volume: CTVolume, config: PreprocessConfig
+    volume: CTVolume, config: PreprocessConfig, limit: int | None
 ) -> tuple[NDArray[np.float32], NDArray[np.intp], NDArray[np.float64]]:
-    """The slices to use, from the top: HU, nearest source index and position of each.
+    """Slices at the target spacing from the top: HU, nearest source index and position.
 
     Resamples linearly along the normal when the spacing is off target by more than the
-    tolerance; only the slices that will be used are computed.
+    tolerance; with ``limit``, only the first ``limit`` slices are computed.
     """
     positions = volume.positions_mm
     target = config.slice_spacing_mm
     spacing = volume.spacing_mm
+    cap = len(positions) if limit is None else limit
     # A single slice has no spacing to correct.
     if len(positions) < 2 or abs(spacing - target) <= config.spacing_tolerance * target:
-        n = min(config.num_slices, len(positions))
+        n = min(cap, len(positions))
         return volume.hu[:n], np.arange(n), positions[:n].copy()
     extent = positions[0] - positions[-1]
-    n = min(config.num_slices, int(np.floor(extent / target + 1e-6)) + 1)
+    n = int(np.floor(extent / target + 1e-6)) + 1
+    if limit is not None:
+        n = min(n, limit)
     wanted = positions[0] - target * np.arange(n)
     # positions decrease; search on the negated, increasing copy.
     upper = np.clip(np.searchsorted(-positions, -wanted, side="right") - 1, 0, len(positions) - 2)
@@ -91,10 +94,31 @@ def _select_slices(
     return hu, nearest, wanted
 
 
-def _window(hu: NDArray[np.float32], config: PreprocessConfig) -> NDArray[np.float32]:
-    low = config.window_center - config.window_width / 2.0
-    out = hu - np.float32(low)
-    out *= np.float32(1.0 / config.window_width)
+def lung_window(cavity_area: NDArray[np.integer], num_slices: int) -> int:
+    """First slice of the ``num_slices`` window that holds the most chest cavity.
+
+    Among windows that tie (the whole cavity fits in several), the middle one, so the
+    cavity is centred. A series without any cavity keeps the top window.
+
+    Parameters
+    ----------
+    cavity_area : numpy.ndarray
+        Cavity pixels per slice, cranial slice first.
+    num_slices : int
+        The window's length.
+    """
+    area = np.asarray(cavity_area, dtype=np.int64)
+    if len(area) <= num_slices or not area.any():
+        return 0
+    running = np.concatenate([[0], np.cumsum(area)])
+    sums = running[num_slices:] - running[:-num_slices]
+    best = np.flatnonzero(sums == sums.max())
+    return int(best[len(best) // 2])
+
+
+def _window(hu: NDArray[np.float32], centre: float, width: float) -> NDArray[np.float32]:
+    out = hu - np.float32(centre - width / 2.0)
+    out *= np.float32(1.0 / width)
     np.clip(out, 0.0, 1.0, out=out)
     return out
 
@@ -154,12 +178,13 @@ def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> Preprocesse
         ``preprocess``.
     """
     start = time.perf_counter()
-    hu, nearest, positions = _select_slices(volume, config)
-    n, rows, cols = hu.shape
-    size = config.input_size
-    if not config.segment:
-        image = _resize(_window(hu, config), size)
-    else:
+    # The top window needs only its own slices resampled; the lung window looks at all.
+    limit = config.num_slices if config.z_window == "top" else None
+    hu, nearest, positions = _select_slices(volume, config, limit)
+    rows, cols = hu.shape[1:]
+    cavity: NDArray[np.bool_] | None = None
+    f = 1
+    if config.segment or config.z_window == "lungs":
         cavity, f = chest_mask_lowres(
             hu,
             volume.pixel_spacing,
@@ -168,20 +193,37 @@ def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> Preprocesse
             margin_mm=config.cavity_margin_mm,
             segment_pixel_mm=config.segment_pixel_mm,
         )
-        top, left, side_r, side_c = (
-            _chest_square(np.any(cavity, axis=0), f, rows, cols)
-            if config.crop
-            else (0, 0, rows, cols)
-        )
-        image = _resize(_window(hu[:, top : top + side_r, left : left + side_c], config), size)
+    if cavity is not None and len(hu) > config.num_slices:
+        first = lung_window(cavity.sum(axis=(1, 2)), config.num_slices)
+        chosen = slice(first, first + config.num_slices)
+        hu, nearest, positions = hu[chosen], nearest[chosen], positions[chosen]
+        cavity = cavity[chosen]
+    n = len(hu)
+    size = config.input_size
+    windows = config.windows()
+    top, left, side_r, side_c = 0, 0, rows, cols
+    if config.segment and config.crop:
+        assert cavity is not None
+        top, left, side_r, side_c = _chest_square(np.any(cavity, axis=0), f, rows, cols)
+    field_hu = hu[:, top : top + side_r, left : left + side_c]
+    if config.channel_windows == "repeat":
+        # Window, then resize: the paper's order, kept so older bundles see the same input.
+        grey = _resize(_window(field_hu, *windows[0]), size)
+        channels = [grey] * config.channels
+    else:
+        # One resize of the HU, then each window: a third of the resizing.
+        resized = _resize(field_hu, size)
+        channels = [_window(resized, centre, width) for centre, width in windows]
+    out = np.empty((config.num_slices, size, size, config.channels), dtype=np.float32)
+    for channel, image in enumerate(channels):
+        out[:n, ..., channel] = image
+    if config.segment:
+        assert cavity is not None
         # Look the mask up at each output pixel directly: no full-resolution mask needed.
         r = np.minimum((top + _source_index(side_r, size)) // f, cavity.shape[1] - 1)
         c = np.minimum((left + _source_index(side_c, size)) // f, cavity.shape[2] - 1)
         # float32 times float32: multiplying by a bool array is several times slower.
-        image *= cavity[:, r, :][:, :, c].astype(np.float32)
-    out = np.empty((config.num_slices, size, size, config.channels), dtype=np.float32)
-    for channel in range(config.channels):
-        out[:n, ..., channel] = image
+        out[:n] *= cavity[:, r, :][:, :, c].astype(np.float32)[..., None]
     out[n:] = 0.0
     mask = np.zeros(config.num_slices, dtype=bool)
     mask[:n] = True

@@ -21,6 +21,7 @@ from model.preprocess import (
     preprocess_volume,
     read_series,
 )
+from model.preprocess.transform import lung_window
 from model.synthetic import Phantom, StudyParams, WriteOptions, generate_study, write_study
 
 SMALL = PreprocessConfig(input_size=64, num_slices=32, min_slices=4)
@@ -360,3 +361,81 @@ def test_crop_fills_the_input_with_the_chest(phantom: Phantom, tmp_path: Path) -
     assert chest_width(cropped.volume) > 1.2 * chest_width(whole.volume)
     with pytest.raises(ValueError, match="crop needs segment"):
         PreprocessConfig(segment=False, crop=True)
+
+
+# --- which slices: the lung window -------------------------------------------------------
+
+
+def _neck_to_abdomen(n: int = 150, neck: int = 50, chest: int = 80) -> np.ndarray:
+    """A long scan: ``neck`` slices of body without lungs, then ``chest`` with two lungs
+    (and a bright artery in each), then abdomen; drawn on 64 pixels, returned on 128 (1 mm
+    pixels: the segmentation's 3 mm opening needs a body wall thicker than a few pixels)."""
+    yy, xx = np.mgrid[:64, :64]
+    body = (yy - 32) ** 2 / 28**2 + (xx - 32) ** 2 / 30**2 <= 1
+    lungs = ((yy - 32) ** 2 / 14**2 + (xx - 20) ** 2 / 7**2 <= 1) | (
+        (yy - 32) ** 2 / 14**2 + (xx - 44) ** 2 / 7**2 <= 1
+    )
+    arteries = ((yy - 32) ** 2 + (xx - 20) ** 2 <= 4) | ((yy - 32) ** 2 + (xx - 44) ** 2 <= 4)
+    hu = np.full((n, 64, 64), -1000.0, np.float32)
+    hu[:, body] = 40.0
+    for k in range(neck, neck + chest):
+        hu[k, lungs] = -850.0
+        hu[k, arteries] = 400.0
+    return np.repeat(np.repeat(hu, 2, axis=1), 2, axis=2)
+
+
+def test_lung_window_holds_the_most_cavity_and_centres_it() -> None:
+    area = np.zeros(150, dtype=np.int64)
+    area[50:130] = 10
+    assert lung_window(area, 96) == 42  # the 80 chest slices centred: 8 either side
+    area[50:60] = 1  # a narrow apex, wide bases: a short window keeps the bases (60-129)
+    assert lung_window(area, 60) == 65
+    assert lung_window(np.zeros(150, dtype=np.int64), 96) == 0  # no cavity: the top
+    assert lung_window(area[:90], 96) == 0  # it all fits
+
+
+def test_a_long_scan_keeps_its_low_emboli_with_the_lung_window() -> None:
+    hu = _neck_to_abdomen()
+    low = 125  # the only embolus: a filling defect in the right artery near the base
+    hu[low, 62:68, 38:44] = 20.0
+    volume = _volume(hu, 3.0)
+    top = PreprocessConfig(input_size=64, segment=True, min_slices=4)
+    lungs = replace(top, z_window="lungs")
+    assert f"1.2.3.{low}" not in preprocess_volume(volume, top).sop_instance_uids
+    result = preprocess_volume(volume, lungs)
+    # The window covers the chest (slices 50-129), centred: 42 to 137.
+    assert result.mask.all()
+    assert result.sop_instance_uids == [f"1.2.3.{k}" for k in range(42, 138)]
+    assert np.allclose(result.slice_positions_mm, 100.0 - 3.0 * np.arange(42, 138))
+    # The slice-to-SOP mapping is honest: the slot named for the embolus shows it.
+    slot = result.sop_instance_uids.index(f"1.2.3.{low}")
+    unit = (20.0 + 250.0) / 700.0  # the defect's HU in the PE window
+    assert np.isclose(result.volume[slot, 32, 20, 0], unit, atol=1e-3)
+    assert not np.isclose(result.volume[slot - 1, 32, 20, 0], unit, atol=1e-3)
+    # A resampled long scan too: 1.5 mm slices land on 3 mm inside the same window.
+    fine = np.repeat(hu, 2, axis=0)
+    result = preprocess_volume(_volume(fine, 1.5), lungs)
+    assert f"1.2.3.{2 * low}" in result.sop_instance_uids
+
+
+def test_three_ct_windows_as_channels() -> None:
+    hu = np.zeros((6, 4, 4))
+    hu[:, 0], hu[:, 1], hu[:, 2], hu[:, 3] = -1000.0, -600.0, 40.0, 400.0
+    config = PreprocessConfig(
+        input_size=4,
+        num_slices=6,
+        segment=False,
+        min_slices=4,
+        channel_windows="pe_lung_mediastinum",
+    )
+    out = preprocess_volume(_volume(hu, 3.0), config).volume
+    rows = out.mean(axis=(0, 2))  # (row, channel)
+    expected = [
+        [(h - c + w / 2) / w for c, w in ((100, 700), (-600, 1500), (40, 400))]
+        for h in (-1000.0, -600.0, 40.0, 400.0)
+    ]
+    assert np.allclose(rows, np.clip(expected, 0, 1), atol=1e-5)
+    with pytest.raises(ValueError, match="needs channels: 3"):
+        PreprocessConfig(channels=1, channel_windows="pe_lung_mediastinum")
+    with pytest.raises(ValueError, match="z_window"):
+        PreprocessConfig(z_window="middle")
