@@ -119,6 +119,20 @@ class Bundle:
             for key, value in self.manifest["thresholds"].items()
         }
 
+    def calibrators(self) -> dict[str, Any]:
+        """``stack`` and ``slice`` :class:`~model.calibration.Calibrator`; identity if none.
+
+        Bundles written before calibration existed have no ``calibration`` field, and
+        their probabilities pass through unchanged.
+        """
+        from model.calibration import IDENTITY, Calibrator
+
+        stored = self.manifest.get("calibration") or {}
+        return {
+            key: Calibrator.from_dict(stored[key]) if key in stored else IDENTITY
+            for key in ("stack", "slice")
+        }
+
     def network_config(self) -> Any:
         """Return the :class:`~model.network.NetworkConfig` (imports TensorFlow)."""
         from model.network import NetworkConfig
@@ -265,6 +279,22 @@ def _check_thresholds(thresholds: Any) -> None:
             raise BundleError(f"{MANIFEST}: threshold {key!r} must be in [0, 1], got {value!r}")
 
 
+def _check_calibration(calibration: Any) -> None:
+    from model.calibration import Calibrator
+
+    if calibration is None:
+        return
+    if not isinstance(calibration, Mapping) or not set(calibration) <= {"stack", "slice"}:
+        raise BundleError(f"{MANIFEST}: calibration may hold only 'stack' and 'slice'")
+    for key, entry in calibration.items():
+        if not isinstance(entry, Mapping):
+            raise BundleError(f"{MANIFEST}: calibration {key!r} must be an object")
+        try:
+            Calibrator.from_dict(entry)
+        except ValueError as err:
+            raise BundleError(f"{MANIFEST}: calibration {key!r}: {err}") from err
+
+
 def load_bundle(bundle_dir: str | Path) -> Bundle:
     """Read and verify a bundle folder; weights are loaded later by :meth:`Bundle.build_models`.
 
@@ -299,6 +329,7 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
     if missing:
         raise BundleError(f"{MANIFEST}: missing fields {', '.join(missing)}")
     _check_thresholds(manifest["thresholds"])
+    _check_calibration(manifest.get("calibration"))
 
     files = manifest["files"]
     if not isinstance(files, dict):

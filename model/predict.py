@@ -45,10 +45,12 @@ class Prediction:
     Parameters
     ----------
     stack_probability : float
-        Probability that the series shows pulmonary embolism (mean over folds).
+        Calibrated probability that the series shows pulmonary embolism: the bundle's
+        stack calibrator applied to the mean over folds.
     slice_probabilities : dict of str to float
-        Per source slice, keyed by SOP Instance UID (mean over folds; where resampling
-        mapped several model slices to one source slice, the largest).
+        Calibrated, per source slice, keyed by SOP Instance UID (the slice calibrator
+        applied to the mean over folds; where resampling mapped several model slices to
+        one source slice, the largest).
     slices_used : int
         Model slices that held image data (the rest of the slots were padding).
     sop_instance_uids : list of str
@@ -64,7 +66,11 @@ class Prediction:
     series_instance_uid, study_instance_uid : str
         What was analysed.
     fold_stack_probabilities : list of float
-        Each fold's stack probability, for a spread across the ensemble.
+        Each fold's raw (uncalibrated) stack probability, for a spread across the ensemble.
+    raw_stack_probability : float or None
+        The network's mean stack output before calibration.
+    raw_slice_probabilities : dict of str to float
+        The slice outputs before calibration, keyed as ``slice_probabilities``.
     device : str
         ``GPU`` or ``CPU``.
     headers : list of pydicom.Dataset
@@ -83,6 +89,8 @@ class Prediction:
     series_instance_uid: str = ""
     study_instance_uid: str = ""
     fold_stack_probabilities: list[float] = field(default_factory=list)
+    raw_stack_probability: float | None = None
+    raw_slice_probabilities: dict[str, float] = field(default_factory=dict)
     device: str = "CPU"
     headers: list[Dataset] = field(default_factory=list, repr=False)
 
@@ -182,6 +190,7 @@ class Predictor:
         self.jit_compile = jit_compile
         self.preprocess_config = bundle.preprocess_config()
         self.network_config = bundle.network_config()
+        self.calibrators = bundle.calibrators()
         self.device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
         size, channels = self.network_config.input_size, self.network_config.channels
         image_spec = tf.TensorSpec((None, size, size, channels), tf.float32)
@@ -348,23 +357,30 @@ class Predictor:
             cnn_s += t1 - t0
             sequence_s += t2 - t1
         slice_mean = slice_sum / len(self._sequences)
+        # Calibration is monotone, so the largest raw value per SOP stays the largest.
+        slice_calibrated = self.calibrators["slice"].apply(slice_mean)
+        raw_stack = float(np.mean(stacks))
 
         per_sop: dict[str, float] = {}
+        raw_per_sop: dict[str, float] = {}
         order: list[str] = []
         for index in real:
             uid = series.sop_instance_uids[index]
             if uid is None:
                 continue
-            value = float(slice_mean[index])
+            value, raw = float(slice_calibrated[index]), float(slice_mean[index])
             if uid not in per_sop:
                 order.append(uid)
-                per_sop[uid] = value
+                per_sop[uid], raw_per_sop[uid] = value, raw
             else:
                 per_sop[uid] = max(per_sop[uid], value)
+                raw_per_sop[uid] = max(raw_per_sop[uid], raw)
         bundle = self.bundle
         return Prediction(
-            stack_probability=float(np.mean(stacks)),
+            stack_probability=float(self.calibrators["stack"].apply(raw_stack)),
             slice_probabilities=per_sop,
+            raw_stack_probability=raw_stack,
+            raw_slice_probabilities=raw_per_sop,
             slices_used=len(real),
             sop_instance_uids=order,
             timings={
