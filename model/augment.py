@@ -1,8 +1,8 @@
 """Slice augmentation for the slice CNN, as the paper lists: translation, rotation, zoom,
 elastic deformation, blur and Gaussian noise, and a few combinations.
 
-Positive training slices are copied until the classes balance, and training slices of
-both classes are augmented alike (model.training.stages.SliceBatches). Augmentation is
+Each training epoch takes every positive slice and a fresh draw of as many negatives, and
+slices of both classes are augmented alike (model.training.stages.SliceBatches). Augmentation is
 seeded, and it is applied only to slices of training folds: the caller passes training
 slices only, and validation data never goes through this module.
 """
@@ -104,19 +104,3 @@ def augment(img: Image, rng: np.random.Generator, recipe: str | None = None) -> 
     for step in RECIPES[name]:
         out = step(out, rng)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
-def balancing_plan(n_positive: int, n_negative: int, seed: int) -> list[tuple[int, int]]:
-    """Which positive slices to copy, and with which seed, so the classes balance.
-
-    Returns ``(positive_index, copy_seed)`` pairs: ``n_negative - n_positive`` of
-    them, cycling over the positives in a seeded order. Empty when positives are not
-    the minority.
-    """
-    need = n_negative - n_positive
-    if need <= 0 or n_positive == 0:
-        return []
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n_positive)
-    seeds = rng.integers(0, 2**31 - 1, size=need)
-    return [(int(order[i % n_positive]), int(seeds[i])) for i in range(need)]

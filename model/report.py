@@ -1,6 +1,8 @@
 """The evaluation report, as the paper reports: for the stack and the slice level, ROC and
 PR curves with AUCs, the Youden threshold, confusion matrices, accuracy, sensitivity,
-specificity, PPV and NPV with Wilson CIs, calibration and the Brier score.
+specificity, PPV and NPV with Wilson CIs, calibration (reliability diagram and expected
+calibration error) and the Brier score; with the raw, uncalibrated network outputs beside
+the calibrated probabilities when a bundle has a calibrator.
 
 Everything in ``report.md`` and the PNGs comes from ``report.json``, so the numbers a
 reader sees are the numbers a script reads.
@@ -70,16 +72,38 @@ def _calibration(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> list
     return out
 
 
+def expected_calibration_error(calibration: Sequence[dict[str, Any]]) -> float | None:
+    """ECE from the reliability bins: the count-weighted mean |observed − predicted|.
+
+    Ten equal-width bins, as in Guo et al. (2017); the figure the reliability diagram
+    shows.
+    """
+    total = sum(c["count"] for c in calibration)
+    if not total:
+        return None
+    gaps = (c["count"] * abs(c["fraction_positive"] - c["mean_predicted"]) for c in calibration)
+    return float(sum(gaps) / total)
+
+
+HIGH_PROBABILITY = 0.9
+"""Negatives scored above this are listed in the report: each needs an explanation."""
+
+
 def level_metrics(data: LevelData) -> dict[str, Any]:
     """Every figure of one level, JSON-ready."""
     y = np.asarray(data.labels, dtype=bool)
     s = np.asarray(data.scores, dtype=np.float64)
+    calibration = _calibration(y, s) if y.size else []
+    negatives = s[~y]
     out: dict[str, Any] = {
         "n": int(y.size),
         "n_positive": int(y.sum()),
         "threshold": {"value": data.threshold, "provenance": data.threshold_provenance},
         "brier": float(np.mean((s - y) ** 2)) if y.size else None,
-        "calibration": _calibration(y, s) if y.size else [],
+        "calibration": calibration,
+        "ece": expected_calibration_error(calibration),
+        "max_negative": float(negatives.max()) if negatives.size else None,
+        "negatives_above_0.9": int(np.sum(negatives > HIGH_PROBABILITY)),
     }
     cm = _confusion(y, s, data.threshold)
     out["confusion"] = cm
@@ -105,7 +129,50 @@ def level_metrics(data: LevelData) -> dict[str, Any]:
     return out
 
 
-def _plots(name: str, m: dict[str, Any], out_dir: Path) -> list[str]:
+def _reliability_diagram(
+    name: str, m: dict[str, Any], raw: dict[str, Any] | None, path: Path
+) -> None:
+    """Observed frequency against mean probability per bin, with the bins' counts below."""
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": (3, 1)}
+    )
+    series = [("calibrated" if raw else "predicted", m, "o-")]
+    if raw:
+        series.append(("raw network output", raw, "s--"))
+    for label, metrics, style in series:
+        cal = metrics["calibration"]
+        ece = metrics.get("ece")
+        text = f"{label} (ECE {ece:.3f})" if ece is not None else label
+        ax.plot(
+            [c["mean_predicted"] for c in cal],
+            [c["fraction_positive"] for c in cal],
+            style,
+            label=text,
+        )
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(
+        ylabel="fraction positive",
+        title=f"Reliability, {name} level (Brier {m['brier']:.3f})",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    ax.legend(loc="upper left", fontsize="small")
+    cal = m["calibration"]
+    counts.bar(
+        [(c["bin_low"] + c["bin_high"]) / 2 for c in cal],
+        [c["count"] for c in cal],
+        width=0.09,
+        color="grey",
+    )
+    counts.set(xlabel="predicted probability (10 bins)", ylabel="count", yscale="log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plots(
+    name: str, m: dict[str, Any], out_dir: Path, raw: dict[str, Any] | None = None
+) -> list[str]:
     files = []
     if m.get("roc"):
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -153,20 +220,7 @@ def _plots(name: str, m: dict[str, Any], out_dir: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out_dir / f"{name}_confusion.png", dpi=100)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    cal = m["calibration"]
-    ax.plot([c["mean_predicted"] for c in cal], [c["fraction_positive"] for c in cal], "o-")
-    ax.plot([0, 1], [0, 1], ls=":", c="grey")
-    ax.set(
-        xlabel="mean predicted probability",
-        ylabel="fraction positive",
-        title=f"Calibration, {name} level (Brier {m['brier']:.3f})",
-        xlim=(0, 1),
-        ylim=(0, 1),
-    )
-    fig.tight_layout()
-    fig.savefig(out_dir / f"{name}_calibration.png", dpi=100)
-    plt.close(fig)
+    _reliability_diagram(name, m, raw, out_dir / f"{name}_calibration.png")
     return [*files, f"{name}_confusion.png", f"{name}_calibration.png"]
 
 
@@ -175,6 +229,10 @@ def _fmt(v: dict[str, float | None]) -> str:
     if est is None or low is None or high is None:
         return "n/a"
     return f"{100 * est:.1f}% ({100 * low:.1f}–{100 * high:.1f})"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -203,7 +261,31 @@ def _markdown(report: dict[str, Any]) -> str:
         ]
         for metric, value in m["metrics"].items():
             lines.append(f"| {metric} | {_fmt(value)} |")
-        lines.append(f"\nBrier score {m['brier']:.4f}.\n")
+        lines.append(
+            f"\nBrier score {m['brier']:.4f}; expected calibration error (10 bins) "
+            f"{_num(m['ece'])}; highest probability on a negative {_num(m['max_negative'])}."
+        )
+        high = m["negatives_above_0.9"]
+        lines.append(
+            f"Negatives above {HIGH_PROBABILITY}: {high}"
+            + (" (listed in predictions.csv; each needs an explanation)." if high else ".")
+            + "\n"
+        )
+        raw = report.get("levels_raw", {}).get(name)
+        if raw:
+            lines += [
+                "Calibrated probabilities against the raw network output:",
+                "",
+                "| | ROC AUC | ECE | Brier | highest on a negative |",
+                "| --- | --- | --- | --- | --- |",
+            ]
+            for label, x in (("calibrated", m), ("raw", raw)):
+                auc = x["roc_auc"]["estimate"] if x["roc_auc"] else None
+                lines.append(
+                    f"| {label} | {_num(auc)} | {_num(x['ece'])} | {_num(x['brier'])} "
+                    f"| {_num(x['max_negative'])} |"
+                )
+            lines.append("")
         for png in m.get("figures", []):
             lines.append(f"![{png}]({png})")
     return "\n".join(lines) + "\n"
@@ -215,13 +297,25 @@ def write_report(
     predictions: Sequence[dict[str, Any]],
     bundle_info: dict[str, Any],
     summary: dict[str, Any] | None = None,
+    raw_levels: Sequence[LevelData] = (),
 ) -> dict[str, Any]:
-    """Write ``report.json``, ``report.md``, the PNGs and ``predictions.csv``; return the report."""
+    """Write ``report.json``, ``report.md``, the PNGs and ``predictions.csv``; return the report.
+
+    ``raw_levels`` are the same levels scored with the uncalibrated network outputs; their
+    figures go to ``levels_raw`` and beside the calibrated ones in the markdown and the
+    reliability diagrams.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"bundle": bundle_info, "summary": summary or {}, "levels": {}}
+    raw_metrics = {level.name: level_metrics(level) for level in raw_levels}
+    if raw_metrics:
+        report["levels_raw"] = {
+            name: {k: v for k, v in m.items() if k not in ("roc", "pr")}
+            for name, m in raw_metrics.items()
+        }
     for level in levels:
         m = level_metrics(level)
-        m["figures"] = _plots(level.name, m, out_dir)
+        m["figures"] = _plots(level.name, m, out_dir, raw_metrics.get(level.name))
         report["levels"][level.name] = m
     if predictions:
         with (out_dir / "predictions.csv").open("w", newline="") as fh:

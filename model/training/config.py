@@ -17,6 +17,12 @@ class PreprocessSection(_Section):
     """Preprocessing; the input size, channels and slice count come from ``network``."""
 
     slice_spacing_mm: float = Field(default=3.0, gt=0)
+    # Which num_slices of a longer series: "top" (the authors' code) or "lungs" (the
+    # window with the most chest cavity, so a scan from the neck keeps its lung bases).
+    z_window: Literal["top", "lungs"] = "top"
+    # "repeat": the one window below in every channel (the paper); "pe_lung_mediastinum":
+    # the PE, lung and mediastinal windows as three channels (RSNA-STR 2020 winners).
+    channel_windows: Literal["repeat", "pe_lung_mediastinum"] = "repeat"
     window_center: float = 100.0
     window_width: float = Field(default=700.0, gt=0)
     segment: bool = True
@@ -27,12 +33,14 @@ class PreprocessSection(_Section):
 class NetworkSection(_Section):
     """The two networks."""
 
-    backbone: Literal["inception_resnet_v2", "small"] = "inception_resnet_v2"
+    backbone: Literal["inception_resnet_v2", "small", "compact"] = "inception_resnet_v2"
     input_size: int = Field(default=386, ge=16)
     channels: Literal[1, 3] = 3
     encoding_dim: int = Field(default=64, ge=1)
     num_slices: int = Field(default=96, ge=1)
     stack_head: Literal["reference", "attention"] = "reference"
+    # Global pooling of the CNN's last feature map: "avg" (the paper), "max" or "gem".
+    pooling: Literal["avg", "max", "gem"] = "avg"
     # None (random), "imagenet" (from the Keras cache), or the path of an .h5 file.
     weights: str | None = "imagenet"
 
@@ -44,7 +52,8 @@ class SliceCNNSection(_Section):
     epochs: int = Field(default=8, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
     lr_decay: float = Field(default=0.01, ge=0)
-    # Balance the classes with copies of the positive slices, and augment.
+    # Augment training slices (each epoch takes every positive slice and a fresh draw of
+    # as many negatives, so the classes are balanced without copies).
     augment: bool = True
     # The chance that a training slice, of either class, is augmented in an epoch.
     augment_probability: float = Field(default=0.5, ge=0, le=1)
@@ -78,6 +87,13 @@ class TrainingConfig(_Section):
     # "ensemble": every fold's models in the bundle; "best": the fold with the lowest
     # validation loss of its sequence model.
     bundle_models: Literal["ensemble", "best"] = "ensemble"
+    # Train only the first N folds (a reduced schedule for CPU demos); null trains all.
+    # Out-of-fold figures, thresholds and the calibrator then come from those folds'
+    # validation series only, and the reports say so.
+    train_folds: int | None = Field(default=None, ge=1)
+    # Calibrator fitted on the out-of-fold predictions and applied by the predictor:
+    # "platt" (logistic on the logit), "isotonic", or "none".
+    calibration: Literal["platt", "isotonic", "none"] = "platt"
     precision: Literal["float32", "bfloat16"] = "float32"
     preprocess: PreprocessSection = Field(default_factory=PreprocessSection)
     network: NetworkSection = Field(default_factory=NetworkSection)

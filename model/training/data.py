@@ -1,9 +1,12 @@
 """Labelled series on disk, preprocessed once into a cache that every epoch reads.
 
-The cache holds one float16 ``.npy`` per series (memory-mapped when read, so a data set
-larger than memory still trains) with the slice mask and per-slot labels beside it. Its
-folder name carries a hash of the preprocessing config, so changing a parameter never
-reuses stale inputs. Series that cannot be read are listed with their reason, never
+The cache holds one uint8 ``.npy`` per series, ``(num_slices, size, size, channels)`` with
+the [0, 1] input in steps of 1/255 (a quarter of the bytes of float16, so 600 studies at
+256 pixels and three windows stay in the page cache; the step is 2.7 HU of the PE window,
+well under CT noise), memory-mapped when read, with the slice mask and per-slot labels
+beside it. Channels that only repeat the first are stored once. Its folder name carries a
+hash of the preprocessing config and of this format, so changing either never reuses stale
+inputs. Series that cannot be read are listed with their reason, never
 silently dropped.
 """
 
@@ -37,8 +40,8 @@ class CachedSeries:
     slice_labels: NDArray[np.bool_]  # (num_slices,), False at padding
     sop_instance_uids: list[str | None]
 
-    def volume(self) -> NDArray[np.float16]:
-        """The (num_slices, size, size) input, memory-mapped."""
+    def volume(self) -> NDArray[np.uint8]:
+        """The (num_slices, size, size, stored channels) input in 1/255 steps, memory-mapped."""
         return np.load(self.volume_path, mmap_mode="r")
 
 
@@ -50,9 +53,13 @@ class Excluded:
     reason: str
 
 
+CACHE_FORMAT = 2
+"""Version of the cache's file layout (2: uint8 with a channel axis)."""
+
+
 def config_hash(config: PreprocessConfig) -> str:
-    """Short stable hash of a preprocessing config, naming its cache folder."""
-    text = json.dumps(config.to_dict(), sort_keys=True)
+    """Short stable hash of a preprocessing config and the cache format, naming its folder."""
+    text = json.dumps({**config.to_dict(), "cache_format": CACHE_FORMAT}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -90,7 +97,8 @@ def _preprocess_one(
     except (SeriesRejectedError, OSError) as err:
         return str(err)
     tmp = volume_path.with_suffix(".tmp.npy")
-    np.save(tmp, pre.volume[..., 0].astype(np.float16))
+    stored = pre.volume[..., :1] if config.channel_windows == "repeat" else pre.volume
+    np.save(tmp, quantize(stored))
     tmp.replace(volume_path)
     meta_path.write_text(
         json.dumps(
@@ -186,7 +194,12 @@ def build_cache(
     return cached, excluded
 
 
-def expand_channels(images: NDArray[np.floating], channels: int) -> NDArray[np.float32]:
-    """(..., H, W) cached slices to (..., H, W, channels) float32 model input."""
-    x = np.asarray(images, dtype=np.float32)[..., None]
-    return np.repeat(x, channels, axis=-1) if channels > 1 else x
+def quantize(volume: NDArray[np.floating]) -> NDArray[np.uint8]:
+    """[0, 1] model input to the cache's uint8 steps of 1/255."""
+    return np.rint(np.asarray(volume, dtype=np.float32) * 255.0).astype(np.uint8)
+
+
+def expand_channels(images: NDArray[np.uint8], channels: int) -> NDArray[np.float32]:
+    """(..., H, W, stored channels) cached slices to (..., H, W, channels) float32 input."""
+    x = np.asarray(images, dtype=np.float32) * np.float32(1.0 / 255.0)
+    return np.repeat(x, channels, axis=-1) if x.shape[-1] != channels else x

@@ -52,24 +52,18 @@ def score(predictor: Predictor, data_dir: Path, labels_csv: Path) -> ScoredData:
     return out
 
 
-def _slice_pairs(data: ScoredData, uid: str) -> list[tuple[str, bool, float]]:
-    probs = data.predictions[uid].slice_probabilities
+def _slice_pairs(data: ScoredData, uid: str, raw: bool = False) -> list[tuple[str, bool, float]]:
+    prediction = data.predictions[uid]
+    probs = prediction.raw_slice_probabilities if raw else prediction.slice_probabilities
     labels = data.image_labels[uid]
     return [(sop, labels[sop], p) for sop, p in probs.items() if sop in labels]
 
 
-def evaluate(
-    bundle_dir: Path, data_dir: Path, labels_csv: Path, out_dir: Path, precision: str | None = None
-) -> dict[str, Any]:
-    """Write the evaluation report of a bundle on labelled data; return ``report.json``."""
-    predictor = Predictor.load(bundle_dir, precision=precision)
-    data = score(predictor, data_dir, labels_csv)
-    if not data.predictions:
-        raise ValueError("no labelled series could be scored; see the reasons above")
-    thresholds = predictor.bundle.thresholds
+def _levels(data: ScoredData, thresholds: dict[str, Any]) -> list[LevelData]:
+    """Stack and slice levels of the calibrated probabilities, at the bundle's thresholds."""
     uids = sorted(data.predictions)
     slices = [pair for uid in uids for pair in _slice_pairs(data, uid)]
-    levels = [
+    return [
         LevelData(
             "stack",
             [data.labels[u] for u in uids],
@@ -85,12 +79,58 @@ def evaluate(
             thresholds["slice"].provenance,
         ),
     ]
+
+
+def _raw_levels(data: ScoredData, calibrated: list[LevelData]) -> list[LevelData]:
+    """The same levels with the network's raw outputs, for the side-by-side figures.
+
+    The threshold is the bundle's, carried to the raw scale: the lowest raw score among
+    the predictions it flags (calibration is monotone), so the confusion matrix is the
+    same and only the probabilities' calibration differs.
+    """
+    uids = sorted(data.predictions)
+    raw_scores: dict[str, list[float | None]] = {
+        "stack": [data.predictions[u].raw_stack_probability for u in uids],
+        "slice": [p for u in uids for _, _, p in _slice_pairs(data, u, raw=True)],
+    }
+    out = []
+    for level in calibrated:
+        raw = [float(x) for x in raw_scores[level.name] if x is not None]
+        if len(raw) != len(level.scores):
+            raise ValueError(f"raw {level.name} outputs are missing for some predictions")
+        flagged = [r for r, c in zip(raw, level.scores, strict=True) if c >= level.threshold]
+        out.append(
+            LevelData(
+                level.name,
+                level.labels,
+                raw,
+                min(flagged) if flagged else float("inf"),
+                "the bundle's threshold, carried to the raw outputs",
+            )
+        )
+    return out
+
+
+def evaluate(
+    bundle_dir: Path, data_dir: Path, labels_csv: Path, out_dir: Path, precision: str | None = None
+) -> dict[str, Any]:
+    """Write the evaluation report of a bundle on labelled data; return ``report.json``."""
+    predictor = Predictor.load(bundle_dir, precision=precision)
+    data = score(predictor, data_dir, labels_csv)
+    if not data.predictions:
+        raise ValueError("no labelled series could be scored; see the reasons above")
+    thresholds = predictor.bundle.thresholds
+    uids = sorted(data.predictions)
+    levels = _levels(data, thresholds)
+    calibrated = any(c.method != "none" for c in predictor.calibrators.values())
+    raw_levels = _raw_levels(data, levels) if calibrated else []
     rows = [
         {
             "series_instance_uid": u,
             "study_instance_uid": data.predictions[u].study_instance_uid,
             "label": int(data.labels[u]),
             "stack_probability": data.predictions[u].stack_probability,
+            "raw_stack_probability": data.predictions[u].raw_stack_probability,
             "positive": int(data.predictions[u].positive),
             "slices_used": data.predictions[u].slices_used,
         }
@@ -112,7 +152,9 @@ def evaluate(
             "series scored": len(uids),
             "series excluded": len(data.excluded),
             "excluded": data.excluded,
+            "calibration": {k: c.method for k, c in predictor.calibrators.items()},
         },
+        raw_levels,
     )
 
 

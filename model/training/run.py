@@ -1,10 +1,12 @@
 """``triage-model train``: five-fold training from weak labels, ending in a weight bundle.
 
-Per fold: the slice CNN on training-fold slices (positives copied until the classes
-balance, both classes augmented alike), the encodings of every slice, then the sequence
-model. A finished fold leaves ``work/fold<k>/done.json`` and is not trained again when
-the command is rerun.
-Thresholds come from the Youden index on the out-of-fold predictions.
+Per fold: the slice CNN on training-fold slices (each epoch every positive slice and a
+fresh draw of as many negatives, both classes augmented alike), the encodings of every
+slice, then the sequence model. A finished fold leaves ``work/fold<k>/done.json`` and is
+not trained again when the command is rerun. ``train_folds`` trains only the first folds
+(a reduced schedule for CPU demos).
+A calibrator per level is fitted on the out-of-fold predictions, and the thresholds come
+from the Youden index on the calibrated out-of-fold probabilities.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import keras
 import numpy as np
 
 from model.bundle import Bundle, write_bundle
+from model.calibration import Calibrator, fit_calibrator
 from model.folds import assign_folds, save_folds
 from model.network import NetworkConfig, build_networks
 from model.preprocess import PreprocessConfig
@@ -30,6 +33,7 @@ from model.training.config import TrainingConfig
 from model.training.data import CachedSeries, Excluded, build_cache
 from model.training.stages import (
     SliceBatches,
+    balanced_subset,
     encode_series,
     sequence_arrays,
     slice_samples,
@@ -59,6 +63,7 @@ def network_config(cfg: TrainingConfig) -> NetworkConfig:
         num_slices=n.num_slices,
         stack_head=n.stack_head,
         weights_init=n.weights,
+        pooling=n.pooling,
     )
 
 
@@ -120,16 +125,17 @@ def _train_fold(
         cnn, sequence = build_networks(net, weights=cfg.network.weights, seed=seed)
         train_batches = SliceBatches(
             train,
-            slice_samples(train, balance=cfg.slice_cnn.augment, seed=seed),
+            slice_samples(train),
             cfg.slice_cnn.batch_size,
             channels,
             shuffle=True,
             seed=seed,
             augment_probability=cfg.slice_cnn.augment_probability if cfg.slice_cnn.augment else 0,
+            balanced=True,
         )
         val_batches = SliceBatches(
             val,
-            slice_samples(val, balance=False, seed=seed),
+            balanced_subset(slice_samples(val), seed),
             cfg.slice_cnn.batch_size,
             channels,
             shuffle=False,
@@ -138,7 +144,7 @@ def _train_fold(
         logs = out / "tensorboard" / f"fold{fold}"
         statistics = SliceBatches(
             train,
-            slice_samples(train, balance=False, seed=seed),
+            slice_samples(train),
             cfg.slice_cnn.batch_size,
             channels,
             shuffle=True,
@@ -194,20 +200,49 @@ def _train_fold(
     )
 
 
-def _oof_levels(outcomes: list[FoldOutcome]) -> tuple[LevelData, LevelData, float, float]:
-    stack_y = [o["label"] for f in outcomes for o in f.oof]
-    stack_s = [o["stack"] for f in outcomes for o in f.oof]
+@dataclass
+class OutOfFold:
+    """The out-of-fold predictions of the trained folds, raw and calibrated."""
+
+    stack_labels: list[bool]
+    stack_raw: list[float]
+    slice_labels: list[bool]
+    slice_raw: list[float]
+    calibrators: dict[str, Calibrator]
+    provenance: str
+
+    def levels(self, calibrated: bool) -> list[LevelData]:
+        """Stack and slice levels, thresholds by Youden on the same probabilities."""
+        out = []
+        for name, labels, raw in (
+            ("stack", self.stack_labels, self.stack_raw),
+            ("slice", self.slice_labels, self.slice_raw),
+        ):
+            scores = [float(x) for x in self.calibrators[name].apply(raw)] if calibrated else raw
+            threshold = youden_threshold(labels, scores).threshold
+            out.append(LevelData(name, labels, scores, threshold, self.provenance))
+        return out
+
+
+def _out_of_fold(outcomes: list[FoldOutcome], cfg: TrainingConfig) -> OutOfFold:
+    stack_y = [bool(o["label"]) for f in outcomes for o in f.oof]
+    stack_s = [float(o["stack"]) for f in outcomes for o in f.oof]
     slice_y = [bool(v) for f in outcomes for o in f.oof for v in o["slice_labels"]]
-    slice_s = [v for f in outcomes for o in f.oof for v in o["slice_scores"]]
-    stack_t = youden_threshold(stack_y, stack_s).threshold
-    slice_t = youden_threshold(slice_y, slice_s).threshold
-    provenance = "Youden on out-of-fold predictions"
-    return (
-        LevelData("stack", stack_y, stack_s, stack_t, provenance),
-        LevelData("slice", slice_y, slice_s, slice_t, provenance),
-        stack_t,
-        slice_t,
+    slice_s = [float(v) for f in outcomes for o in f.oof for v in o["slice_scores"]]
+    folds = [o.fold for o in outcomes]
+    source = (
+        f"out-of-fold predictions of folds {', '.join(map(str, folds))} of {cfg.folds}"
+        if len(folds) < cfg.folds
+        else f"out-of-fold predictions of all {cfg.folds} folds"
     )
+    calibrators = {
+        "stack": fit_calibrator(cfg.calibration, stack_y, stack_s, source),
+        "slice": fit_calibrator(cfg.calibration, slice_y, slice_s, source),
+    }
+    provenance = "Youden on calibrated " + source
+    if cfg.calibration == "none":
+        provenance = "Youden on " + source
+    return OutOfFold(stack_y, stack_s, slice_y, slice_s, calibrators, provenance)
 
 
 def train(
@@ -252,9 +287,17 @@ def train(
             raise ValueError(f"--fold must be between 0 and {cfg.folds - 1}, not {only_fold}")
         _train_fold(only_fold, cfg, series, fold_of, out)
         return None
-    outcomes = [_train_fold(k, cfg, series, fold_of, out) for k in range(cfg.folds)]
-    stack_level, slice_level, stack_t, slice_t = _oof_levels(outcomes)
-    metrics = {lvl.name: _summary_metrics(level_metrics(lvl)) for lvl in (stack_level, slice_level)}
+    trained = cfg.train_folds or cfg.folds
+    if trained > cfg.folds:
+        raise ValueError(f"train_folds ({trained}) cannot exceed folds ({cfg.folds})")
+    outcomes = [_train_fold(k, cfg, series, fold_of, out) for k in range(trained)]
+    oof = _out_of_fold(outcomes, cfg)
+    calibrated = oof.levels(calibrated=True)
+    metrics = {lvl.name: _summary_metrics(level_metrics(lvl)) for lvl in calibrated}
+    raw_metrics = {
+        lvl.name: _summary_metrics(level_metrics(lvl)) for lvl in oof.levels(calibrated=False)
+    }
+    stack_t, slice_t = calibrated[0].threshold, calibrated[1].threshold
     chosen = outcomes
     if cfg.bundle_models == "best":
         chosen = [min(outcomes, key=lambda o: o.sequence_val_loss)]
@@ -269,10 +312,13 @@ def train(
     report = {
         "data": summary,
         "folds": {k: fold_of[k] for k in sorted(fold_of)},
+        "folds_trained": [o.fold for o in outcomes],
         "out_of_fold": metrics,
+        "out_of_fold_raw": raw_metrics,
+        "calibration": {k: c.to_dict() for k, c in oof.calibrators.items()},
     }
     (out / "training_report.json").write_text(json.dumps(report, indent=1))
-    provenance = "Youden on out-of-fold predictions"
+    provenance = oof.provenance
     return write_bundle(
         out,
         {
@@ -287,14 +333,16 @@ def train(
                 "stack": {"value": stack_t, "provenance": provenance},
                 "slice": {"value": slice_t, "provenance": provenance},
             },
+            "calibration": {k: c.to_dict() for k, c in oof.calibrators.items()},
             "training": {
                 "config": cfg.model_dump(),
                 "data": summary,
                 "folds_file": "folds.json",
                 "bundle_models": cfg.bundle_models,
                 "folds_in_bundle": [o.fold for o in chosen],
+                "folds_trained": [o.fold for o in outcomes],
             },
-            "metrics": {"out_of_fold": metrics},
+            "metrics": {"out_of_fold": metrics, "out_of_fold_raw": raw_metrics},
         },
         models,
     )

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from numpy.typing import NDArray
 
-from model.augment import augment, balancing_plan
+from model.augment import augment
 from model.network import slice_encoder
 from model.training.config import SequenceSection, SliceCNNSection
 from model.training.data import CachedSeries, expand_channels
@@ -25,43 +25,47 @@ from model.training.data import CachedSeries, expand_channels
 
 @dataclass(frozen=True)
 class SliceSample:
-    """One slice for the slice CNN: which series and slot, and its label.
-
-    ``copy_seed`` is set on the extra copies of positive slices that balance the classes;
-    it varies their augmentation from the original's.
-    """
+    """One real slice for the slice CNN: which series and slot, and its label."""
 
     series: int
     slot: int
     label: bool
-    copy_seed: int | None = None  # None: an original slice
 
 
-def slice_samples(series: Sequence[CachedSeries], balance: bool, seed: int) -> list[SliceSample]:
-    """Every real slice of ``series``; with ``balance``, copies of the positive slices
-    until the classes balance."""
-    samples = [
+def slice_samples(series: Sequence[CachedSeries]) -> list[SliceSample]:
+    """Every real slice of ``series``; padding slots are never samples."""
+    return [
         SliceSample(i, int(slot), bool(s.slice_labels[slot]))
         for i, s in enumerate(series)
         for slot in np.flatnonzero(s.mask)
     ]
-    if not balance:
-        return samples
-    positives = [x for x in samples if x.label]
-    n_negative = len(samples) - len(positives)
-    for index, copy_seed in balancing_plan(len(positives), n_negative, seed):
-        p = positives[index]
-        samples.append(SliceSample(p.series, p.slot, True, copy_seed))
-    return samples
+
+
+def balanced_subset(samples: Sequence[SliceSample], seed: int) -> list[SliceSample]:
+    """Every positive sample and a seeded draw of as many negatives, in their order.
+
+    The validation set of the slice CNN: scoring every slice of a validation fold after
+    each epoch would cost more than the epoch itself, and a balanced set gives a loss on
+    the same footing as training's. The draw is fixed, so epochs compare.
+    """
+    labels = np.array([s.label for s in samples], dtype=bool)
+    positives, negatives = np.flatnonzero(labels), np.flatnonzero(~labels)
+    rng = np.random.default_rng([seed, 1])
+    drawn = rng.choice(negatives, min(len(positives), len(negatives)), replace=False)
+    return [samples[int(i)] for i in np.sort(np.concatenate([positives, drawn]))]
 
 
 class SliceBatches(keras.utils.PyDataset):
     """Batches of (slices, labels), reshuffled every epoch with a seeded order.
 
-    In training, every sample of either class is augmented with probability
-    ``augment_probability``, drawn afresh each epoch from (seed, epoch, sample). The same
-    probability for both classes matters: when only positive slices were augmented, the
-    CNN learnt to recognise augmentation (noise, blur, rotated corners) instead of emboli.
+    ``balanced`` (training): each epoch takes every positive slice once plus a fresh
+    seeded draw of as many negatives, so an epoch costs twice the positives rather than
+    every slice of every series (about 100,000 for 600 studies) and the classes are
+    balanced without copies. In training, every sample of either class is augmented with
+    probability ``augment_probability``, drawn afresh each epoch from (seed, epoch,
+    sample). The same probability for both classes matters: when only positive slices
+    were augmented, the CNN learnt to recognise augmentation (noise, blur, rotated
+    corners) instead of emboli. Validation uses neither.
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class SliceBatches(keras.utils.PyDataset):
         shuffle: bool,
         seed: int,
         augment_probability: float = 0.0,
+        balanced: bool = False,
     ) -> None:
         super().__init__()
         self.series = series
@@ -82,15 +87,31 @@ class SliceBatches(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.augment_probability = augment_probability
+        self.balanced = balanced
+        labels = np.array([s.label for s in self.samples], dtype=bool)
+        self.positives = np.flatnonzero(labels)
+        self.negatives = np.flatnonzero(~labels)
         self.epoch = 0
         self.order = np.arange(len(self.samples))
         self.on_epoch_end()
 
+    def epoch_size(self) -> int:
+        """Samples per epoch: all of them, or the positives and as many negatives."""
+        if not self.balanced:
+            return len(self.samples)
+        return len(self.positives) + min(len(self.positives), len(self.negatives))
+
     def __len__(self) -> int:
-        return math.ceil(len(self.samples) / self.batch_size)
+        return math.ceil(self.epoch_size() / self.batch_size)
 
     def on_epoch_end(self) -> None:
-        if self.shuffle:
+        if self.balanced:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            drawn = rng.choice(
+                self.negatives, min(len(self.positives), len(self.negatives)), replace=False
+            )
+            self.order = rng.permutation(np.concatenate([self.positives, drawn]))
+        elif self.shuffle:
             self.order = np.random.default_rng(self.seed + self.epoch).permutation(
                 len(self.samples)
             )
@@ -100,10 +121,7 @@ class SliceBatches(keras.utils.PyDataset):
         """The generator that augments sample ``index`` this epoch, or None to leave it."""
         if self.augment_probability <= 0:
             return None
-        sample = self.samples[index]
-        rng = np.random.default_rng(
-            [self.seed, self.epoch, index, 0 if sample.copy_seed is None else sample.copy_seed]
-        )
+        rng = np.random.default_rng([self.seed, self.epoch, index])
         return rng if rng.random() < self.augment_probability else None
 
     def __getitem__(self, index: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.augment import RECIPES, augment, balancing_plan
+from model.augment import RECIPES, augment
 
 
 def _slice() -> np.ndarray:
@@ -35,10 +35,3 @@ def test_augmentation_is_seeded() -> None:
     assert not np.array_equal(a, c)
 
 
-def test_balancing_plan_fills_the_gap() -> None:
-    plan = balancing_plan(n_positive=7, n_negative=30, seed=0)
-    assert len(plan) == 23
-    assert {i for i, _ in plan} == set(range(7))  # every positive is used
-    assert balancing_plan(7, 30, seed=0) == plan
-    assert balancing_plan(30, 7, seed=0) == []
-    assert balancing_plan(0, 7, seed=0) == []

@@ -14,7 +14,12 @@ from model.folds import assign_folds
 from model.training.config import TrainingConfig, load_training_config
 from model.training.data import build_cache
 from model.training.run import preprocess_config
-from model.training.stages import SliceBatches, recompute_batch_norm, slice_samples
+from model.training.stages import (
+    SliceBatches,
+    balanced_subset,
+    recompute_batch_norm,
+    slice_samples,
+)
 
 ROOT = Path(__file__).parents[2]
 
@@ -57,7 +62,7 @@ def test_bad_training_config_names_the_key(tmp_path: Path) -> None:
     assert "network.backbone" in str(info.value)
 
 
-def test_augmentation_never_reaches_validation(data: Path, tmp_path: Path) -> None:
+def test_balanced_epochs_and_no_augmentation_in_validation(data: Path, tmp_path: Path) -> None:
     cfg = TrainingConfig.model_validate(TINY)
     series, _ = build_cache(data, data / "train.csv", tmp_path / "cache", preprocess_config(cfg))
     keys = [s.series_instance_uid for s in series]
@@ -65,37 +70,62 @@ def test_augmentation_never_reaches_validation(data: Path, tmp_path: Path) -> No
     train = [s for s in series if folds[s.series_instance_uid] == 0]
     val = [s for s in series if folds[s.series_instance_uid] == 1]
 
-    train_samples = slice_samples(train, balance=True, seed=1)
-    val_samples = slice_samples(val, balance=False, seed=1)
-    assert all(s.copy_seed is None for s in val_samples)
-    assert len(val_samples) == sum(int(s.mask.sum()) for s in val)
-    copies = [s for s in train_samples if s.copy_seed is not None]
-    assert copies and all(s.label for s in copies)
-    # Balanced: as many positive samples as negative ones.
-    assert sum(s.label for s in train_samples) == sum(not s.label for s in train_samples)
-    # Copies come from training-fold series only.
-    assert {train[s.series].series_instance_uid for s in copies} <= set(keys) - {
-        v.series_instance_uid for v in val
-    }
+    train_samples = slice_samples(train)
+    # Padding slots are never samples.
+    assert len(train_samples) == sum(int(s.mask.sum()) for s in train)
+    assert all(train[x.series].mask[x.slot] for x in train_samples)
+    positives = {i for i, x in enumerate(train_samples) if x.label}
+    negatives = set(range(len(train_samples))) - positives
+    assert positives and len(negatives) > len(positives)
+
+    training = SliceBatches(
+        train, train_samples, 8, 1, True, 0, augment_probability=0.5, balanced=True
+    )
+    epochs = []
+    for _ in range(3):
+        chosen = [int(i) for i in training.order]
+        # Every positive once, and as many negatives, each at most once.
+        assert len(chosen) == len(set(chosen)) == 2 * len(positives) == training.epoch_size()
+        assert positives <= set(chosen)
+        assert len(set(chosen) & negatives) == len(positives)
+        assert len(training) == -(-len(chosen) // 8)
+        epochs.append(set(chosen) & negatives)
+        training.on_epoch_end()
+    # A fresh draw of negatives every epoch, and the same draws for the same seed.
+    assert epochs[0] != epochs[1]
+    again = SliceBatches(train, train_samples, 8, 1, True, 0, balanced=True)
+    assert set(int(i) for i in again.order) & negatives == epochs[0]
+    # A batch holds the epoch's samples and their labels.
+    x, y = training[0]
+    first = [train_samples[int(i)] for i in training.order[:8]]
+    np.testing.assert_array_equal(y, [float(s.label) for s in first])
+
     # Training augments both classes alike, so augmentation is no label cue.
-    training = SliceBatches(train, train_samples, 8, 1, True, 0, augment_probability=0.5)
-    chosen = [training.augmentation_rng(i) is not None for i in range(len(train_samples))]
+    everything = SliceBatches(train, train_samples, 8, 1, True, 0, augment_probability=0.5)
+    picked = [everything.augmentation_rng(i) is not None for i in range(len(train_samples))]
     rates = [
-        np.mean([c for c, s in zip(chosen, train_samples, strict=True) if s.label == label])
+        np.mean([c for c, s in zip(picked, train_samples, strict=True) if s.label == label])
         for label in (False, True)
     ]
-    assert abs(rates[0] - 0.5) < 0.1 and abs(rates[1] - 0.5) < 0.1, rates
+    assert abs(rates[0] - 0.5) < 0.15 and abs(rates[1] - 0.5) < 0.15, rates
     # A new epoch augments other samples.
-    training.on_epoch_end()
-    assert [training.augmentation_rng(i) is not None for i in range(len(chosen))] != chosen
-    # The validation batches are exactly the cached slices.
+    everything.on_epoch_end()
+    assert [everything.augmentation_rng(i) is not None for i in range(len(picked))] != picked
+
+    # Validation: a fixed balanced subset of the validation fold, never augmented, exactly
+    # the cached slices.
+    val_samples = balanced_subset(slice_samples(val), seed=3)
+    assert balanced_subset(slice_samples(val), seed=3) == val_samples
+    assert sum(s.label for s in val_samples) == sum(not s.label for s in val_samples)
+    assert {val[s.series].series_instance_uid for s in val_samples} <= {
+        v.series_instance_uid for v in val
+    }
     batches = SliceBatches(val, val_samples, 8, 1, shuffle=False, seed=0)
     assert all(batches.augmentation_rng(i) is None for i in range(len(val_samples)))
     x, _ = batches[0]
-    first = val_samples[0]
-    np.testing.assert_array_equal(
-        x[0, ..., 0], np.asarray(val[first.series].volume()[first.slot], np.float32)
-    )
+    first_val = val_samples[0]
+    cached = np.asarray(val[first_val.series].volume()[first_val.slot], np.float32) / 255.0
+    np.testing.assert_allclose(x[0], cached, atol=1e-7)
 
 
 def _weights(bundle: Path) -> dict[str, np.ndarray]:
@@ -143,7 +173,7 @@ def test_train_then_evaluate(
     assert [f["fold"] for f in manifest["folds"]] == [0, 1]
     for level in ("stack", "slice"):
         t = manifest["thresholds"][level]
-        assert t["provenance"] == "Youden on out-of-fold predictions"
+        assert t["provenance"] == "Youden on calibrated out-of-fold predictions of all 2 folds"
         assert 0.0 <= t["value"] <= 1.0
     oof = manifest["metrics"]["out_of_fold"]["stack"]
     assert oof["n"] + len(manifest["training"]["data"]["excluded"]) == 10
