@@ -284,6 +284,8 @@ class DispatchConfig(_Section):
     backoff_seconds: float = Field(default=10.0, gt=0)
     max_backoff_seconds: float = Field(default=3600.0, gt=0)
     sweep_interval_seconds: float = Field(default=2.0, gt=0)
+    # Sends in flight at once to one destination; each destination has its own.
+    max_concurrent_sends: int = Field(default=2, ge=1)
 
 
 class RetentionConfig(_Section):

@@ -26,6 +26,7 @@ from typing import Any
 
 from triage.config import Config, ReceiverConfig
 from triage.db import create_db_engine, migrate, session_factory
+from triage.dispatch import Dispatcher
 from triage.errors import TriageError
 from triage.logs import configure_logging, get_logger
 from triage.reconcile import reconcile
@@ -266,7 +267,10 @@ def serve(
     reconcile(sessions, config.spool_dir)
 
     workers: WorkerProcesses | None = None
-    scheduler = build_scheduler(sessions, config, lambda: workers.wake() if workers else None)
+    dispatcher = Dispatcher(sessions, config)
+    scheduler = build_scheduler(
+        sessions, config, lambda: workers.wake() if workers else None, dispatcher
+    )
     stop = threading.Event()
     # The main loop waits on `wake`; the handlers only set flags: what they ask for reads
     # files and writes the database, which a signal handler must not do in the middle of
@@ -366,6 +370,7 @@ def serve(
             web.stop()
         if scheduler.running:
             scheduler.shutdown(wait=True)
+        dispatcher.close()
         if recorder is not None:
             recorder.close()
         engine.dispose()
