@@ -9,7 +9,7 @@ from pathlib import Path
 
 from triage import __version__
 from triage.config import Config, load_config
-from triage.errors import ConfigError, TriageError
+from triage.errors import AlreadyRunningError, ConfigError, TriageError
 from triage.logs import configure_logging
 
 
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the daemon in the foreground",
         description="Run the DICOM receiver and the scheduler until SIGTERM or SIGINT. "
         "Associations in flight finish first, or are aborted after "
-        "receiver.shutdown_timeout seconds.",
+        "receiver.shutdown_timeout seconds. One daemon per data_dir: a second one exits 2; "
+        "any other start-up failure exits 1 with one error line.",
     )
     p.add_argument("--config", required=True, type=Path, help="the YAML configuration file")
 
@@ -229,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         for path, reason in err.problems:
             print(f"{args.config}: {path}: {reason}", file=sys.stderr)
+        return 2
+    except AlreadyRunningError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     except TriageError as err:
         print(f"error: {err}", file=sys.stderr)
