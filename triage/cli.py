@@ -75,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config",
         parents=[common],
         help="validate a configuration file",
-        description="Validate the file without starting anything. Exit 0 if valid; "
-        "otherwise print each error with its key path and exit 2.",
+        description="Validate the file without starting anything or reaching the "
+        "network: every key, and what the keys point at on this machine (the bundle's "
+        "manifest and file hashes, the TLS certificates and keys, that data_dir can be "
+        "created and written, the database URL and driver). Exit 0 if valid; otherwise "
+        "print each error with its key path and exit 2.",
     )
     p.add_argument("--config", required=True, type=Path, help="the YAML configuration file")
 
@@ -171,6 +174,11 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     _setup_logging(args, config)
     if args.command == "check-config":
+        from triage.checks import check_offline
+
+        problems = check_offline(config)
+        if problems:
+            raise ConfigError(problems)
         print(f"{args.config}: valid")
         return 0
     if args.command == "serve":
