@@ -36,7 +36,8 @@ def _check_host(value: str) -> str:
     except ValueError:
         pass
     name = value.removesuffix(".")
-    if not name or len(name) > 253 or not all(_HOST_LABEL.match(label) for label in name.split(".")):
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
         raise ValueError(f"{value!r} is not a host name or an IP address")
     return value
 

@@ -361,7 +361,7 @@ def _serve(
                 raise _listen_error("DICOM (receiver)", cfg.host, cfg.port, err) from err
             port = receiver.port
         scheduler.start()
-        web = start_web(config, sessions)
+        web = start_web(config, sessions, lambda: workers.supervision() if workers else None)
         if config_path is not None and config.worker.processes > 0:
             workers = WorkerProcesses(
                 config_path,

@@ -37,6 +37,8 @@ from triage.db.models import (
 )
 from triage.web import WebError, create_app, start_web, worklist_rows
 from triage.web.auth import COOKIE_NAME
+from triage.web.health import check_health
+from triage.worker import WorkerSupervision
 
 MALICIOUS = "<script>alert(1)</script>"
 T0 = datetime(2024, 5, 1, 8, 0, 0)
@@ -582,6 +584,28 @@ def test_healthz_gives_a_starting_worker_time_before_503(
 ) -> None:
     _queue_job(sqlite_sessions, 2)
     assert _client(tmp_path, sqlite_sessions).get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("supervision", "code", "status"),
+    [
+        (WorkerSupervision(expected=2, up=2, restarts=0), 200, "ok"),
+        (WorkerSupervision(expected=2, up=2, restarts=5), 200, "ok"),  # steady since
+        (WorkerSupervision(expected=1, up=0, restarts=0), 503, "degraded"),
+        (WorkerSupervision(expected=2, up=1, restarts=3), 503, "degraded"),
+    ],
+)
+def test_healthz_is_degraded_while_a_supervised_worker_is_down(
+    sqlite_sessions: sessionmaker[Session], supervision: WorkerSupervision, code: int, status: str
+) -> None:
+    health = check_health(sqlite_sessions, 90.0, supervision)
+    assert (health.status_code, health.body["status"]) == (code, status)
+    assert health.body["worker_processes"] == {
+        "expected": supervision.expected,
+        "up": supervision.up,
+        "restarts": supervision.restarts,
+    }
+    assert health.body["queued_jobs"] == 0  # nothing waits: it is the workers' own state
 
 
 def test_healthz_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:

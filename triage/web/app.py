@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,6 +23,9 @@ from triage.web.health import check_health
 from triage.web.metrics import metrics_registry, render_metrics
 from triage.web.page import CSS, SCRIPT, render_worklist
 from triage.web.worklist import WorklistRow, worklist_rows
+
+if TYPE_CHECKING:
+    from triage.worker import WorkerSupervision
 
 log = get_logger(__name__)
 
@@ -45,7 +50,11 @@ def worker_alive_seconds(config: Config) -> float:
     return 3 * config.worker.heartbeat_seconds
 
 
-def create_app(config: Config, sessions: sessionmaker[Session]) -> Starlette:
+def create_app(
+    config: Config,
+    sessions: sessionmaker[Session],
+    worker_supervision: Callable[[], WorkerSupervision | None] | None = None,
+) -> Starlette:
     """Build the ASGI application.
 
     Parameters
@@ -54,6 +63,9 @@ def create_app(config: Config, sessions: sessionmaker[Session]) -> Starlette:
         The daemon's configuration; ``web`` and ``worker.heartbeat_seconds`` are used.
     sessions : sessionmaker
         The process's session factory.
+    worker_supervision : callable, optional
+        Returns what the daemon's worker supervisor knows (None while it runs none), for
+        ``/healthz``.
 
     Returns
     -------
@@ -95,7 +107,8 @@ def create_app(config: Config, sessions: sessionmaker[Session]) -> Starlette:
         )
 
     def healthz(_request: Request) -> Response:
-        health = check_health(sessions, alive)
+        supervision = worker_supervision() if worker_supervision is not None else None
+        health = check_health(sessions, alive, supervision)
         return JSONResponse(
             health.body, status_code=health.status_code, headers={"Cache-Control": "no-store"}
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,6 +15,9 @@ from triage.config import Config
 from triage.errors import TriageError
 from triage.logs import get_logger
 from triage.web.app import create_app
+
+if TYPE_CHECKING:
+    from triage.worker import WorkerSupervision
 
 log = get_logger(__name__)
 
@@ -58,12 +63,17 @@ class WebServer:
         The process's session factory.
     """
 
-    def __init__(self, config: Config, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        sessions: sessionmaker[Session],
+        worker_supervision: Callable[[], WorkerSupervision | None] | None = None,
+    ) -> None:
         self._socket = _bind(config.web.host, config.web.port)
         self.host = config.web.host
         self.port: int = self._socket.getsockname()[1]
         server_config = uvicorn.Config(
-            create_app(config, sessions),
+            create_app(config, sessions, worker_supervision),
             # No access log: a query string may carry the token, and a path is all it adds.
             access_log=False,
             # None keeps uvicorn's own loggers on the root handler that
@@ -103,7 +113,11 @@ class WebServer:
         log.info("web_stopped", port=self.port)
 
 
-def start_web(config: Config, sessions: sessionmaker[Session]) -> WebServer:
+def start_web(
+    config: Config,
+    sessions: sessionmaker[Session],
+    worker_supervision: Callable[[], WorkerSupervision | None] | None = None,
+) -> WebServer:
     """Start the worklist server in a background thread.
 
     Parameters
@@ -112,6 +126,8 @@ def start_web(config: Config, sessions: sessionmaker[Session]) -> WebServer:
         ``web.host`` and ``web.port`` (0 picks a free port; see ``.port``).
     sessions : sessionmaker
         The process's session factory.
+    worker_supervision : callable, optional
+        What the daemon's worker supervisor knows, for ``/healthz``.
 
     Returns
     -------
@@ -123,4 +139,4 @@ def start_web(config: Config, sessions: sessionmaker[Session]) -> WebServer:
     WebError
         When the address cannot be bound or the server does not come up.
     """
-    return WebServer(config, sessions).start()
+    return WebServer(config, sessions, worker_supervision).start()
