@@ -378,7 +378,7 @@ def _serve(
             host=config.receiver.host,
             port=port,
             receiver_processes=config.receiver.processes,
-            web=f"http://{config.web.host}:{web.port}/",
+            web=web.url,
             worker_processes=config.worker.processes if workers is not None else 0,
             pid=os.getpid(),
             data_dir=str(config.data_dir),

@@ -10,10 +10,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from triage.config import Config
 from triage.db.models import utcnow
@@ -43,6 +45,27 @@ _CSP = (
     "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+
+
+class NoFraming:
+    """ASGI middleware that forbids framing of every response (401 pages included), for
+    browsers that predate CSP's frame-ancestors: no page of ours can be clickjacked."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on; add ``X-Frame-Options: DENY`` to its response."""
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def send_denying_frames(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["X-Frame-Options"] = "DENY"
+            await send(message)
+
+        await self._app(scope, receive, send_denying_frames)
 
 
 def worker_alive_seconds(config: Config) -> float:
@@ -114,7 +137,12 @@ def create_app(
         )
 
     def metrics(_request: Request) -> Response:
-        return Response(render_metrics(registry), media_type=CONTENT_TYPE_LATEST)
+        # Counts taken at scrape time: a cached copy would be a wrong answer.
+        return Response(
+            render_metrics(registry),
+            media_type=CONTENT_TYPE_LATEST,
+            headers={"Cache-Control": "no-store"},
+        )
 
     def database_error(_request: Request, exc: Exception) -> Response:
         # Only the first line: driver messages can carry the failing statement's values.
@@ -125,7 +153,12 @@ def create_app(
             headers={"Cache-Control": "no-store", "Retry-After": str(refresh)},
         )
 
-    middleware = [Middleware(TokenGate, token=config.web.token)] if config.web.token else []
+    middleware = [Middleware(NoFraming)]
+    if config.web.token:
+        session_seconds = config.web.session_hours * 3600
+        middleware.append(
+            Middleware(TokenGate, token=config.web.token, session_seconds=session_seconds)
+        )
     return Starlette(
         routes=[
             Route("/", worklist_page),
