@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TriageError as err:
-        print(f"error: {err}", file=sys.stderr)
+        # One line: a library's message may trail a second (SQLAlchemy's "Background on
+        # this error at ..."), which says nothing more about what went wrong.
+        print(f"error: {(str(err).splitlines() or [type(err).__name__])[0]}", file=sys.stderr)
         return 1
 
 

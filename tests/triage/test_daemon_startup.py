@@ -116,6 +116,7 @@ def taken_port() -> Any:
         ("receiver host does not resolve", "DICOM (receiver) host 'nohost.invalid' cannot be"),
         ("data_dir not creatable", "cannot use data_dir /proc/triage"),
         ("data_dir is a file", "cannot use data_dir"),
+        ("database host does not resolve", "failed to resolve host 'nohost.invalid'"),
     ],
 )
 def test_each_start_up_failure_is_one_clear_line(
@@ -127,6 +128,9 @@ def test_each_start_up_failure_is_one_clear_line(
         "receiver host does not resolve": {"receiver": {"host": "nohost.invalid"}},
         "data_dir not creatable": {"data_dir": "/proc/triage"},
         "data_dir is a file": {"data_dir": str(tmp_path / "file" / "var")},
+        "database host does not resolve": {
+            "database": {"url": "postgresql+psycopg://triage@nohost.invalid/triage"}
+        },
     }[case]
     (tmp_path / "file").write_text("not a folder")
 
