@@ -9,7 +9,7 @@ from pathlib import Path
 
 from triage import __version__
 from triage.config import Config, load_config
-from triage.errors import ConfigError, TriageError
+from triage.errors import AlreadyRunningError, ConfigError, TriageError
 from triage.logs import configure_logging
 
 
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the daemon in the foreground",
         description="Run the DICOM receiver and the scheduler until SIGTERM or SIGINT. "
         "Associations in flight finish first, or are aborted after "
-        "receiver.shutdown_timeout seconds.",
+        "receiver.shutdown_timeout seconds. One daemon per data_dir: a second one exits 2; "
+        "any other start-up failure exits 1 with one error line.",
     )
     p.add_argument("--config", required=True, type=Path, help="the YAML configuration file")
 
@@ -74,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config",
         parents=[common],
         help="validate a configuration file",
-        description="Validate the file without starting anything. Exit 0 if valid; "
-        "otherwise print each error with its key path and exit 2.",
+        description="Validate the file without starting anything or reaching the "
+        "network: every key, and what the keys point at on this machine (the bundle's "
+        "manifest and file hashes, the TLS certificates and keys, that data_dir can be "
+        "created and written, the database URL and driver). Exit 0 if valid; otherwise "
+        "print each error with its key path and exit 2.",
     )
     p.add_argument("--config", required=True, type=Path, help="the YAML configuration file")
 
@@ -170,6 +174,11 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     _setup_logging(args, config)
     if args.command == "check-config":
+        from triage.checks import check_offline
+
+        problems = check_offline(config)
+        if problems:
+            raise ConfigError(problems)
         print(f"{args.config}: valid")
         return 0
     if args.command == "serve":
@@ -230,8 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         for path, reason in err.problems:
             print(f"{args.config}: {path}: {reason}", file=sys.stderr)
         return 2
-    except TriageError as err:
+    except AlreadyRunningError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except TriageError as err:
+        # One line: a library's message may trail a second (SQLAlchemy's "Background on
+        # this error at ..."), which says nothing more about what went wrong.
+        print(f"error: {(str(err).splitlines() or [type(err).__name__])[0]}", file=sys.stderr)
         return 1
 
 

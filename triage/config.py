@@ -6,8 +6,10 @@ mistypes ``stable_secs`` learns about it before the daemon runs with a default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,10 +20,26 @@ from triage.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: no backslash, 1-16 chars
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_host(value: str) -> str:
+    """A host name (RFC 1123 labels; underscores allowed, as internal DNS has them) or an
+    IP address; anything else could never be connected to."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    name = value.removesuffix(".")
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValueError(f"{value!r} is not a host name or an IP address")
+    return value
 
 
 def _check_ae_title(value: str) -> str:
@@ -74,6 +92,11 @@ class ReceiverConfig(_Section):
     @classmethod
     def _ae(cls, value: str) -> str:
         return _check_ae_title(value)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return _check_host(value)
 
     @field_validator("allowed_calling_aets")
     @classmethod
@@ -189,6 +212,21 @@ class ThresholdsConfig(_Section):
     max_flagged_slices: int = Field(default=10, ge=1)
 
 
+class WebTLSConfig(_Section):
+    """HTTPS for the worklist, so the token does not cross the network in clear text."""
+
+    enabled: bool = False
+    certificate: Path | None = None
+    private_key: Path | None = None
+    private_key_password: str | None = None
+
+    @model_validator(mode="after")
+    def _files_when_enabled(self) -> WebTLSConfig:
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            raise ValueError("TLS is enabled, so 'certificate' and 'private_key' are required")
+        return self
+
+
 class WebConfig(_Section):
     """The radiologists' worklist, JSON API, health and metrics."""
 
@@ -196,10 +234,19 @@ class WebConfig(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     # Bearer token; required when host is not a loopback address.
     token: str | None = None
+    # How long a browser's session (opened with /?token=...) lasts before it needs the
+    # token again.
+    session_hours: float = Field(default=12.0, gt=0)
+    tls: WebTLSConfig = Field(default_factory=WebTLSConfig)
     refresh_seconds: int = Field(default=15, ge=1)
     # The worklist shows studies that received an instance in the last this many hours
     # (a month of studies would make every refresh read them all); null shows all.
     worklist_hours: float | None = Field(default=72, gt=0)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return _check_host(value)
 
     @model_validator(mode="after")
     def _token_when_exposed(self) -> WebConfig:
@@ -225,6 +272,11 @@ class _DicomPeer(_Section):
     def _ae(cls, value: str) -> str:
         return _check_ae_title(value)
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return _check_host(value)
+
 
 class DicomDestination(_DicomPeer):
     """A PACS that receives the SR (always) and the KOS (positives) by C-STORE."""
@@ -247,6 +299,11 @@ class HL7Destination(_Section):
     receiving_facility: str = "RADIOLOGY"
     ack_timeout_seconds: float = Field(default=30.0, gt=0)
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return _check_host(value)
+
 
 class UPSDestination(_DicomPeer):
     """A UPS-Push SCP that gets an N-CREATE workitem with priority HIGH for positives."""
@@ -268,6 +325,14 @@ class WebhookDestination(_Section):
     def _url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("url must start with http:// or https://")
+        if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ValueError("url must not hold spaces or control characters")
+        parts = urllib.parse.urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError as err:
+            raise ValueError(f"url has an invalid port: {err}") from err
+        _check_host(parts.hostname or "")
         return value
 
 
@@ -284,6 +349,8 @@ class DispatchConfig(_Section):
     backoff_seconds: float = Field(default=10.0, gt=0)
     max_backoff_seconds: float = Field(default=3600.0, gt=0)
     sweep_interval_seconds: float = Field(default=2.0, gt=0)
+    # Sends in flight at once to one destination; each destination has its own.
+    max_concurrent_sends: int = Field(default=2, ge=1)
 
 
 class RetentionConfig(_Section):
@@ -376,10 +443,11 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     for dest in data.get("destinations") or []:
         if isinstance(dest, dict):
             fix(dest, "ca_certificate")
-    tls = data.get("receiver", {}).get("tls") if isinstance(data.get("receiver"), dict) else None
-    if isinstance(tls, dict):
-        for key in ("certificate", "private_key", "ca_certificate"):
-            fix(tls, key)
+    for section in ("receiver", "web"):
+        tls = data[section].get("tls") if isinstance(data.get(section), dict) else None
+        if isinstance(tls, dict):
+            for key in ("certificate", "private_key", "ca_certificate"):
+                fix(tls, key)
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

@@ -26,7 +26,9 @@ from typing import Any
 
 from triage.config import Config, ReceiverConfig
 from triage.db import create_db_engine, migrate, session_factory
+from triage.dispatch import Dispatcher
 from triage.errors import TriageError
+from triage.lockfile import DataDirLock
 from triage.logs import configure_logging, get_logger
 from triage.reconcile import reconcile
 from triage.recorder import InstanceRecorder
@@ -139,7 +141,10 @@ class ReceiverProcesses:
         # connections, which must be one per process.
         self._ctx = multiprocessing.get_context("spawn")
         cfg = config.receiver
-        info = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM)[0]
+        try:
+            info = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM)[0]
+        except OSError as err:
+            raise _listen_error("DICOM (receiver)", cfg.host, cfg.port, err) from err
         self._socket = socket.socket(info[0], socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -258,15 +263,55 @@ def serve(
     ``config_path`` is the file ``config`` came from: with it, ``worker.processes``
     inference workers start (they read the file themselves) and SIGHUP reloads the
     thresholds from it; without it (tests), neither happens.
+
+    Raises
+    ------
+    AlreadyRunningError
+        If another daemon holds ``data_dir``; nothing of it was touched.
+    TriageError
+        If it cannot start: ``data_dir`` unusable, an address taken or unresolvable.
     """
-    prepare_data_dir(config)
+    # Before anything in data_dir is touched: reconciliation, migrations, the pid file.
+    with DataDirLock(config.data_dir):
+        return _serve(
+            config, ready, log_format=log_format, log_level=log_level, config_path=config_path
+        )
+
+
+def _listen_error(what: str, host: str, port: int, err: OSError) -> TriageError:
+    """The one-line reason why a listening socket could not be opened."""
+    if isinstance(err, socket.gaierror):
+        return TriageError(f"{what} host {host!r} cannot be resolved: {err.strerror or err}")
+    return TriageError(
+        f"cannot listen for {what} on {host} port {port}: {err.strerror or err}; "
+        "is another program using it, or is the address wrong?"
+    )
+
+
+def _serve(
+    config: Config,
+    ready: threading.Event | None,
+    *,
+    log_format: str | None,
+    log_level: str | None,
+    config_path: Path | None,
+) -> int:
+    try:
+        prepare_data_dir(config)
+    except OSError as err:
+        raise TriageError(
+            f"cannot prepare data_dir {config.data_dir}: {err.strerror or err}"
+        ) from err
     engine = create_db_engine(config.database_url, config.database.busy_timeout_ms)
     migrate(engine)
     sessions = session_factory(engine)
     reconcile(sessions, config.spool_dir)
 
     workers: WorkerProcesses | None = None
-    scheduler = build_scheduler(sessions, config, lambda: workers.wake() if workers else None)
+    dispatcher = Dispatcher(sessions, config)
+    scheduler = build_scheduler(
+        sessions, config, lambda: workers.wake() if workers else None, dispatcher
+    )
     stop = threading.Event()
     # The main loop waits on `wake`; the handlers only set flags: what they ask for reads
     # files and writes the database, which a signal handler must not do in the middle of
@@ -306,13 +351,17 @@ def serve(
             port = children.port
         else:
             recorder = InstanceRecorder(sessions)
-            receiver = Receiver(
-                config.receiver,
-                StoreTarget(config.spool_dir, config.receiver.min_free_disk_mb, recorder),
-            )
+            try:
+                receiver = Receiver(
+                    config.receiver,
+                    StoreTarget(config.spool_dir, config.receiver.min_free_disk_mb, recorder),
+                )
+            except OSError as err:
+                cfg = config.receiver
+                raise _listen_error("DICOM (receiver)", cfg.host, cfg.port, err) from err
             port = receiver.port
         scheduler.start()
-        web = start_web(config, sessions)
+        web = start_web(config, sessions, lambda: workers.supervision() if workers else None)
         if config_path is not None and config.worker.processes > 0:
             workers = WorkerProcesses(
                 config_path,
@@ -329,7 +378,7 @@ def serve(
             host=config.receiver.host,
             port=port,
             receiver_processes=config.receiver.processes,
-            web=f"http://{config.web.host}:{web.port}/",
+            web=web.url,
             worker_processes=config.worker.processes if workers is not None else 0,
             pid=os.getpid(),
             data_dir=str(config.data_dir),
@@ -366,6 +415,7 @@ def serve(
             web.stop()
         if scheduler.running:
             scheduler.shutdown(wait=True)
+        dispatcher.close()
         if recorder is not None:
             recorder.close()
         engine.dispose()

@@ -33,3 +33,7 @@ class SpoolError(TriageError):
 
 class DatabaseError(TriageError):
     """The database cannot be reached or its schema is not what this version expects."""
+
+
+class AlreadyRunningError(TriageError):
+    """Another daemon holds the data folder's lock."""

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from triage.completeness import next_series_due, sweep_series
 from triage.config import Config
-from triage.dispatch import dispatch_due
+from triage.dispatch import Dispatcher
 from triage.jobs import requeue_expired_leases
 from triage.logs import get_logger
 from triage.retention import sweep_retention
@@ -68,17 +68,19 @@ def build_scheduler(
     sessions: sessionmaker[Session],
     config: Config,
     on_jobs_queued: Callable[[], None] | None = None,
+    dispatcher: Dispatcher | None = None,
 ) -> BackgroundScheduler:
     """A scheduler with the sweeps registered; the caller starts and stops it.
 
     ``on_jobs_queued`` is called after a completeness sweep that completed series (the
-    daemon wakes its workers with it).
+    daemon wakes its workers with it). The dispatch sweep hands due deliveries to
+    ``dispatcher`` (a new one by default), whose threads send them; the caller closes it.
     """
+    dispatcher = dispatcher or Dispatcher(sessions, config)
     scheduler = BackgroundScheduler(timezone="UTC")
 
     def every(seconds: float, job_id: str, run: Callable[..., None], *args: object) -> None:
-        # Never two runs of one sweep at once (sending is serial and may block on a slow
-        # peer), and ticks missed meanwhile collapse into one.
+        # Never two runs of one sweep at once, and ticks missed meanwhile collapse into one.
         scheduler.add_job(
             run, "interval", seconds=seconds, args=args, id=job_id, max_instances=1, coalesce=True
         )
@@ -104,7 +106,7 @@ def build_scheduler(
         "dispatch",
         _run_sweep,
         "dispatch",
-        lambda: dispatch_due(sessions, config),
+        dispatcher.sweep,
     )
     every(
         config.retention.sweep_interval_seconds,

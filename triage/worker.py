@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Protocol
@@ -287,6 +288,16 @@ def signal_worker_processes(
                 os.kill(process.pid, signum)
 
 
+@dataclass(frozen=True)
+class WorkerSupervision:
+    """What the supervisor knows of its worker processes: how many should run, how many
+    are up, and how many restarts there have been since start-up."""
+
+    expected: int
+    up: int
+    restarts: int
+
+
 class WorkerProcesses:
     """``worker.processes`` workers kept alive by ``triage serve`` or ``triage worker``.
 
@@ -317,6 +328,7 @@ class WorkerProcesses:
         self._started: list[float] = []
         self._backoff: list[float] = []
         self._restart_at: list[float | None] = []
+        self._restarts: list[int] = []
         self._stopping = False
 
     def start(self, n: int) -> None:
@@ -326,6 +338,7 @@ class WorkerProcesses:
             self._started.append(time.monotonic())
             self._backoff.append(0.0)
             self._restart_at.append(None)
+            self._restarts.append(0)
 
     def _spawn(self, index: int) -> SpawnProcess:
         return _spawn(
@@ -370,7 +383,26 @@ class WorkerProcesses:
                 self._procs[i] = self._spawn(i)
                 self._started[i] = now
                 self._restart_at[i] = None
+                self._restarts[i] += 1
                 log.info("worker_process_restarted", worker_process=i)
+
+    def supervision(self) -> WorkerSupervision:
+        """How many workers are up, for ``/healthz``; safe to call from another thread.
+
+        A worker is up when its process runs and, if it was restarted, has run for
+        ``_STABLE_AFTER`` seconds since: one that keeps dying (a bundle that cannot load,
+        a crash on every study) counts as down from its first death, not only once jobs
+        have piled up. Read from what :meth:`check` recorded, without waiting on any
+        process, so that this never races the main thread's reaping.
+        """
+        now = time.monotonic()
+        up = sum(
+            1
+            for i in range(len(self._procs))
+            if self._restart_at[i] is None
+            and (self._restarts[i] == 0 or now - self._started[i] >= _STABLE_AFTER)
+        )
+        return WorkerSupervision(expected=len(self._procs), up=up, restarts=sum(self._restarts))
 
     def reload(self) -> None:
         """Ask every worker to re-read its thresholds before its next job."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import ssl
+import struct
 import threading
 import time
 from datetime import timedelta
@@ -15,6 +17,7 @@ import pytest
 import yaml
 from conftest import open_db
 from dispatch_helpers import (
+    MLLPListener,
     Received,
     delivery,
     make_config,
@@ -37,6 +40,7 @@ from triage.db.models import utcnow
 from triage.dispatch import (
     DeliveryContext,
     DeliveryError,
+    Dispatcher,
     backoff_seconds,
     dispatch_due,
     retry_dead,
@@ -188,11 +192,12 @@ def test_a_resend_after_success_carries_the_same_uids(tmp_path: Path) -> None:
     assert [uid for _, uid in received.stored] == [seeded.sr_sop_instance_uid] * 2
 
 
-def test_backoff_doubles_up_to_the_maximum_with_jitter() -> None:
+def test_backoff_doubles_up_to_the_maximum_with_jitter_never_past_it() -> None:
     cfg = DispatchConfig(backoff_seconds=10, max_backoff_seconds=100)
     for attempts, base in [(1, 10), (2, 20), (3, 40), (4, 80), (5, 100), (60, 100), (500, 100)]:
         samples = [backoff_seconds(attempts, cfg, random.Random(seed)) for seed in range(50)]
-        assert all(0.5 * base <= s <= 1.5 * base for s in samples)
+        # max_backoff_seconds caps the delay with its jitter (it once reached 1.5 times it).
+        assert all(0.5 * base <= s <= min(1.5 * base, 100) for s in samples)
         assert max(samples) - min(samples) > 0.2 * base  # jittered, not all the same
 
 
@@ -325,3 +330,85 @@ def test_dicom_over_tls_verifies_the_pacs_against_the_ca(tmp_path: Path) -> None
     assert received.stored == [(Comprehensive3DSRStorage, seeded.sr_sop_instance_uid)]
     assert delivery(sessions, seeded.deliveries["pacs"]).state == DeliveryState.SENT
     assert delivery(sessions, seeded.deliveries["untrusted"]).state == DeliveryState.RETRYING
+
+
+class FrozenPeer:
+    """A PACS that is frozen: its port accepts connections and never reads or answers
+    (as a SIGSTOPped Orthanc does). Closing it resets the connections it holds."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+
+    def close(self) -> None:
+        self.listener.close()
+        while self.connections:
+            conn = self.connections.pop()
+            # SO_LINGER 0: close with a reset, so the sender's read fails at once.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+
+def _wait_until(predicate: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_a_frozen_pacs_does_not_hold_back_the_ris_flag(tmp_path: Path) -> None:
+    frozen = FrozenPeer()
+    ris = MLLPListener()
+    try:
+        destinations = [
+            pacs(frozen.port),
+            {"name": "ris", "type": "hl7", "host": "127.0.0.1", "port": ris.port},
+        ]
+        config = make_config(
+            tmp_path, f"sqlite:///{tmp_path / 't.db'}", destinations, max_concurrent_sends=2
+        )
+        sessions = open_db(config)
+        dispatcher = Dispatcher(sessions, config)
+        try:
+            earlier = [seed_result(sessions, config, ["pacs"]) for _ in range(3)]
+            first = seed_result(sessions, config, ["pacs", "ris"])
+            dispatcher.sweep()
+            # The ORU goes while the PACS holds its sends (a 30 s ACSE timeout each).
+            assert _wait_until(lambda: len(ris.messages) == 1)
+            assert delivery(sessions, first.deliveries["ris"]).state == DeliveryState.SENT
+            # At most max_concurrent_sends associations to the PACS; the rest wait their turn.
+            assert _wait_until(lambda: len(frozen.connections) == 2)
+            time.sleep(0.5)
+            assert len(frozen.connections) == 2
+            for seeded in [*earlier, first]:
+                row = delivery(sessions, seeded.deliveries["pacs"])
+                assert (row.state, row.attempts) == (DeliveryState.PENDING, 0)
+
+            # A result that comes while the PACS still hangs (the daemon sweeps again
+            # when a worker stores one) is flagged at once too.
+            second = seed_result(sessions, config, ["pacs", "ris"])
+            dispatcher.sweep()
+            assert _wait_until(lambda: len(ris.messages) == 2)
+            assert delivery(sessions, second.deliveries["ris"]).state == DeliveryState.SENT
+            assert len(frozen.connections) == 2
+        finally:
+            frozen.close()  # the held sends fail now, not after their timeouts
+            dispatcher.close()
+    finally:
+        ris.close()
+        frozen.close()
+    # The PACS deliveries that were attempted wait for a retry; none was lost.
+    states = {delivery(sessions, s.deliveries["pacs"]).state for s in [*earlier, first, second]}
+    assert states <= {DeliveryState.RETRYING, DeliveryState.PENDING}

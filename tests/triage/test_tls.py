@@ -95,3 +95,70 @@ def test_bad_tls_files_give_a_clear_error(tmp_path: Path) -> None:
     )
     with pytest.raises(TriageError, match=r"receiver\.tls"):
         build_ssl_context(cfg)
+
+
+# --- HTTPS for the worklist ------------------------------------------------------------
+
+
+def test_worklist_over_https_with_a_real_tls_client(tmp_path: Path, pki: Path) -> None:
+    import http.client
+    import json
+    import urllib.request
+
+    from conftest import make_config, open_db
+
+    from triage.web import start_web
+
+    web_tls = {
+        "enabled": True,
+        "certificate": str(pki / "server.pem"),
+        "private_key": str(pki / "server.key"),
+    }
+    config = make_config(tmp_path, web={"port": 0, "token": "s3cret-token", "tls": web_tls})
+    web = start_web(config, open_db(config))
+    try:
+        assert web.url == f"https://127.0.0.1:{web.port}/"
+        verified = ssl.create_default_context(cafile=str(pki / "ca.pem"))  # checks the name
+        request = urllib.request.Request(
+            f"{web.url}api/worklist", headers={"Authorization": "Bearer s3cret-token"}
+        )
+        with urllib.request.urlopen(request, context=verified, timeout=10) as response:
+            assert response.status == 200
+            assert json.load(response)["rows"] == []
+        with (
+            ssl.create_connection(("127.0.0.1", web.port), timeout=10) as raw,
+            verified.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+        # The session cookie set over HTTPS is Secure: a browser never sends it in clear.
+        conn = http.client.HTTPSConnection("127.0.0.1", web.port, context=verified, timeout=10)
+        conn.request("GET", "/?token=s3cret-token")
+        answer = conn.getresponse()
+        assert answer.status == 303
+        assert "Secure" in (answer.getheader("set-cookie") or "")
+        conn.close()
+
+        # Clear text gets no worklist: the port speaks TLS only.
+        plain = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+        with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):
+            plain.request("GET", "/healthz")
+            plain.getresponse()
+        plain.close()
+    finally:
+        web.stop()
+
+
+def test_bad_web_tls_files_give_a_clear_error(tmp_path: Path, pki: Path) -> None:
+    from conftest import make_config, open_db
+
+    from triage.web import WebError, start_web
+
+    web_tls = {
+        "enabled": True,
+        "certificate": str(pki / "server.pem"),
+        "private_key": str(pki / "client.key"),  # the key of another certificate
+    }
+    config = make_config(tmp_path, web={"port": 0, "tls": web_tls})
+    with pytest.raises(WebError, match=r"web\.tls"):
+        start_web(config, open_db(config))

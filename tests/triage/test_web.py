@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import socket
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -36,7 +37,9 @@ from triage.db.models import (
     utcnow,
 )
 from triage.web import WebError, create_app, start_web, worklist_rows
-from triage.web.auth import COOKIE_NAME
+from triage.web.auth import COOKIE_NAME, cookie_value
+from triage.web.health import check_health
+from triage.worker import WorkerSupervision
 
 MALICIOUS = "<script>alert(1)</script>"
 T0 = datetime(2024, 5, 1, 8, 0, 0)
@@ -510,6 +513,37 @@ def test_token_in_the_address_once_gives_a_browser_a_session_cookie(
     assert stranger.get("/").status_code == 401
 
 
+def test_the_session_cookie_expires(tmp_path: Path, sqlite_sessions: sessionmaker[Session]) -> None:
+    client = _client(tmp_path, sqlite_sessions, token="s3cret-token", session_hours=2)
+    response = client.get("/?token=s3cret-token", follow_redirects=False)
+    cookie = response.headers["set-cookie"]
+    # The browser drops it after web.session_hours ...
+    assert "Max-Age=7200" in cookie
+    expires, _, mac = client.cookies[COOKIE_NAME].partition(".")
+    assert 7190 <= int(expires) - time.time() <= 7200
+    assert client.get("/").status_code == 200
+
+    # ... and the server refuses a copy kept past that time, or one whose expiry was moved.
+    past = int(time.time()) - 1
+    for stale in (cookie_value("s3cret-token", past), f"{int(expires) + 86400}.{mac}"):
+        kept = _client(tmp_path, sqlite_sessions, token="s3cret-token", session_hours=2)
+        kept.cookies.set(COOKIE_NAME, stale)
+        assert kept.get("/").status_code == 401
+        assert kept.get("/api/worklist").status_code == 401
+
+
+def test_no_page_may_be_framed_and_no_cache_keeps_the_metrics(
+    tmp_path: Path, sqlite_sessions: sessionmaker[Session]
+) -> None:
+    client = _client(tmp_path, sqlite_sessions, token="s3cret-token")
+    bearer = {"Authorization": "Bearer s3cret-token"}
+    for path in ("/", "/api/worklist", "/metrics", "/healthz", "/static/worklist.css"):
+        for headers in ({}, bearer):  # the 401 answers too
+            response = client.get(path, headers=headers)
+            assert response.headers["x-frame-options"] == "DENY", (path, response.status_code)
+    assert client.get("/metrics", headers=bearer).headers["cache-control"] == "no-store"
+
+
 def test_no_token_configured_means_open_on_loopback(
     tmp_path: Path, sqlite_sessions: sessionmaker[Session]
 ) -> None:
@@ -582,6 +616,28 @@ def test_healthz_gives_a_starting_worker_time_before_503(
 ) -> None:
     _queue_job(sqlite_sessions, 2)
     assert _client(tmp_path, sqlite_sessions).get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("supervision", "code", "status"),
+    [
+        (WorkerSupervision(expected=2, up=2, restarts=0), 200, "ok"),
+        (WorkerSupervision(expected=2, up=2, restarts=5), 200, "ok"),  # steady since
+        (WorkerSupervision(expected=1, up=0, restarts=0), 503, "degraded"),
+        (WorkerSupervision(expected=2, up=1, restarts=3), 503, "degraded"),
+    ],
+)
+def test_healthz_is_degraded_while_a_supervised_worker_is_down(
+    sqlite_sessions: sessionmaker[Session], supervision: WorkerSupervision, code: int, status: str
+) -> None:
+    health = check_health(sqlite_sessions, 90.0, supervision)
+    assert (health.status_code, health.body["status"]) == (code, status)
+    assert health.body["worker_processes"] == {
+        "expected": supervision.expected,
+        "up": supervision.up,
+        "restarts": supervision.restarts,
+    }
+    assert health.body["queued_jobs"] == 0  # nothing waits: it is the workers' own state
 
 
 def test_healthz_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from pynetdicom.presentation import PresentationContext
 
 from triage.dispatch.context import DeliveryError
 
-# Generous for a PACS under load, short enough that one dead peer does not hold the
-# dispatcher (which sends deliveries one after another) for minutes.
+# Generous for a PACS under load, short enough that one dead peer does not hold its
+# destination's sends (the others have their own threads) for minutes.
 CONNECTION_TIMEOUT = 10.0
 NETWORK_TIMEOUT = 30.0
 

@@ -6,22 +6,25 @@ jittered ``next_attempt_at``, and ``dead`` with its last error after
 without an accession number, a destination no longer in the configuration) go to
 ``dead`` at once; ``triage retry`` puts dead deliveries back in the queue.
 
-Each delivery is sent inside its own transaction, with its row locked
-(``FOR UPDATE SKIP LOCKED`` on PostgreSQL): a second daemon on the same database skips
-it, and if this process dies mid-send the lock goes with its connection, so the row is
-still due and is sent again at once after a restart. Everything lives in the row, so a
-restart resumes where it was.
+Destinations are sent independently (:class:`Dispatcher`): each has its own threads, so
+one that hangs delays only its own deliveries. Each delivery is sent inside its own
+transaction, with its row locked (``FOR UPDATE SKIP LOCKED`` on PostgreSQL): a second
+daemon on the same database skips it, and if this process dies mid-send the lock goes
+with its connection, so the row is still due and is sent again at once after a restart.
+Everything lives in the row, so a restart resumes where it was.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, true, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.config import Config, DispatchConfig
@@ -51,12 +54,133 @@ def _senders() -> dict[str, Sender]:
 def backoff_seconds(attempts: int, cfg: DispatchConfig, rng: random.Random) -> float:
     """The wait before the next attempt after ``attempts`` failed ones.
 
-    Doubles from ``backoff_seconds`` up to ``max_backoff_seconds``, times a jitter of
-    0.5 to 1.5 so that deliveries that failed together (a PACS restart) do not all
-    come back in the same second.
+    Doubles from ``backoff_seconds``, times a jitter of 0.5 to 1.5 so that deliveries
+    that failed together (a PACS restart) do not all come back in the same second, and
+    never more than ``max_backoff_seconds``, jitter included.
     """
     base = min(cfg.max_backoff_seconds, cfg.backoff_seconds * 2.0 ** min(attempts - 1, 62))
-    return base * rng.uniform(0.5, 1.5)
+    return min(cfg.max_backoff_seconds, base * rng.uniform(0.5, 1.5))
+
+
+class Dispatcher:
+    """Sends due deliveries, each destination on its own threads.
+
+    Destinations are independent: a PACS that accepts connections and never answers
+    holds its own threads for its timeouts, while the RIS flag and the others go at once.
+    Each destination has at most ``dispatch.max_concurrent_sends`` sends in flight; more
+    wait in its queue. :meth:`sweep` hands the due deliveries over and returns at once.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        The process's session factory.
+    config : Config
+        The configuration: destinations by name, retry policy, data folder.
+    rng : random.Random, optional
+        The source of the backoff jitter; tests pass a seeded one.
+    senders : dict, optional
+        Sender functions by destination type; the real ones by default.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        config: Config,
+        *,
+        rng: random.Random | None = None,
+        senders: dict[str, Sender] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._config = config
+        self._rng = rng or random.Random()
+        self._senders = senders or _senders()
+        self._destinations = {d.name: d for d in config.destinations}
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._in_flight: set[int] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def sweep(self, now: datetime | None = None) -> list[Future[bool]]:
+        """Queue every delivery that is pending or retrying and due by ``now``.
+
+        A delivery already queued or in flight in this process is not queued twice.
+
+        Parameters
+        ----------
+        now : datetime, optional
+            Naive UTC time taken as the present; the current time by default.
+
+        Returns
+        -------
+        list of Future
+            One per delivery queued; each says whether that delivery was attempted (False
+            when another dispatcher took it or its state changed meanwhile).
+        """
+        now = now or utcnow()
+        with self._sessions() as session:
+            due = session.execute(
+                select(Delivery.id, Delivery.destination)
+                .where(Delivery.state.in_(_DUE), Delivery.next_attempt_at <= now)
+                .order_by(Delivery.next_attempt_at, Delivery.id)
+            ).all()
+        futures = []
+        with self._lock:
+            if self._closed:
+                return []
+            for delivery_id, destination in due:
+                if delivery_id in self._in_flight:
+                    continue
+                pool = self._pools.get(destination)
+                if pool is None:
+                    pool = self._pools[destination] = ThreadPoolExecutor(
+                        max_workers=self._config.dispatch.max_concurrent_sends,
+                        thread_name_prefix=f"dispatch-{destination}",
+                    )
+                self._in_flight.add(delivery_id)
+                futures.append(pool.submit(self._send, delivery_id, now))
+        return futures
+
+    def close(self) -> None:
+        """Drop the queued sends and wait for those in flight (their timeouts bound them)."""
+        with self._lock:
+            self._closed = True
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _send(self, delivery_id: int, now: datetime) -> bool:
+        try:
+            with self._sessions() as session, session.begin():
+                # Locked while it is sent (FOR UPDATE SKIP LOCKED on PostgreSQL): a second
+                # daemon on the same database skips it, and if this process dies mid-send
+                # the lock goes with its connection, so the row is still due.
+                delivery = session.scalars(
+                    select(Delivery)
+                    .where(
+                        Delivery.id == delivery_id,
+                        Delivery.state.in_(_DUE),
+                        Delivery.next_attempt_at <= now,
+                    )
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if delivery is None:
+                    return False
+                _attempt(
+                    session,
+                    delivery,
+                    self._destinations,
+                    self._senders,
+                    self._config,
+                    now,
+                    self._rng,
+                )
+                return True
+        except Exception as err:  # the row stays due; the next sweep tries it again
+            log.error("delivery_not_recorded", delivery_id=delivery_id, error=type(err).__name__)
+            return False
+        finally:
+            with self._lock:
+                self._in_flight.discard(delivery_id)
 
 
 def dispatch_due(
@@ -67,50 +191,22 @@ def dispatch_due(
     rng: random.Random | None = None,
     senders: dict[str, Sender] | None = None,
 ) -> int:
-    """Send every delivery that is pending or retrying and due by ``now``.
+    """Send every delivery that is pending or retrying and due by ``now``, and wait.
 
-    Parameters
-    ----------
-    sessions : sessionmaker
-        The process's session factory.
-    config : Config
-        The configuration: destinations by name, retry policy, data folder.
-    now : datetime, optional
-        Naive UTC time taken as the present; the current time by default.
-    rng : random.Random, optional
-        The source of the backoff jitter; tests pass a seeded one.
-    senders : dict, optional
-        Sender functions by destination type; the real ones by default.
+    The one-shot form of :class:`Dispatcher` (the daemon keeps one running); the
+    parameters are the same.
 
     Returns
     -------
     int
         How many deliveries were attempted in this call, whatever their outcome.
     """
-    now = now or utcnow()
-    rng = rng or random.Random()
-    senders = senders or _senders()
-    destinations = {d.name: d for d in config.destinations}
-    attempted: list[int] = []
-    while True:
-        with sessions() as session, session.begin():
-            stmt = (
-                select(Delivery)
-                .where(
-                    Delivery.state.in_(_DUE),
-                    Delivery.next_attempt_at <= now,
-                    # Each delivery at most once per call, whatever a sender's clock does.
-                    Delivery.id.not_in(attempted) if attempted else true(),
-                )
-                .order_by(Delivery.next_attempt_at, Delivery.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
-            delivery = session.scalars(stmt).first()
-            if delivery is None:
-                return len(attempted)
-            attempted.append(delivery.id)
-            _attempt(session, delivery, destinations, senders, config, now, rng)
+    dispatcher = Dispatcher(sessions, config, rng=rng, senders=senders)
+    try:
+        futures = dispatcher.sweep(now)
+        return sum(future.result() for future in futures)
+    finally:
+        dispatcher.close()
 
 
 def _attempt(

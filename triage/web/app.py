@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from triage.config import Config
 from triage.db.models import utcnow
@@ -21,6 +25,9 @@ from triage.web.health import check_health
 from triage.web.metrics import metrics_registry, render_metrics
 from triage.web.page import CSS, SCRIPT, render_worklist
 from triage.web.worklist import WorklistRow, worklist_rows
+
+if TYPE_CHECKING:
+    from triage.worker import WorkerSupervision
 
 log = get_logger(__name__)
 
@@ -40,12 +47,37 @@ _CSP = (
 )
 
 
+class NoFraming:
+    """ASGI middleware that forbids framing of every response (401 pages included), for
+    browsers that predate CSP's frame-ancestors: no page of ours can be clickjacked."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on; add ``X-Frame-Options: DENY`` to its response."""
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def send_denying_frames(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["X-Frame-Options"] = "DENY"
+            await send(message)
+
+        await self._app(scope, receive, send_denying_frames)
+
+
 def worker_alive_seconds(config: Config) -> float:
     """How old a worker's heartbeat may be before it counts as dead: three missed beats."""
     return 3 * config.worker.heartbeat_seconds
 
 
-def create_app(config: Config, sessions: sessionmaker[Session]) -> Starlette:
+def create_app(
+    config: Config,
+    sessions: sessionmaker[Session],
+    worker_supervision: Callable[[], WorkerSupervision | None] | None = None,
+) -> Starlette:
     """Build the ASGI application.
 
     Parameters
@@ -54,6 +86,9 @@ def create_app(config: Config, sessions: sessionmaker[Session]) -> Starlette:
         The daemon's configuration; ``web`` and ``worker.heartbeat_seconds`` are used.
     sessions : sessionmaker
         The process's session factory.
+    worker_supervision : callable, optional
+        Returns what the daemon's worker supervisor knows (None while it runs none), for
+        ``/healthz``.
 
     Returns
     -------
@@ -95,13 +130,19 @@ def create_app(config: Config, sessions: sessionmaker[Session]) -> Starlette:
         )
 
     def healthz(_request: Request) -> Response:
-        health = check_health(sessions, alive)
+        supervision = worker_supervision() if worker_supervision is not None else None
+        health = check_health(sessions, alive, supervision)
         return JSONResponse(
             health.body, status_code=health.status_code, headers={"Cache-Control": "no-store"}
         )
 
     def metrics(_request: Request) -> Response:
-        return Response(render_metrics(registry), media_type=CONTENT_TYPE_LATEST)
+        # Counts taken at scrape time: a cached copy would be a wrong answer.
+        return Response(
+            render_metrics(registry),
+            media_type=CONTENT_TYPE_LATEST,
+            headers={"Cache-Control": "no-store"},
+        )
 
     def database_error(_request: Request, exc: Exception) -> Response:
         # Only the first line: driver messages can carry the failing statement's values.
@@ -112,7 +153,12 @@ def create_app(config: Config, sessions: sessionmaker[Session]) -> Starlette:
             headers={"Cache-Control": "no-store", "Retry-After": str(refresh)},
         )
 
-    middleware = [Middleware(TokenGate, token=config.web.token)] if config.web.token else []
+    middleware = [Middleware(NoFraming)]
+    if config.web.token:
+        session_seconds = config.web.session_hours * 3600
+        middleware.append(
+            Middleware(TokenGate, token=config.web.token, session_seconds=session_seconds)
+        )
     return Starlette(
         routes=[
             Route("/", worklist_page),

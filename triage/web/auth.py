@@ -3,13 +3,16 @@
 With ``web.token`` set, a request needs ``Authorization: Bearer <token>`` or the
 session cookie. A browser gets the cookie by opening ``/?token=<token>`` once; it is
 then redirected to ``/`` so the token does not stay in the address bar, the history or
-a bookmark. The cookie holds an HMAC of the token, not the token itself.
+a bookmark. The cookie holds its expiry time and an HMAC of it keyed with the token, not
+the token itself. It expires after ``web.session_hours``: the browser drops it then, and
+the server refuses it after that time even if a copy is kept.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
@@ -28,9 +31,19 @@ COOKIE_NAME = "triage_session"
 OPEN_PATHS = frozenset({"/healthz"})
 
 
-def cookie_value(token: str) -> str:
-    """The session cookie's value for ``token``: a keyed hash, so the cookie is not the token."""
-    return hmac.new(token.encode(), b"triage-web-session", hashlib.sha256).hexdigest()
+def cookie_value(token: str, expires_at: int) -> str:
+    """The session cookie's value: its expiry (Unix seconds) and an HMAC of it keyed with
+    ``token``, so the cookie is not the token and its expiry cannot be moved."""
+    mac = hmac.new(token.encode(), f"triage-web-session:{expires_at}".encode(), hashlib.sha256)
+    return f"{expires_at}.{mac.hexdigest()}"
+
+
+def cookie_is_valid(token: str, value: str, now: float) -> bool:
+    """Whether ``value`` is a cookie that :func:`cookie_value` made and that has not expired."""
+    expires, _, _mac = value.partition(".")
+    if not expires.isdigit():
+        return False
+    return _equal(value, cookie_value(token, int(expires))) and now < int(expires)
 
 
 def _equal(given: str, expected: str) -> bool:
@@ -47,12 +60,14 @@ class TokenGate:
         The application behind the gate.
     token : str
         The configured ``web.token``.
+    session_seconds : float
+        How long a session cookie is valid (``web.session_hours``).
     """
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, session_seconds: float) -> None:
         self._app = app
         self._token = token
-        self._cookie = cookie_value(token)
+        self._session_seconds = session_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass an authorised request on; answer any other one here."""
@@ -77,14 +92,16 @@ class TokenGate:
             # A malformed Cookie header is treated as no cookie, not as a server error.
             cookies = SimpleCookie()
         session = cookies.get(COOKIE_NAME)
-        if session is not None and _equal(session.value, self._cookie):
+        now = time.time()
+        if session is not None and cookie_is_valid(self._token, session.value, now):
             return None
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if scope["path"] == "/" and "token" in query and _equal(query["token"][0], self._token):
             redirect = RedirectResponse("/", status_code=303)
             redirect.set_cookie(
                 COOKIE_NAME,
-                self._cookie,
+                cookie_value(self._token, int(now + self._session_seconds)),
+                max_age=int(self._session_seconds),
                 httponly=True,
                 samesite="strict",
                 secure=scope.get("scheme") == "https",

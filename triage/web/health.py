@@ -2,7 +2,10 @@
 
 It answers 503, so that a load balancer or monitor raises an alarm, when
 
-- the database does not answer: nothing can be received, queued or shown; or
+- the database does not answer: nothing can be received, queued or shown;
+- an inference worker that ``triage serve`` started is down: dead and waiting for its
+  restart, or restarted and not yet running steadily (status ``degraded``). A worker that
+  crash-loops is reported from its first death, before any job has had to wait; or
 - jobs are waiting, no worker has sent a heartbeat recently, and the oldest job has
   waited longer than a heartbeat window: studies are piling up unread by the model.
   The wait lets a worker that is still importing TensorFlow at start-up come up
@@ -14,8 +17,8 @@ site, or workers that are being restarted).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,6 +26,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from triage.db.models import Job, JobState, WorkerHeartbeat, utcnow
 from triage.logs import get_logger
+
+if TYPE_CHECKING:
+    from triage.worker import WorkerSupervision
 
 log = get_logger(__name__)
 
@@ -35,8 +41,12 @@ class Health:
     body: dict[str, Any]
 
 
-def check_health(sessions: sessionmaker[Session], worker_alive_seconds: float) -> Health:
-    """Check the database, the workers' heartbeats and the queue.
+def check_health(
+    sessions: sessionmaker[Session],
+    worker_alive_seconds: float,
+    supervision: WorkerSupervision | None = None,
+) -> Health:
+    """Check the database, the worker processes, their heartbeats and the queue.
 
     Parameters
     ----------
@@ -44,15 +54,19 @@ def check_health(sessions: sessionmaker[Session], worker_alive_seconds: float) -
         The process's session factory.
     worker_alive_seconds : float
         A worker whose last heartbeat is older than this is reported as not alive.
+    supervision : WorkerSupervision, optional
+        What this process's worker supervisor knows; None when it runs no workers.
 
     Returns
     -------
     Health
-        200 or 503, with ``status``, ``database``, ``workers``, ``queued_jobs`` and
-        ``oldest_queued_job_age_seconds`` (None when nothing is queued). The age counts
-        from when the job last entered the queue, so a series reopened days later does
-        not look days late.
+        200 or 503, with ``status`` (``ok``, ``degraded``, ``stalled`` or ``error``),
+        ``database``, ``workers``, ``worker_processes`` (expected, up and restarts; None
+        without a supervisor), ``queued_jobs`` and ``oldest_queued_job_age_seconds``
+        (None when nothing is queued). The age counts from when the job last entered the
+        queue, so a series reopened days later does not look days late.
     """
+    processes = None if supervision is None else asdict(supervision)
     now = utcnow()
     try:
         with sessions() as session:
@@ -80,6 +94,7 @@ def check_health(sessions: sessionmaker[Session], worker_alive_seconds: float) -
                 "status": "error",
                 "database": "error",
                 "workers": [],
+                "worker_processes": processes,
                 "queued_jobs": None,
                 "oldest_queued_job_age_seconds": None,
             },
@@ -93,12 +108,15 @@ def check_health(sessions: sessionmaker[Session], worker_alive_seconds: float) -
         and oldest_age is not None
         and oldest_age > worker_alive_seconds
     )
+    degraded = supervision is not None and supervision.up < supervision.expected
+    status = "degraded" if degraded else "stalled" if stalled else "ok"
     return Health(
-        503 if stalled else 200,
+        200 if status == "ok" else 503,
         {
-            "status": "stalled" if stalled else "ok",
+            "status": status,
             "database": "ok",
             "workers": workers,
+            "worker_processes": processes,
             "queued_jobs": queued,
             "oldest_queued_job_age_seconds": oldest_age,
         },

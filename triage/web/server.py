@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage.config import Config
+from triage.config import Config, WebTLSConfig
 from triage.errors import TriageError
 from triage.logs import get_logger
 from triage.web.app import create_app
+
+if TYPE_CHECKING:
+    from triage.worker import WorkerSupervision
 
 log = get_logger(__name__)
 
@@ -47,6 +53,20 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _check_tls_files(tls: WebTLSConfig) -> None:
+    """Load the certificate and key here, so a bad file is an error with its reason in the
+    caller's thread (uvicorn would fail inside its own thread)."""
+    assert tls.certificate is not None and tls.private_key is not None  # checked by config
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls.certificate, tls.private_key, tls.private_key_password)
+    except (OSError, ssl.SSLError) as err:
+        raise WebError(
+            f"cannot load the web server's TLS certificate or key: {err}; "
+            "check web.tls in the configuration"
+        ) from err
+
+
 class WebServer:
     """The worklist server, listening from construction until :meth:`stop`.
 
@@ -58,12 +78,26 @@ class WebServer:
         The process's session factory.
     """
 
-    def __init__(self, config: Config, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        sessions: sessionmaker[Session],
+        worker_supervision: Callable[[], WorkerSupervision | None] | None = None,
+    ) -> None:
+        tls = config.web.tls
+        if tls.enabled:
+            _check_tls_files(tls)
         self._socket = _bind(config.web.host, config.web.port)
         self.host = config.web.host
         self.port: int = self._socket.getsockname()[1]
+        self.scheme = "https" if tls.enabled else "http"
         server_config = uvicorn.Config(
-            create_app(config, sessions),
+            create_app(config, sessions, worker_supervision),
+            # uvicorn wraps the socket in TLS with these (when enabled), so the token and
+            # the worklist never cross the network in clear text.
+            ssl_certfile=str(tls.certificate) if tls.enabled else None,
+            ssl_keyfile=str(tls.private_key) if tls.enabled else None,
+            ssl_keyfile_password=tls.private_key_password if tls.enabled else None,
             # No access log: a query string may carry the token, and a path is all it adds.
             access_log=False,
             # None keeps uvicorn's own loggers on the root handler that
@@ -77,6 +111,12 @@ class WebServer:
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._socket]}, name="web", daemon=True
         )
+
+    @property
+    def url(self) -> str:
+        """The worklist's address, as a browser on this host would open it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}/"
 
     def start(self, timeout: float = 10.0) -> WebServer:
         """Start serving and return once uvicorn accepts requests."""
@@ -92,7 +132,7 @@ class WebServer:
                 self.stop(timeout=1)
                 raise WebError(problem)
             time.sleep(0.02)
-        log.info("web_started", host=self.host, port=self.port)
+        log.info("web_started", host=self.host, port=self.port, scheme=self.scheme)
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -103,7 +143,11 @@ class WebServer:
         log.info("web_stopped", port=self.port)
 
 
-def start_web(config: Config, sessions: sessionmaker[Session]) -> WebServer:
+def start_web(
+    config: Config,
+    sessions: sessionmaker[Session],
+    worker_supervision: Callable[[], WorkerSupervision | None] | None = None,
+) -> WebServer:
     """Start the worklist server in a background thread.
 
     Parameters
@@ -112,6 +156,8 @@ def start_web(config: Config, sessions: sessionmaker[Session]) -> WebServer:
         ``web.host`` and ``web.port`` (0 picks a free port; see ``.port``).
     sessions : sessionmaker
         The process's session factory.
+    worker_supervision : callable, optional
+        What the daemon's worker supervisor knows, for ``/healthz``.
 
     Returns
     -------
@@ -123,4 +169,4 @@ def start_web(config: Config, sessions: sessionmaker[Session]) -> WebServer:
     WebError
         When the address cannot be bound or the server does not come up.
     """
-    return WebServer(config, sessions).start()
+    return WebServer(config, sessions, worker_supervision).start()
