@@ -120,7 +120,7 @@ def main() -> int:
         time.sleep(1)
         for i in range(args.studies):
             phantom = generate_study(
-                7000 + i, StudyParams(n_slices=96, positive=i % 2 == 0, difficulty="easy")
+                7000 + i, StudyParams(n_slices=96, positive=i % 2 == 0)
             )
             series_dir = write_study(phantom, work / "studies").axial.paths[0].parent
             send_files([series_dir], "127.0.0.1", port, "BENCH", "TRIAGE")

@@ -34,7 +34,8 @@ from triage.errors import TriageError
 from triage.send import send_files
 
 ORTHANC = Path("/usr/sbin/Orthanc")
-# Fresh "easy" studies: seeds outside the demo bundle's training and test sets.
+# Fresh realistic studies (the generator's default): seeds outside the demo bundle's training
+# and test sets.
 DEMO_STUDIES = ((90011, True), (90012, False))
 
 
@@ -226,7 +227,7 @@ def run_demo(keep_running: bool = False, timeout: float = 900, bundle: Path | No
             f"http://127.0.0.1:{web_port}/, log {folder / 'daemon.log'}"
         )
         for seed, positive in DEMO_STUDIES:
-            phantom = generate_study(seed, StudyParams(positive=positive, difficulty="easy"))
+            phantom = generate_study(seed, StudyParams(positive=positive))
             written = write_study(phantom, folder / "studies")
             sent = send_files(
                 [written.axial.paths[0].parent], "127.0.0.1", receiver_port, "DEMOSCU", "TRIAGE"

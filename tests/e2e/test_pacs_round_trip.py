@@ -103,7 +103,7 @@ def studies(tmp_path: Path) -> dict[str, Path]:
         ("positive", POSITIVE_SEED, True),
         ("negative", NEGATIVE_SEED, False),
     ):
-        phantom = generate_study(seed, StudyParams(positive=positive, difficulty="easy"))
+        phantom = generate_study(seed, StudyParams(positive=positive))
         written = write_study(phantom, tmp_path / name)
         out[name] = written.axial.paths[0].parent
     return out
