@@ -24,6 +24,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from structlog.testing import capture_logs
 from test_worker import SELECTION, _spool_and_queue, _synthetic_series
+from untrained import load_untrained_predictor
 
 from triage.db import Delivery, DeliveryState, Job, JobState, Result
 from triage.dispatch import dispatch_due
@@ -86,13 +87,7 @@ KINDS: dict[str, tuple[Callable[[Dataset], None], str | None]] = {
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from model.bundle import init_bundle
-    from model.predict import Predictor
-
-    bundle = tmp_path_factory.mktemp("bundle") / "untrained"
-    init_bundle(bundle, backbone="small", input_size=32, num_slices=16, seed=0)
-    with pytest.warns(UserWarning, match="untrained"):
-        return Predictor.load(bundle)
+    return load_untrained_predictor(tmp_path_factory.mktemp("bundle"))
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,10 @@ percent for a RIS that only displays values. The message control ID is
 delivery and one attempt, and a resend of the same result is a plain update.
 
 PID-3 comes from the database; the name, birth date and sex (PID-5, 7 and 8, which
-RIS interfaces check against the order) come from the SR in the outbox, which copied
-them unchanged from the analysed images. The database keeps no more patient data for
-the sake of this message, and none of it reaches a log line.
+RIS interfaces check against the order) come from the SR in the outbox (or the KOS,
+when no SR could be built), which copied them from the analysed images, made
+conformant or left empty. The database keeps no more patient data for the sake of
+this message, and none of it reaches a log line.
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ def build_kos(
         What the analysis concluded.
     source_datasets : Sequence[pydicom.Dataset]
         Headers of the analysed series (at least the flagged slices). The patient and
-        study attributes come from the first one, unchanged.
+        study attributes come from the first one, made conformant (see
+        :mod:`triage.report.conform`).
     manufacturer, device_serial, institution_name, uid_prefix, device_uid, content_datetime
         As for :func:`triage.report.build_sr`, so both objects name the same device.
 
@@ -81,7 +82,7 @@ def build_kos(
     when = content_datetime or datetime.datetime.now()
     return hd.ko.KeyObjectSelectionDocument(
         # Only the selected slices: the evidence of a KOS is the set it references.
-        evidence=evidence(flagged),
+        evidence=evidence(flagged, patient_study=source_datasets[0]),
         content=content,
         series_instance_uid=uids.kos_series_instance_uid,
         series_number=KOS_SERIES_NUMBER,

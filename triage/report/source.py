@@ -88,20 +88,33 @@ def log_repairs(repairs: Sequence[Repair], logger: Any) -> None:
         )
 
 
-def evidence(source_datasets: Sequence[Dataset]) -> list[Dataset]:
-    """Return the headers as highdicom evidence, the first one made conformant.
+def evidence(cited: Sequence[Dataset], patient_study: Dataset | None = None) -> list[Dataset]:
+    """Return the cited headers as highdicom evidence, the first one made conformant.
 
     highdicom copies the patient, study and equipment of the new object from the first
     evidence dataset, fails on a missing Type 2 attribute and on some non-conformant
     values, and copies the others into an invalid object. The first header is replaced
     by a conformant copy (:func:`conformant_header`) with the missing Type 2 attributes
     added empty; the caller's datasets are left untouched.
+
+    Parameters
+    ----------
+    cited : Sequence[pydicom.Dataset]
+        The headers the object cites, in order.
+    patient_study : pydicom.Dataset, optional
+        The header to copy the patient, study and equipment from, when it is not the
+        first cited one (the KOS cites only the flagged slices): the same series' first
+        header, which the worker has already made conformant.
     """
-    first = conformant_header(source_datasets[0])
+    first = conformant_header(cited[0] if patient_study is None else patient_study)
+    if patient_study is not None:
+        # The identity of the cited instance, with the series' patient and study.
+        first.SOPClassUID = cited[0].SOPClassUID
+        first.SOPInstanceUID = cited[0].SOPInstanceUID
     for keyword in _TYPE2_PATIENT_STUDY:
         if keyword not in first:
             setattr(first, keyword, None)
-    return [first, *source_datasets[1:]]
+    return [first, *cited[1:]]
 
 
 def by_sop_instance_uid(source_datasets: Sequence[Dataset]) -> dict[str, Dataset]:

@@ -71,8 +71,8 @@ def build_sr(
         What the analysis concluded.
     source_datasets : Sequence[pydicom.Dataset]
         Headers of the analysed series (at least the flagged slices). The patient and
-        study attributes come from the first one, unchanged; all are listed as
-        evidence.
+        study attributes come from the first one, made conformant (see
+        :mod:`triage.report.conform`); all are listed as evidence.
     manufacturer : str, optional
         Manufacturer of this software, for the header and the device observer.
     device_serial : str or None, optional
