@@ -22,12 +22,16 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
+from starlette.testclient import TestClient
 from structlog.testing import capture_logs
+from support import dcmtk
 from test_worker import SELECTION, _spool_and_queue, _synthetic_series
 from untrained import load_untrained_predictor
 
-from triage.db import Delivery, DeliveryState, Job, JobState, Result
+from triage import inference
+from triage.db import Delivery, DeliveryState, Job, JobState, Result, Study
 from triage.dispatch import dispatch_due
+from triage.web import create_app
 from triage.worker import Worker
 
 LATIN1_NAME = "M\xfcller^J\xfcrgen".encode("latin-1")
@@ -216,3 +220,89 @@ def test_positive_series_with_odd_headers_all_get_an_sr_a_kos_and_an_oru(
         "ACC1234567890123456",
     ):
         assert value not in text, value
+
+
+def test_without_an_sr_the_kos_the_oru_and_the_worklist_still_go(
+    tmp_path: Path,
+    predictor: Any,
+    clean_series: list[Path],
+    pacs: tuple[int, Received],
+    ris: MLLPListener,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port, received = pacs
+    config = make_config(
+        tmp_path,
+        series={"selection": SELECTION},
+        thresholds={"stack": 0.0, "slice": 0.0, "max_flagged_slices": 2},
+        destinations=[
+            {
+                "name": "pacs",
+                "type": "dicom",
+                "ae_title": "PACS",
+                "host": "127.0.0.1",
+                "port": port,
+            },
+            {"name": "ris", "type": "hl7", "host": "127.0.0.1", "port": ris.port},
+        ],
+    )
+    sessions = open_db(config)
+    files = _odd_series(
+        clean_series, tmp_path / "series", _set("PatientBirthDate", b"19320215", "DA")
+    )
+    job_id = _spool_and_queue(config, sessions, files)
+
+    def sr_builder_that_fails(*args: Any, **kwargs: Any) -> Any:
+        # What highdicom raised for a header it could not take, quoting the value.
+        raise ValueError("Unable to convert '1932-02-15' to 'DA' object")
+
+    monkeypatch.setattr(inference, "build_sr", sr_builder_that_fails)
+    with capture_logs() as events:
+        assert Worker(config, sessions, predictor, "host:1").run_once()
+    while dispatch_due(sessions, config):
+        pass
+
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.state == JobState.DONE and job.error is None
+        result = session.scalar(select(Result).where(Result.job_id == job_id))
+        assert result is not None and result.sr_sop_instance_uid is None
+        deliveries = {
+            d.destination: d.state
+            for d in session.scalars(select(Delivery).where(Delivery.result_id == result.id))
+        }
+    assert deliveries == {"pacs": DeliveryState.SENT, "ris": DeliveryState.SENT}
+    assert [sop for _, sop in received.stored] == [result.kos_sop_instance_uid]
+    (message,) = ris.messages
+    pid = segments(message)["PID"][0]
+    assert (pid[5], pid[7]) == ("ODD^HEADER", "19320215")  # from the KOS
+    failed = [e for e in events if e["event"] == "report_build_failed"]
+    assert [e["object"] for e in failed] == ["sr"]
+    assert "1932" not in json.dumps(events, default=str)
+
+    # The worklist shows the result as done, the study raised as positive.
+    client = TestClient(create_app(config, sessions))
+    (row,) = client.get("/api/worklist").json()["rows"]
+    assert row["decision"] == "present"
+
+
+def test_a_backslash_in_the_accession_number_is_stored_and_shown_as_sent(
+    tmp_path: Path, clean_series: list[Path], start_receiver: Callable[..., Any]
+) -> None:
+    files = _odd_series(
+        clean_series[:1], tmp_path / "series", _set("AccessionNumber", b"AB\\CD|EF", "SH")
+    )
+    running = start_receiver()
+    store = subprocess.run(
+        [dcmtk("storescu"), "-aec", "TRIAGE", "127.0.0.1", str(running.port), str(files[0])],
+        capture_output=True,
+        timeout=60,
+    )
+    assert store.returncode == 0, store.stdout + store.stderr
+    with running.sessions() as session:
+        (accession,) = session.scalars(select(Study.accession_number))
+    assert accession == "AB\\CD|EF"  # not "['AB', 'CD|EF']"
+    client = TestClient(create_app(running.config, running.sessions))
+    (row,) = client.get("/api/worklist").json()["rows"]
+    assert row["accession_number"] == "AB\\CD|EF"
+    assert ">AB\\CD|EF<" in client.get("/").text
