@@ -19,6 +19,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from triage.errors import TriageError
+from triage.logs import describe_error
 
 
 class UnreadableDatasetError(TriageError):
@@ -221,7 +222,10 @@ def parse_header(source: bytes | BinaryIO | Path) -> InstanceHeader:
         OverflowError,
         NotImplementedError,
     ) as err:
-        raise UnreadableDatasetError(f"the dataset cannot be parsed: {err}") from err
+        # By class and place: pydicom's message can quote the value it refused.
+        raise UnreadableDatasetError(
+            f"the dataset cannot be parsed ({describe_error(err)})"
+        ) from err
 
 
 @dataclass(frozen=True, slots=True)
