@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom import config
 from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -44,10 +43,24 @@ _ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "U
 #: Text VRs that hold one value, in which a backslash is an ordinary character.
 _SINGLE_VALUED_VRS = frozenset({"ST", "LT", "UT", "UR"})
 
+# Control characters, which no VR allows except ESC (ISO 2022 code extensions) and, in
+# the text VRs, TAB, LF, FF and CR. pydicom's validation does not look for them.
+_CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+_TEXT_VRS = frozenset({"ST", "LT", "UT"})
 _DATE = re.compile(r"(\d{4})[-/.](\d{2})[-/.](\d{2})")
 _TIME = re.compile(r"(\d{2}):(\d{2})(?::(\d{2}(?:\.\d{1,6})?))?")
 
 UTF8 = "ISO_IR 192"
+
+#: What a report copies from the analysed images' first header: SOP identity, study,
+#: equipment and dates (group 0008), patient (0010), clinical trial (0012), study (0032)
+#: and visit (0038), and these. Acquisition and image attributes are not copied, so
+#: an odd value among them (a DS of 17 characters) is neither checked nor logged.
+_COPIED_GROUPS = frozenset({0x0008, 0x0010, 0x0012, 0x0032, 0x0038})
+_COPIED_KEYWORDS = frozenset(
+    {"StudyInstanceUID", "SeriesInstanceUID", "StudyID", "DeviceSerialNumber", "SoftwareVersions"}
+)
 
 
 @dataclass(frozen=True)
@@ -60,11 +73,12 @@ class Repair:
 
 
 def conform_dataset(source: Dataset) -> tuple[Dataset, list[Repair]]:
-    """Return a conformant copy of ``source``'s public attributes, and what was changed.
+    """Return a conformant copy of what a report copies from ``source``, and the changes.
 
-    The copy holds decoded values only, so it is written in UTF-8 (ISO_IR 192) when a
-    value is not ASCII, and in the default repertoire otherwise. Private attributes and
-    the pixel data are not copied: no report repeats them.
+    The copy holds the SOP identity and the patient, study and equipment attributes
+    (nested sequences included), with decoded values only, so it is written in UTF-8
+    (ISO_IR 192) when a value is not ASCII, and in the default repertoire otherwise.
+    Private attributes are not copied: no report repeats them.
 
     Parameters
     ----------
@@ -104,8 +118,6 @@ def conformant_text(keyword: str, text: str | None) -> tuple[str, Repair | None]
 
 
 def _tag(keyword: str) -> int:
-    from pydicom.datadict import tag_for_keyword
-
     tag = tag_for_keyword(keyword)
     if tag is None:
         raise ValueError(f"{keyword} is not a DICOM keyword.")
@@ -129,7 +141,10 @@ def _conform(source: Dataset, encodings: list[str], path: str, repairs: list[Rep
         tag = BaseTag(tag)
         if tag.is_private or tag == 0x7FE00010 or tag.element == 0:
             continue
-        name = path + (keyword_for_tag(tag) or str(tag))
+        keyword = keyword_for_tag(tag)
+        if not path and tag.group not in _COPIED_GROUPS and keyword not in _COPIED_KEYWORDS:
+            continue
+        name = path + (keyword or str(tag))
         raw = source.get_item(tag)
         if raw is None:
             continue
@@ -154,7 +169,7 @@ def _conform(source: Dataset, encodings: list[str], path: str, repairs: list[Rep
         if vr not in _CHARSET_VRS and vr not in _ASCII_VRS:
             _copy_other(source, copy, tag, name, repairs)
             continue
-        text, reason = _decode(source, tag, raw, vr, encodings)
+        text, reason = _decode(raw, vr, encodings)
         values: list[str] = []
         if reason is None and text is not None:
             # Trailing padding (a space, a UID's NUL) is the encoding's, not the value's.
@@ -200,9 +215,7 @@ def _copy_other(
         repairs.append(Repair(name, "left out", "unreadable value"))
 
 
-def _decode(
-    source: Dataset, tag: BaseTag, raw: Any, vr: str, encodings: list[str]
-) -> tuple[str | None, str | None]:
+def _decode(raw: Any, vr: str, encodings: list[str]) -> tuple[str | None, str | None]:
     """The element's text, decoded strictly, or a reason why it cannot be."""
     value = raw.value
     if value is None:
@@ -252,7 +265,10 @@ def _check(tag: BaseTag, vr: str, text: str) -> tuple[list[str], str | None]:
         vm = "1-n"
     if vm == "1" and len(values) > 1:
         return [], "multi-valued"
+    control = _TEXT_CONTROL if vr in _TEXT_VRS else _CONTROL
     for value in values:
+        if control.search(value):
+            return [], f"invalid for VR {vr}"
         try:
             validate_value(vr, value, config.RAISE)
         except ValueError:
@@ -261,7 +277,5 @@ def _check(tag: BaseTag, vr: str, text: str) -> tuple[list[str], str | None]:
 
 
 def _non_ascii(elem: DataElement) -> bool:
-    values: Iterable[Any] = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
-    return any(isinstance(v, str) and not v.isascii() for v in values) or any(
-        elem.VR == "PN" and v is not None and not str(v).isascii() for v in values
-    )
+    values = elem.value if isinstance(elem.value, MultiValue) else [elem.value]
+    return elem.VR in _CHARSET_VRS and any(v is not None and not str(v).isascii() for v in values)
