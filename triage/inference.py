@@ -457,7 +457,10 @@ class Worker:
             return None
         # Made conformant once, with one log line per value repaired or left out; the
         # builders then find nothing more to change.
-        headers = [conformant_header(headers[0], bound), *headers[1:]]
+        try:
+            headers = [conformant_header(headers[0], bound), *headers[1:]]
+        except Exception as err:  # the builders try again; what they cannot build is left
+            bound.error("header_conform_failed", error=describe_error(err))
         bundle = self.predictor.bundle
         analysis = AnalysisResult(
             # Seeds the reports' UIDs; unique per analysis, as the result row's id does

@@ -121,7 +121,10 @@ def describe_db_error(err: BaseException) -> str:
     statement = getattr(err, "statement", None)
     kind = str(statement).split(None, 1)[0].upper() if statement else "statement"
     orig = getattr(err, "orig", None)
-    cause = f" ({type(orig).__name__})" if orig is not None else ""
+    # The driver's error code says what happened (SQLITE_BUSY, SQLSTATE 55P03) without
+    # the message, which can quote a value.
+    code = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None)
+    cause = f" ({type(orig).__name__}{f' {code}' if code else ''})" if orig is not None else ""
     return f"{type(err).__name__}{cause} during {kind}"
 
 
