@@ -457,8 +457,9 @@ class Worker:
             return None
         # Made conformant once, with one log line per value repaired or left out; the
         # builders then find nothing more to change.
+        patient_study = None
         try:
-            headers = [conformant_header(headers[0], bound), *headers[1:]]
+            patient_study = conformant_header(headers[0], bound)
         except Exception as err:  # the builders try again; what they cannot build is left
             bound.error("header_conform_failed", error=describe_error(err))
         bundle = self.predictor.bundle
@@ -481,6 +482,7 @@ class Worker:
             "manufacturer": report.manufacturer,
             "device_serial": report.device_serial_number,
             "institution_name": report.institution_name,
+            "patient_study": patient_study,
         }
         # Each object on its own: a header that still defeats one builder must not
         # keep the other object, the HL7 flag or the worklist from the radiologist.

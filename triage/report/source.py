@@ -103,8 +103,8 @@ def evidence(cited: Sequence[Dataset], patient_study: Dataset | None = None) -> 
         The headers the object cites, in order.
     patient_study : pydicom.Dataset, optional
         The header to copy the patient, study and equipment from, when it is not the
-        first cited one (the KOS cites only the flagged slices): the same series' first
-        header, which the worker has already made conformant.
+        first cited one: the KOS cites only the flagged slices, and the worker hands over
+        a copy it has already made conformant. Another header of the same series.
     """
     first = conformant_header(cited[0] if patient_study is None else patient_study)
     if patient_study is not None:
