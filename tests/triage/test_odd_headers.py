@@ -200,6 +200,9 @@ def test_positive_series_with_odd_headers_all_get_an_sr_a_kos_and_an_oru(
             outbox = config.data_dir / "outbox" / str(result.id)
             for name in ("sr.dcm", "kos.dcm"):
                 assert _dciodvfy_errors(outbox / name) == [], (kind, name)
+            dump = subprocess.run(["/usr/bin/dsrdump", str(outbox / "sr.dcm")], capture_output=True)
+            out = (dump.stdout + dump.stderr).decode("utf-8", "replace")
+            assert dump.returncode == 0 and "error" not in out.lower(), (kind, out)
             sr = dcmread(outbox / "sr.dcm")
             accession = job.series.study.accession_number
             assert accession is not None
