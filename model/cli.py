@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from model.cli_types import add_workers, fraction, non_negative_int, positive_int
+from model.quiet import quiet_tensorflow
 from model.stats_cli import add_stats
 from model.training.cli import add_compare, add_evaluate, add_train
 
@@ -140,7 +140,7 @@ def _add_init_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _run_init_bundle(args: argparse.Namespace) -> int:
-    _quiet_tensorflow()
+    quiet_tensorflow()
     from model.bundle import init_bundle
 
     bundle = init_bundle(
@@ -196,29 +196,6 @@ def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(func=_run_predict)
 
 
-def _quiet_tensorflow() -> None:
-    """Import TensorFlow with its C++ start-up chatter kept off stderr.
-
-    Some of it (CUDA probing) is written before TensorFlow reads ``TF_CPP_MIN_LOG_LEVEL``,
-    so stderr is pointed at /dev/null for the import; a Python error is still raised after
-    stderr is restored.
-    """
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 @contextlib.contextmanager
 def _log_warnings_to_stderr() -> Iterator[None]:
     """Send structlog's output to stderr, warnings only, unless an application set it up.
@@ -246,7 +223,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     import json
     import warnings
 
-    _quiet_tensorflow()
+    quiet_tensorflow()
     try:
         if not args.series.is_dir():
             raise ValueError(f"{args.series}: series folder does not exist")

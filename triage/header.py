@@ -16,8 +16,10 @@ from typing import Any, BinaryIO, cast
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from triage.errors import TriageError
+from triage.logs import describe_error
 
 
 class UnreadableDatasetError(TriageError):
@@ -103,6 +105,10 @@ def _text(ds: Dataset, keyword: str, limit: int | None = 64, vr: str | None = No
     value = ds.get(keyword)
     if value is None or value == "":
         return None
+    if isinstance(value, MultiValue):
+        # A backslash in a single-valued field: keep the text as sent ("AB\\CD"), not
+        # the repr of pydicom's list ("['AB', 'CD']").
+        value = "\\".join(str(v) for v in value)
     return str(value)[:limit]
 
 
@@ -198,7 +204,9 @@ def parse_header(source: bytes | BinaryIO | Path) -> InstanceHeader:
             rows=_int(ds, "Rows", vr="US"),
             columns=_int(ds, "Columns", vr="US"),
             patient_id=_text(ds, "PatientID"),
-            accession_number=_text(ds, "AccessionNumber", 16),
+            # Not cut to SH's 16 characters: a shortened accession number could match
+            # another order in the RIS. The column holds 64.
+            accession_number=_text(ds, "AccessionNumber", 64),
             study_date=_text(ds, "StudyDate", 8, vr="DA"),
             study_time=_text(ds, "StudyTime", 16, vr="TM"),
         )
@@ -214,7 +222,10 @@ def parse_header(source: bytes | BinaryIO | Path) -> InstanceHeader:
         OverflowError,
         NotImplementedError,
     ) as err:
-        raise UnreadableDatasetError(f"the dataset cannot be parsed: {err}") from err
+        # By class and place: pydicom's message can quote the value it refused.
+        raise UnreadableDatasetError(
+            f"the dataset cannot be parsed ({describe_error(err)})"
+        ) from err
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,9 +51,10 @@ from triage.jobs import (
     renew_lease,
     worker_id_for,
 )
-from triage.logs import get_logger
+from triage.logs import describe_error, error_frames, get_logger
 from triage.report import AnalysisResult, build_kos, build_sr
 from triage.report import Decision as ReportDecision
+from triage.report.source import conformant_header
 from triage.spool import write_durably
 
 if TYPE_CHECKING:
@@ -149,17 +150,21 @@ class _Outcome:
 
 @dataclass(frozen=True)
 class _Reports:
-    """One result's encoded SR and KOS, before they go to the outbox."""
+    """One result's encoded SR and KOS, before they go to the outbox.
 
-    sr: bytes
-    sr_uid: str
+    Either may be missing when it could not be built; the other still goes.
+    """
+
+    sr: bytes | None = None
+    sr_uid: str | None = None
     kos: bytes | None = None
     kos_uid: str | None = None
 
     def write(self, outbox: Path, result: Result) -> None:
         """Write the files durably and record their SOP Instance UIDs on the result."""
-        write_durably(outbox / "sr.dcm", self.sr)
-        result.sr_sop_instance_uid = self.sr_uid
+        if self.sr is not None:
+            write_durably(outbox / "sr.dcm", self.sr)
+            result.sr_sop_instance_uid = self.sr_uid
         if self.kos is not None:
             write_durably(outbox / "kos.dcm", self.kos)
             result.kos_sop_instance_uid = self.kos_uid
@@ -303,15 +308,25 @@ class Worker:
     def _give_back(
         self, claim: Claim, err: Exception, event: str, context: str, bound: Any
     ) -> None:
-        """Return a failed attempt's job to the queue (or fail it) and log why."""
-        error = f"{type(err).__name__}: {err}"
+        """Return a failed attempt's job to the queue (or fail it) and log why.
+
+        The error is named by its class and where it was raised, never by its message:
+        a library's message quotes the value it choked on (a birth date, a name), and
+        the job's error is stored and shown on the worklist.
+        """
+        error = describe_error(err)
         state = release_claim(
             self.sessions,
             claim,
             error=context + error,
             max_attempts=self.config.worker.max_attempts,
         )
-        bound.error(event, error=error, new_state=state.value if state else "lost", exc_info=True)
+        bound.error(
+            event,
+            error=error,
+            new_state=state.value if state else "lost",
+            frames=error_frames(err),
+        )
 
     def _analyse(self, files: list[Path], thresholds: AppliedThresholds) -> _Outcome:
         """Run the predictor and decide; a series it rejects is undetermined."""
@@ -404,7 +419,7 @@ class Worker:
             timings = dict(outcome.timings or {})
             timings["report"] = time.perf_counter() - started
             result.timings = json.dumps(timings)
-            destinations = self._deliveries(outcome.decision) if reports is not None else []
+            destinations = self._deliveries(outcome.decision, reports)
             for name in destinations:
                 session.add(Delivery(result_id=result.id, destination=name))
             if outcome.decision == Decision.UNDETERMINED:
@@ -426,6 +441,7 @@ class Worker:
             threshold_stack=outcome.thresholds.stack,
             threshold_source=outcome.thresholds.source,
             flagged_slices=len(outcome.flagged or []),
+            sr=reports is not None and reports.sr is not None,
             kos=reports is not None and reports.kos is not None,
             deliveries=destinations,
             reason=outcome.reason,
@@ -439,6 +455,13 @@ class Worker:
         if not headers:
             bound.warning("report_skipped", reason="no readable header in the series")
             return None
+        # Made conformant once, with one log line per value repaired or left out; the
+        # builders then find nothing more to change.
+        patient_study = None
+        try:
+            patient_study = conformant_header(headers[0], bound)
+        except Exception as err:  # the builders try again; what they cannot build is left
+            bound.error("header_conform_failed", error=describe_error(err))
         bundle = self.predictor.bundle
         analysis = AnalysisResult(
             # Seeds the reports' UIDs; unique per analysis, as the result row's id does
@@ -459,23 +482,46 @@ class Worker:
             "manufacturer": report.manufacturer,
             "device_serial": report.device_serial_number,
             "institution_name": report.institution_name,
+            "patient_study": patient_study,
         }
-        sr = build_sr(analysis, headers, **options)
-        kos = build_kos(analysis, headers, **options)
+        # Each object on its own: a header that still defeats one builder must not
+        # keep the other object, the HL7 flag or the worklist from the radiologist.
+        sr = _built("sr", lambda: build_sr(analysis, headers, **options), bound)
+        kos = _built("kos", lambda: build_kos(analysis, headers, **options), bound)
         return _Reports(
-            sr=_encode(sr),
-            sr_uid=str(sr.SOPInstanceUID),
-            kos=_encode(kos) if kos is not None else None,
-            kos_uid=str(kos.SOPInstanceUID) if kos is not None else None,
+            sr=sr[0] if sr else None,
+            sr_uid=sr[1] if sr else None,
+            kos=kos[0] if kos else None,
+            kos_uid=kos[1] if kos else None,
         )
 
-    def _deliveries(self, decision: Decision) -> list[str]:
-        """Destination names that get this result: DICOM always, the rest for positives."""
+    def _deliveries(self, decision: Decision, reports: _Reports | None) -> list[str]:
+        """Destination names that get this result: DICOM when there is an object to
+        store, the others (the HL7 flag, UPS, webhooks) for every positive."""
+        has_object = reports is not None and (reports.sr is not None or reports.kos is not None)
         return [
             d.name
             for d in self.config.destinations
-            if isinstance(d, DicomDestination) or decision == Decision.PRESENT
+            if (has_object if isinstance(d, DicomDestination) else decision == Decision.PRESENT)
         ]
+
+
+def _built(what: str, build: Callable[[], Dataset | None], bound: Any) -> tuple[bytes, str] | None:
+    """Build and encode one report object: its bytes and SOP Instance UID, or None.
+
+    A failure is logged by the error's class and place only: a library's message
+    quotes the header value it refused.
+    """
+    try:
+        dataset = build()
+        if dataset is None:
+            return None
+        return _encode(dataset), str(dataset.SOPInstanceUID)
+    except Exception as err:
+        bound.error(
+            "report_build_failed", object=what, error=describe_error(err), frames=error_frames(err)
+        )
+        return None
 
 
 def _encode(dataset: Dataset) -> bytes:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.header import ReceivedInstance
-from triage.logs import get_logger
+from triage.logs import describe_db_error, get_logger
 from triage.queue import record_instances
 
 log = get_logger(__name__)
@@ -76,7 +76,11 @@ class InstanceRecorder:
                     # lookup and insert; a second pass finds its rows.
                     self._commit(items)
             except Exception as err:  # handed to each waiting handler, which answers 0xA700
-                log.error("instance_rows_not_committed", count=len(items), error=str(err))
+                # By class and statement kind: the message repeats the bound
+                # parameters, the patient ID among them.
+                log.error(
+                    "instance_rows_not_committed", count=len(items), error=describe_db_error(err)
+                )
                 for fut in futures:
                     fut.set_exception(err)
             else:

@@ -29,7 +29,7 @@ from triage.config import ReceiverConfig
 from triage.db.models import utcnow
 from triage.errors import InvalidUIDError, TriageError
 from triage.header import ReceivedInstance, UnreadableDatasetError, parse_header
-from triage.logs import get_logger
+from triage.logs import describe_db_error, get_logger
 from triage.part10 import file_header
 from triage.recorder import InstanceRecorder
 from triage.spool import free_disk_mb, instance_path, write_durably
@@ -140,7 +140,7 @@ def handle_store(event: evt.Event, target: StoreTarget) -> int | Dataset:
             )
         )
     except Exception as err:  # any database failure: the PACS will resend, idempotently
-        bound.error("store_failed_database", status=OUT_OF_RESOURCES, reason=str(err))
+        bound.error("store_failed_database", status=OUT_OF_RESOURCES, reason=describe_db_error(err))
         return _failure(OUT_OF_RESOURCES, "cannot record instance")
 
     bound.debug("instance_stored", bytes=size)

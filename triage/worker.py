@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 import multiprocessing
 import os
 import signal
@@ -113,9 +112,11 @@ def run_worker(
     """
     config = load_config(config_path)
     configure_logging(log_format or config.logging.format, log_level or config.logging.level)
-    # The predictor warns (an untrained bundle, a thread count it cannot set) through
-    # the warnings module; routed to logging, those lines come out as JSON too.
-    logging.captureWarnings(True)
+    # Warnings (an untrained bundle, a thread count it cannot set) come out as JSON
+    # lines through configure_logging; TensorFlow's C++ lines are kept off stderr.
+    from model.quiet import quiet_tensorflow
+
+    quiet_tensorflow()
     from model.predict import Predictor
 
     engine = create_db_engine(config.database_url, config.database.busy_timeout_ms)
@@ -145,6 +146,9 @@ def run_worker(
         # they live as long as the process, so take them out of the collector's sight.
         gc.collect()
         gc.freeze()
+        if predictor.device == "CPU":
+            # Said once, in place of TensorFlow's "failed call to cuInit" error line.
+            log.info("worker_device", worker_id=worker_id, message="no GPU, using the CPU")
         worker = Worker(config, sessions, predictor, worker_id, on_deliveries=on_deliveries)
         worker.start_heartbeat()
         log.info(

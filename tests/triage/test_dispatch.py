@@ -237,7 +237,9 @@ def test_a_crashing_sender_is_retried_and_the_queue_goes_on(tmp_path: Path) -> N
     assert sent == [second.deliveries["pacs"]]
     row = delivery(sessions, first.deliveries["pacs"])
     assert row.state == DeliveryState.RETRYING
-    assert row.last_error == "unexpected KeyError: 'boom'"
+    # Named by class and place; the message ('boom') could quote a value.
+    assert (row.last_error or "").startswith("unexpected KeyError in ")
+    assert "boom" not in (row.last_error or "")
 
 
 def test_permanent_error_goes_straight_to_dead(tmp_path: Path) -> None:

@@ -101,8 +101,11 @@ def test_ae_is_retried_with_its_reason(tmp_path: Path, listener: MLLPListener) -
 def test_ar_is_dead_with_the_reason_and_no_identifiers(
     tmp_path: Path, listener: MLLPListener
 ) -> None:
-    family = PATIENT_NAME.split("^")[0]
-    listener.code, listener.text = "AR", f"Unknown order {ACCESSION} for {family}, {BIRTH_DATE}"
+    family, given = PATIENT_NAME.split("^")[:2]
+    listener.code, listener.text = (
+        "AR",
+        f"Unknown order {ACCESSION} for {family}, {BIRTH_DATE}; {given.lower()} id {PATIENT_ID}",
+    )
     config = make_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [ris(listener.port)])
     sessions = open_db(config)
     seeded = seed_result(sessions, config, ["ris"])
@@ -110,8 +113,12 @@ def test_ar_is_dead_with_the_reason_and_no_identifiers(
     row = delivery(sessions, seeded.deliveries["ris"])
     assert (row.state, row.attempts) == (DeliveryState.DEAD, 1)
     assert row.last_error is not None
-    assert "AR: Unknown order <accession> for <patient name>, <birth date>" in row.last_error
-    assert ACCESSION not in row.last_error and family not in row.last_error
+    assert (
+        "AR: Unknown order <accession> for <patient name>, <birth date>; <patient name> id "
+        "<patient id>" in row.last_error
+    )
+    for value in (ACCESSION, family, given, PATIENT_ID):
+        assert value.lower() not in row.last_error.lower()
 
 
 def test_a_study_without_accession_cannot_be_matched_and_is_dead(

@@ -145,3 +145,26 @@ def test_webhook_server_error_is_retried_and_client_error_is_dead(tmp_path: Path
     assert row.state == DeliveryState.RETRYING and "HTTP 503" in (row.last_error or "")
     row = delivery(sessions, wrong.deliveries["chat"])
     assert row.state == DeliveryState.DEAD and "HTTP 404" in (row.last_error or "")
+
+
+def test_a_non_conformant_accession_number_is_left_empty_in_the_workitem(
+    tmp_path: Path,
+) -> None:
+    received = Received()
+    scp = start_ups_scp(received)
+    try:
+        config = make_config(
+            tmp_path, f"sqlite:///{tmp_path / 't.db'}", [worklist(scp.server_address[1])]
+        )
+        sessions = open_db(config)
+        two_values = seed_result(sessions, config, ["worklist"], accession="AB\\CD|EF")
+        too_long = seed_result(sessions, config, ["worklist"], accession="ACC1234567890123456")
+        assert dispatch_due(sessions, config) == 2
+    finally:
+        scp.shutdown()
+    for _, workitem in received.created:
+        # Type 2: empty when it cannot be sent as it is, never cut or split.
+        assert workitem.ReferencedRequestSequence[0].AccessionNumber == ""
+        assert workitem.PatientID == PATIENT_ID
+    for seeded in (two_values, too_long):
+        assert delivery(sessions, seeded.deliveries["worklist"]).state == DeliveryState.SENT

@@ -448,11 +448,12 @@ def test_a_failing_job_is_retried_up_to_max_attempts_then_failed(
     assert worker.run_once()
     job = _job(sessions, job_id)
     assert (job.state, job.attempts) == (JobState.QUEUED, 1)
-    assert "out of GPU memory" in (job.error or "")
+    # The error by class and place: a library's message may quote a header value.
+    assert (job.error or "").startswith("RuntimeError in ")
     assert worker.run_once()
     job = _job(sessions, job_id)
     assert (job.state, job.attempts) == (JobState.FAILED, 2)
-    assert "out of GPU memory" in (job.error or "")
+    assert (job.error or "").startswith("RuntimeError in ")
     assert not worker.run_once()
     assert Broken.calls == 2
     assert _results(sessions, job_id) == []

@@ -31,7 +31,8 @@ _TRANSFER_SYNTAXES: tuple[UID, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleE
 
 
 def objects_to_send(context: DeliveryContext) -> list[tuple[str, Path, Dataset]]:
-    """The SR, and the KOS for a positive, checked against the UIDs in the result row.
+    """The SR, and the KOS for a positive, as far as they were built, checked against
+    the UIDs in the result row.
 
     Raises
     ------
@@ -39,7 +40,10 @@ def objects_to_send(context: DeliveryContext) -> list[tuple[str, Path, Dataset]]
         If a file is missing (retried) or holds another SOP Instance UID than the one
         recorded, which would break the promise that a retry resends the same object.
     """
-    wanted = [("SR", context.sr_path, context.sr_sop_instance_uid)]
+    wanted = []
+    # The worker records no SR when a header defeated its builder; the KOS still goes.
+    if context.sr_sop_instance_uid or context.kos_path is None:
+        wanted.append(("SR", context.sr_path, context.sr_sop_instance_uid))
     if context.kos_path is not None:
         wanted.append(("KOS", context.kos_path, context.kos_sop_instance_uid))
     out = []

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from triage.config import Config, DispatchConfig
 from triage.db.models import AuditEvent, Delivery, DeliveryState, utcnow
 from triage.dispatch.context import DeliveryContext, DeliveryError, load_context
-from triage.logs import get_logger
+from triage.logs import describe_error, error_frames, get_logger
 
 log = get_logger(__name__)
 
@@ -235,8 +235,11 @@ def _attempt(
     except DeliveryError as err:
         _failed(delivery, attempt, str(err), err.permanent, config.dispatch, now, rng, bound)
     except Exception as err:  # a bug in one sender must not stall the whole queue
-        bound.exception("delivery_error_unexpected")
-        message = f"unexpected {type(err).__name__}: {err}"
+        # By class and place: the message of a library's error can quote a value from
+        # the report (a name, an accession number), and last_error is shown.
+        error = describe_error(err)
+        bound.error("delivery_error_unexpected", error=error, frames=error_frames(err))
+        message = f"unexpected {error}"
         _failed(delivery, attempt, message, False, config.dispatch, now, rng, bound)
     else:
         delivery.attempts = attempt

@@ -26,17 +26,20 @@ percent for a RIS that only displays values. The message control ID is
 delivery and one attempt, and a resend of the same result is a plain update.
 
 PID-3 comes from the database; the name, birth date and sex (PID-5, 7 and 8, which
-RIS interfaces check against the order) come from the SR in the outbox, which copied
-them unchanged from the analysed images. The database keeps no more patient data for
-the sake of this message, and none of it reaches a log line.
+RIS interfaces check against the order) come from the SR in the outbox (or the KOS,
+when no SR could be built), which copied them from the analysed images, made
+conformant or left empty. The database keeps no more patient data for the sake of
+this message, and none of it reaches a log line.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from triage.config import HL7Destination
@@ -98,13 +101,20 @@ def person_name(dicom_name: str) -> str:
 
 
 def patient_from_sr(context: DeliveryContext) -> Patient:
-    """The patient as the SR carries it; empty fields if the SR cannot be read."""
-    try:
-        ds = dcmread(
-            context.sr_path, specific_tags=["PatientName", "PatientBirthDate", "PatientSex"]
-        )
-    except (OSError, InvalidDicomError, ValueError):
-        return Patient()
+    """The patient as the SR (or, without one, the KOS) carries it; empty fields if
+    neither can be read. The flag goes either way: it is keyed on the accession."""
+    for path in (context.sr_path, context.kos_path):
+        if path is None:
+            continue
+        try:
+            ds = dcmread(path, specific_tags=["PatientName", "PatientBirthDate", "PatientSex"])
+        except (OSError, InvalidDicomError, ValueError):
+            continue
+        return _patient(ds)
+    return Patient()
+
+
+def _patient(ds: Dataset) -> Patient:
     sex = str(ds.get("PatientSex", "") or "").upper()
     return Patient(
         name=person_name(str(ds.get("PatientName", "") or "")),
@@ -244,17 +254,29 @@ def build_oru(
 
 
 def _redact(text: str, context: DeliveryContext, patient: Patient) -> str:
-    # A RIS may quote the order or patient it could not match; the reason goes to
-    # last_error and the log, which never hold either.
+    """``text`` without any identifier the message carried.
+
+    A RIS may quote the order or patient it could not match; the reason goes to
+    last_error, the log and ``triage status``, which never hold either. Every form that
+    was sent is replaced, case-insensitively and longest first: the accession number and
+    patient ID raw and HL7-escaped, the birth date, the whole name and each of its
+    components and words (a RIS may quote only the given name).
+    """
+    labels: dict[str, str] = {}
     for value, label in (
         (context.accession_number, "<accession>"),
         (context.patient_id, "<patient id>"),
-        (patient.name, "<patient name>"),
-        (patient.name.split("^")[0], "<patient name>"),
-        (patient.birth_date, "<birth date>"),
     ):
-        if value and len(value) > 1:
-            text = text.replace(value, label)
+        if value:
+            labels[value] = labels[escape(value)] = label
+    if patient.birth_date:
+        labels[patient.birth_date] = "<birth date>"
+    for part in [patient.name, *re.split(r"[\^&\s]+", patient.name)]:
+        if part:
+            labels[part] = "<patient name>"
+    for value in sorted(labels, key=len, reverse=True):
+        if len(value) > 1:
+            text = re.sub(re.escape(value), labels[value], text, flags=re.IGNORECASE)
     return text
 
 

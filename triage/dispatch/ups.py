@@ -19,7 +19,12 @@ from triage.config import UPSDestination
 from triage.db.models import utcnow
 from triage.dispatch._dimse import associate, is_success_or_warning, read_file, status_code
 from triage.dispatch.context import DeliveryContext, DeliveryError
+from triage.logs import get_logger
+from triage.report.conform import conformant_text
+from triage.report.source import log_repairs
 from triage.report.uids import derive_uid
+
+log = get_logger(__name__)
 
 WORKLIST_LABEL = "CTPA PE TRIAGE"
 INTERPRETATION = ("110005", "DCM", "Interpretation")
@@ -54,6 +59,13 @@ def _input(study_uid: str, series_uid: str, sop_class: str, sop_instance: str) -
     item.SeriesInstanceUID = series_uid
     item.ReferencedSOPSequence = [reference]
     return item
+
+
+def _conformant(keyword: str, value: str | None) -> str:
+    text, repair = conformant_text(keyword, value)
+    if repair is not None:
+        log_repairs([repair], log)
+    return text
 
 
 def build_workitem(
@@ -103,7 +115,9 @@ def build_workitem(
     ]
     ds.StudyInstanceUID = context.study_instance_uid
     ds.PatientName = ""
-    ds.PatientID = context.patient_id or ""
+    # The database keeps the values as sent; the workitem gets them only if they are
+    # conformant (an over-long or multi-valued accession number is left empty).
+    ds.PatientID = _conformant("PatientID", context.patient_id)
     ds.IssuerOfPatientID = ""
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
@@ -112,7 +126,7 @@ def build_workitem(
     ds.AdmittingDiagnosesDescription = ""
     request = Dataset()
     request.StudyInstanceUID = context.study_instance_uid
-    request.AccessionNumber = context.accession_number or ""
+    request.AccessionNumber = _conformant("AccessionNumber", context.accession_number)
     request.IssuerOfAccessionNumberSequence = []
     request.PlacerOrderNumberImagingServiceRequest = ""
     request.FillerOrderNumberImagingServiceRequest = ""
@@ -139,7 +153,8 @@ def send_ups(destination: UPSDestination, context: DeliveryContext) -> None:
             f"only PE-positive results go to UPS destinations; this one is {context.decision}",
             permanent=True,
         )
-    inputs = [read_file(context.sr_path, "SR")]
+    # The SR may be missing (a header defeated its builder); the workitem still goes.
+    inputs = [read_file(context.sr_path, "SR")] if context.sr_sop_instance_uid else []
     if context.kos_path is not None:
         inputs.append(read_file(context.kos_path, "KOS"))
     workitem = build_workitem(context, inputs)

@@ -35,6 +35,7 @@ def build_kos(
     uid_prefix: str = PYDICOM_ROOT_UID,
     device_uid: str | None = None,
     content_datetime: datetime.datetime | None = None,
+    patient_study: Dataset | None = None,
 ) -> hd.ko.KeyObjectSelectionDocument | None:
     """Build the "Of Interest" key object selection of the flagged slices, for positives.
 
@@ -48,9 +49,12 @@ def build_kos(
         What the analysis concluded.
     source_datasets : Sequence[pydicom.Dataset]
         Headers of the analysed series (at least the flagged slices). The patient and
-        study attributes come from the first one, unchanged.
+        study attributes come from the first one, made conformant (see
+        :mod:`triage.report.conform`).
     manufacturer, device_serial, institution_name, uid_prefix, device_uid, content_datetime
         As for :func:`triage.report.build_sr`, so both objects name the same device.
+    patient_study : pydicom.Dataset or None, optional
+        As for :func:`triage.report.build_sr`.
 
     Returns
     -------
@@ -81,7 +85,7 @@ def build_kos(
     when = content_datetime or datetime.datetime.now()
     return hd.ko.KeyObjectSelectionDocument(
         # Only the selected slices: the evidence of a KOS is the set it references.
-        evidence=evidence(flagged),
+        evidence=evidence(flagged, patient_study or source_datasets[0]),
         content=content,
         series_instance_uid=uids.kos_series_instance_uid,
         series_number=KOS_SERIES_NUMBER,

@@ -53,6 +53,7 @@ def build_sr(
     uid_prefix: str = PYDICOM_ROOT_UID,
     device_uid: str | None = None,
     content_datetime: datetime.datetime | None = None,
+    patient_study: Dataset | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the SR that reports one analysis, in the analysed study and a new series.
 
@@ -71,8 +72,8 @@ def build_sr(
         What the analysis concluded.
     source_datasets : Sequence[pydicom.Dataset]
         Headers of the analysed series (at least the flagged slices). The patient and
-        study attributes come from the first one, unchanged; all are listed as
-        evidence.
+        study attributes come from the first one, made conformant (see
+        :mod:`triage.report.conform`); all are listed as evidence.
     manufacturer : str, optional
         Manufacturer of this software, for the header and the device observer.
     device_serial : str or None, optional
@@ -87,6 +88,10 @@ def build_sr(
     content_datetime : datetime.datetime or None, optional
         Content Date and Time; now when ``None``. Pass the time the result was made to
         get a byte-stable rebuild.
+    patient_study : pydicom.Dataset or None, optional
+        The header to copy the patient, study and equipment from, when the caller has
+        already made one conformant (and logged what changed); the first source header
+        when ``None``.
 
     Returns
     -------
@@ -119,7 +124,7 @@ def build_sr(
     )
     when = content_datetime or datetime.datetime.now()
     return hd.sr.Comprehensive3DSR(
-        evidence=evidence(source_datasets),
+        evidence=evidence(source_datasets, patient_study),
         content=report[0],
         series_instance_uid=uids.sr_series_instance_uid,
         series_number=SR_SERIES_NUMBER,
