@@ -236,27 +236,41 @@ def _copy_to_single_channel(source: Any, target: Any) -> None:
         dst.set_weights(weights)
 
 
-def _small_backbone(input_size: int, channels: int, weights: str | None) -> Any:
-    """Return a compact strided CNN with the backbone interface, for tests and demos."""
-    inputs = keras.Input((input_size, input_size, channels), name="small_input")
+def _plain_cnn(
+    name: str,
+    plan: tuple[tuple[int, int], ...],
+    input_size: int,
+    channels: int,
+    weights: str | None,
+) -> Any:
+    """Return a chain of 3×3 convolution, batch norm and ReLU, one per (filters, stride)."""
+    inputs = keras.Input((input_size, input_size, channels), name=f"{name}_input")
     x = inputs
-    # A first layer at full resolution: a filling defect in a segmental artery is only a
-    # few pixels across, and a stride-2 first layer would blur it away.
-    for i, (filters, stride) in enumerate(((16, 1), (32, 2), (64, 2), (128, 2), (128, 2))):
+    for i, (filters, stride) in enumerate(plan):
         x = layers.Conv2D(
             filters, 3, strides=stride, padding="same", use_bias=False, name=f"conv{i}"
         )(x)
         x = layers.BatchNormalization(name=f"bn{i}")(x)
         x = layers.Activation("relu", name=f"relu{i}")(x)
-    model = keras.Model(inputs, x, name="small")
+    model = keras.Model(inputs, x, name=name)
     if weights == "imagenet":
-        raise NetworkError("the small backbone has no ImageNet weights")
+        raise NetworkError(f"the {name} backbone has no ImageNet weights")
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
             raise NetworkError(f"backbone weights file {path} does not exist")
         model.load_weights(str(path))
     return model
+
+
+def _small_backbone(input_size: int, channels: int, weights: str | None) -> Any:
+    """Return a compact strided CNN with the backbone interface, for tests and demos.
+
+    A first layer at full resolution: a filling defect in a segmental artery is only a few
+    pixels across, and a stride-2 first layer with 16 filters would blur it away.
+    """
+    plan = ((16, 1), (32, 2), (64, 2), (128, 2), (128, 2))
+    return _plain_cnn("small", plan, input_size, channels, weights)
 
 
 def _compact_backbone(input_size: int, channels: int, weights: str | None) -> Any:
@@ -268,24 +282,8 @@ def _compact_backbone(input_size: int, channels: int, weights: str | None) -> An
     tell an artery's filling defect from a vein or a bronchus beside it; the five-layer
     ``small`` one sees about 30.
     """
-    inputs = keras.Input((input_size, input_size, channels), name="compact_input")
-    x = inputs
     plan = ((24, 2), (32, 1), (48, 2), (64, 1), (96, 2), (128, 1), (160, 2), (160, 1))
-    for i, (filters, stride) in enumerate(plan):
-        x = layers.Conv2D(
-            filters, 3, strides=stride, padding="same", use_bias=False, name=f"conv{i}"
-        )(x)
-        x = layers.BatchNormalization(name=f"bn{i}")(x)
-        x = layers.Activation("relu", name=f"relu{i}")(x)
-    model = keras.Model(inputs, x, name="compact")
-    if weights == "imagenet":
-        raise NetworkError("the compact backbone has no ImageNet weights")
-    if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise NetworkError(f"backbone weights file {path} does not exist")
-        model.load_weights(str(path))
-    return model
+    return _plain_cnn("compact", plan, input_size, channels, weights)
 
 
 @keras.saving.register_keras_serializable(package="ctpa")
