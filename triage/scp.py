@@ -35,14 +35,18 @@ from triage.logs import get_logger
 from triage.part10 import file_header
 from triage.recorder import InstanceRecorder
 from triage.spool import free_disk_mb, instance_path, write_durably
-from triage.transport import ConnectionLimits, GuardedAssociationServer, ReceiverAE
+from triage.transport import (
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    ConnectionLimits,
+    GuardedAssociationServer,
+    ReceiverAE,
+)
 
 log = get_logger(__name__)
 
 # DIMSE statuses (PS3.4 Annex B.2.3, PS3.7 Annex C).
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 CANNOT_DECODE = 0xC210
 
@@ -94,14 +98,6 @@ def handle_store(event: evt.Event, target: StoreTarget) -> int | Dataset:
             min_free_disk_mb=target.min_free_disk_mb,
         )
         return _failure(OUT_OF_RESOURCES, "receiver disk is full")
-
-    if not req_sop:
-        # pynetdicom drops such a request unanswered (see triage.transport); without an
-        # answer the sender would wait out its own timeout.
-        bound.warning("store_refused_no_request_uid", status=DATASET_DOES_NOT_MATCH_SOP_CLASS)
-        return _failure(
-            DATASET_DOES_NOT_MATCH_SOP_CLASS, "request has no Affected SOP Instance UID"
-        )
 
     data = _encoded_dataset(event, request, calling)
     try:

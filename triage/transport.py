@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
@@ -54,6 +53,8 @@ _HEADER = 6  # PDU type, reserved, 4-byte length (PS3.8 9.3.1)
 _P_DATA_TF = 0x04
 _A_ABORT = 0x07
 _KNOWN_PDU_TYPES = range(0x01, 0x08)
+# C-STORE status "Data Set does not match SOP Class" (PS3.4 B.2.3).
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 # Largest single socket read: big enough to take a P-DATA PDU in a few calls.
 _CHUNK = 256 * 1024
 
@@ -194,16 +195,21 @@ class ReceiverAssociation(Association):
     """An acceptor association that answers every C-STORE request it can respond to."""
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
-        if (
-            isinstance(msg, C_STORE)
-            and msg.AffectedSOPInstanceUID is None
-            and msg.MessageID is not None
-            and msg.AffectedSOPClassUID is not None
-        ):
+        if isinstance(msg, C_STORE) and msg.AffectedSOPInstanceUID is None and msg.MessageID:
             # pynetdicom drops a request without an Affected SOP Instance UID unanswered,
-            # and the sender waits out its timeout. With an empty one instead, the
-            # storage handler runs and answers with a failure status.
-            msg.AffectedSOPInstanceUID = UID("")
+            # and the sender would wait out its own timeout; answer it with a failure.
+            log.warning(
+                "store_refused_no_request_uid",
+                calling_aet=self.requestor.ae_title,
+                status=DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            )
+            rsp = C_STORE()
+            rsp.MessageIDBeingRespondedTo = msg.MessageID
+            rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
+            rsp.Status = DATASET_DOES_NOT_MATCH_SOP_CLASS
+            rsp.ErrorComment = "request has no Affected SOP Instance UID"
+            self.dimse.send_msg(rsp, context_id)
+            return
         super()._serve_request(msg, context_id)
 
 
