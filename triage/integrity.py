@@ -16,6 +16,7 @@ import struct
 import zlib
 
 from pydicom.datadict import DicomDictionary
+from pydicom.uid import UID
 
 from triage.header import UnreadableDatasetError
 
@@ -30,6 +31,7 @@ _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
+_FLOAT_PIXEL_DATA = frozenset((0x7FE00008, 0x7FE00009))  # Float and Double Float Pixel Data
 # Top-level attributes that give native Pixel Data its length (PS3.5 8.1.1).
 _SAMPLES, _PHOTOMETRIC, _FRAMES = 0x00280002, 0x00280004, 0x00280008
 _ROWS, _COLUMNS, _BITS_ALLOCATED = 0x00280010, 0x00280011, 0x00280100
@@ -56,6 +58,7 @@ class _Walker:
         self.image: dict[int, bytes] = {}
         self.pixel_length: int | None = None  # native Pixel Data's length in bytes
         self.fragments: int | None = None  # encapsulated Pixel Data's fragment count
+        self.float_pixels = False  # Float or Double Float Pixel Data present
 
     def _u32(self, offset: int) -> int:
         return int(struct.unpack_from(self.order + "I", self.data, offset)[0])
@@ -112,6 +115,8 @@ class _Walker:
             elif depth == 0:
                 if tag == _PIXEL_DATA:
                     self.pixel_length = length
+                elif tag in _FLOAT_PIXEL_DATA:
+                    self.float_pixels = True
                 elif tag in _IMAGE_TAGS:
                     self.image[tag] = bytes(self.data[value : value + length])
             pos = value + length
@@ -205,11 +210,15 @@ def _frames(walker: _Walker) -> int:
     return frames
 
 
-def check_dataset(data: bytes | memoryview, offset: int, transfer_syntax_uid: str) -> None:
+def check_dataset(
+    data: bytes | memoryview, offset: int, transfer_syntax_uid: str, sop_class_uid: str = ""
+) -> None:
     """Check that the dataset in ``data[offset:]`` is whole.
 
     Every element's value must lie within the data, every sequence and item must end,
-    and the last element must end exactly where the data does. Native Pixel Data must
+    and the last element must end exactly where the data does. An image (Rows and
+    Columns, or an "... Image Storage" SOP class: a dataset cut between two elements
+    before Rows looks whole otherwise) must have Pixel Data. Native Pixel Data must
     have the length its image attributes give (PS3.5 8.1.1), allowing one byte of padding
     to an even length; encapsulated Pixel Data must be an offset table and at least one
     fragment per frame, each within the data, closed by a delimiter (PS3.5 A.4).
@@ -244,8 +253,11 @@ def check_dataset(data: bytes | memoryview, offset: int, transfer_syntax_uid: st
                 f"Pixel Data has {walker.pixel_length} bytes; Rows, Columns, Samples per "
                 f"Pixel, Bits Allocated and Number of Frames call for {expected}"
             )
-    elif _ROWS in walker.image and _COLUMNS in walker.image:
-        raise IncompleteDatasetError("the image has Rows and Columns but no Pixel Data")
+    elif not walker.float_pixels and (
+        (_ROWS in walker.image and _COLUMNS in walker.image)
+        or "Image Storage" in UID(sop_class_uid).name
+    ):
+        raise IncompleteDatasetError("the image has no Pixel Data")
 
 
 def dataset_offset(data: bytes | memoryview) -> int:

@@ -105,13 +105,6 @@ def handle_store(event: evt.Event, target: StoreTarget) -> int | Dataset:
     except UnreadableDatasetError as err:
         bound.warning("store_refused_unreadable", status=CANNOT_DECODE, reason=str(err))
         return _failure(CANNOT_DECODE, "dataset cannot be parsed")
-    try:
-        check_dataset(data, dataset_offset(data), header.transfer_syntax_uid)
-    except IncompleteDatasetError as err:
-        # A truncated or corrupt instance must not be acknowledged: the PACS would never
-        # resend it, and the series would be analysed without it, or not at all.
-        bound.warning("store_refused_incomplete", status=CANNOT_DECODE, reason=str(err))
-        return _failure(CANNOT_DECODE, "dataset is truncated or corrupt")
 
     bound = bound.bind(
         study_instance_uid=header.study_instance_uid[:64],
@@ -126,6 +119,15 @@ def handle_store(event: evt.Event, target: StoreTarget) -> int | Dataset:
         return _failure(
             DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class/Instance UID differs from request"
         )
+    try:
+        check_dataset(
+            data, dataset_offset(data), header.transfer_syntax_uid, header.sop_class_uid
+        )
+    except IncompleteDatasetError as err:
+        # A truncated or corrupt instance must not be acknowledged: the PACS would never
+        # resend it, and the series would be analysed without it, or not at all.
+        bound.warning("store_refused_incomplete", status=CANNOT_DECODE, reason=str(err))
+        return _failure(CANNOT_DECODE, "dataset is truncated or corrupt")
     try:
         path = instance_path(
             target.spool,
