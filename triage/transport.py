@@ -55,6 +55,8 @@ _A_ABORT = 0x07
 _KNOWN_PDU_TYPES = range(0x01, 0x08)
 # C-STORE status "Data Set does not match SOP Class" (PS3.4 B.2.3).
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+# At most one "connection_refused" line per peer address in this many seconds.
+_REFUSAL_LOG_INTERVAL = 10.0
 # Largest single socket read: big enough to take a P-DATA PDU in a few calls.
 _CHUNK = 256 * 1024
 
@@ -307,6 +309,7 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         self._lock = threading.Lock()
         # Every accepted socket still open, and whether it is an association yet.
         self._connections: dict[socket.socket, _Connection] = {}
+        self._refusals: dict[str, tuple[float, int]] = {}  # peer: (last logged, refused since)
         super().__init__(
             ae,
             address,
@@ -356,14 +359,26 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             if admit:
                 self._connections[request] = _Connection(peer)
         if not admit:
-            log.warning(
-                "connection_refused",
-                peer=peer,
-                reason="too many connections that are not associations yet",
-                pending=len(pending),
-                pending_from_peer=from_peer,
-            )
+            self._log_refusal(peer, len(pending), from_peer)
         return admit
+
+    def _log_refusal(self, peer: str, pending: int, from_peer: int) -> None:
+        # At most one line per peer every _REFUSAL_LOG_INTERVAL: a peer that reconnects
+        # in a loop must not fill the disk with log lines.
+        now = time.monotonic()
+        last, count = self._refusals.get(peer, (0.0, 0))
+        if now - last < _REFUSAL_LOG_INTERVAL:
+            self._refusals[peer] = (last, count + 1)
+            return
+        self._refusals[peer] = (now, 0)
+        log.warning(
+            "connection_refused",
+            peer=peer,
+            reason="too many connections that are not associations yet",
+            pending=pending,
+            pending_from_peer=from_peer,
+            refused_since_last_line=count,
+        )
 
     def _on_accepted(self, event: evt.Event) -> None:
         # From now on the connection counts as an association, not as pending.

@@ -7,15 +7,21 @@ The receiver runs with 2-second timeouts so that each case ends in seconds.
 
 from __future__ import annotations
 
+import signal
 import struct
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from daemon_proc import Daemon
+from dicom_factory import write_series
 from hostile import HOSTILE_ADDRESS, KINDS, Swarm, closed_by_peer, connect, drip_p_data
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from support import dcmtk
 
 TIMEOUTS = {"network_timeout": 2.0, "acse_timeout": 2.0}
 
@@ -182,3 +188,60 @@ def test_hostile_address_is_a_distinct_loopback_address() -> None:
         conn, address = server.accept()
         conn.close()
     assert address[0] == HOSTILE_ADDRESS
+
+
+def test_a_pacs_is_served_while_16_hostile_connections_of_each_kind_are_held(
+    tmp_path: Path,
+) -> None:
+    """The issue's test: every kind of hostile peer at once, from another address, while
+    dcmtk's storescu sends a series and echoscu verifies; then SIGTERM, in time."""
+    daemon = Daemon(
+        tmp_path,
+        receiver={
+            **TIMEOUTS,
+            "shutdown_timeout": 2.0,
+            # The allow-list is set, and the P-DATA drippers know an allowed AE title.
+            "allowed_calling_aets": ["STORESCU", "ECHOSCU", "HOSTILE"],
+            # 16 dripping associations are associations: leave room for the PACS's.
+            "max_associations": 24,
+        },
+    ).start()
+    swarms = [Swarm(kind, daemon.port).start() for kind in [*KINDS, "drip_p_data"]]
+    try:
+        time.sleep(3.0)  # every kind has connected, and the first have been cut
+        _, _, files = write_series(tmp_path / "study", 12)
+        sent = subprocess.run(
+            [dcmtk("storescu"), "-aec", "TRIAGE", "127.0.0.1", str(daemon.port), *map(str, files)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        echo = subprocess.run(
+            [dcmtk("echoscu"), "-aec", "TRIAGE", "127.0.0.1", str(daemon.port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert echo.returncode == 0, echo.stdout + echo.stderr
+        assert len(list((tmp_path / "var" / "spool").rglob("*.dcm"))) == len(files)
+
+        for swarm in swarms:
+            assert swarm.lifetimes, f"{swarm.kind}: the receiver closed none of them"
+            # The 2-second timeouts bound every kind; the margin is for two loaded CPUs
+            # (each test above checks the kinds that end at once, one connection at a time).
+            assert max(swarm.lifetimes) < 2.0 + 4.0, (swarm.kind, sorted(swarm.lifetimes)[-3:])
+
+        # SIGTERM while they keep at it: done within shutdown_timeout and a few seconds.
+        assert daemon.proc is not None
+        start = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(2.0 + 5.0) == 0
+        assert time.monotonic() - start < 2.0 + 5.0
+    finally:
+        for swarm in swarms:
+            swarm.stop.set()
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill()
+        for swarm in swarms:
+            swarm.finish()
