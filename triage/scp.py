@@ -120,9 +120,7 @@ def handle_store(event: evt.Event, target: StoreTarget) -> int | Dataset:
             DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class/Instance UID differs from request"
         )
     try:
-        check_dataset(
-            data, dataset_offset(data), header.transfer_syntax_uid, header.sop_class_uid
-        )
+        check_dataset(data, dataset_offset(data), header.transfer_syntax_uid, header.sop_class_uid)
     except IncompleteDatasetError as err:
         # A truncated or corrupt instance must not be acknowledged: the PACS would never
         # resend it, and the series would be analysed without it, or not at all.
@@ -318,18 +316,13 @@ class Receiver:
             time.sleep(0.05)
         for assoc in self._requested():
             if assoc.is_established:
-                log.warning(
-                    "association_aborted_on_shutdown", calling_aet=assoc.requestor.ae_title
-                )
+                log.warning("association_aborted_on_shutdown", calling_aet=assoc.requestor.ae_title)
                 assoc.abort(block=False)  # queued: sent unless the DUL is stuck on a peer
         _wait_for_threads(self.server.active_associations, time.monotonic() + 1.0)
         closed = self.server.close_connections()
         if closed:
             log.info("connections_closed_on_shutdown", count=closed)
-        _wait_for_threads(
-            [a.dul for a in self.server.active_associations], time.monotonic() + 1.0
-        )
-
+        _wait_for_threads([a.dul for a in self.server.active_associations], time.monotonic() + 1.0)
 
     def _requested(self) -> list[Association]:
         # Connections that never sent an A-ASSOCIATE-RQ have nothing to finish.

@@ -24,6 +24,7 @@ under them:
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import struct
@@ -53,6 +54,9 @@ _HEADER = 6  # PDU type, reserved, 4-byte length (PS3.8 9.3.1)
 _P_DATA_TF = 0x04
 _A_ABORT = 0x07
 _KNOWN_PDU_TYPES = range(0x01, 0x08)
+# DUL states before an association exists (PS3.8 9.2): idle, before the connection is
+# handled (Sta1), awaiting the A-ASSOCIATE-RQ (Sta2), awaiting our response to it (Sta3).
+_NEGOTIATION_STATES = ("Sta1", "Sta2", "Sta3")
 # C-STORE status "Data Set does not match SOP Class" (PS3.4 B.2.3).
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 # At most one "connection_refused" line per peer address in this many seconds.
@@ -92,9 +96,15 @@ class DeadlineSocket(AssociationSocket):
         self._body_length: int | None = None
         self._pdu_deadline = 0.0
 
+    def _negotiating(self) -> bool:
+        # The DUL's own state, not ``assoc.is_established``: the DUL thread that reads
+        # here is the one that sent the A-ASSOCIATE-AC, so a P-DATA PDU that follows the
+        # AC at once is never taken for part of the negotiation.
+        return self.assoc.dul.state_machine.current_state in _NEGOTIATION_STATES
+
     def _deadline(self) -> float:
         deadline = time.monotonic() + self.limits.network_timeout
-        if not self.assoc.is_established:
+        if self._negotiating():
             deadline = min(deadline, self._negotiation_deadline)
         return deadline
 
@@ -149,9 +159,7 @@ class DeadlineSocket(AssociationSocket):
         return data
 
     def _check_length(self, pdu_type: int, length: int) -> None:
-        if not self.assoc.is_established:
-            limit = MAX_ASSOCIATE_PDU_LENGTH
-        elif pdu_type == _P_DATA_TF:
+        if pdu_type == _P_DATA_TF and not self._negotiating():
             # What we advertised as our maximum length received (0: no limit).
             limit = self.assoc.acceptor.maximum_length or 0
         else:
@@ -209,7 +217,7 @@ class ReceiverAssociation(Association):
             rsp.MessageIDBeingRespondedTo = msg.MessageID
             rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
             rsp.Status = DATASET_DOES_NOT_MATCH_SOP_CLASS
-            rsp.ErrorComment = "request has no Affected SOP Instance UID"
+            rsp.ErrorComment = "request has no Affected SOP Instance UID"  # type: ignore[assignment]
             self.dimse.send_msg(rsp, context_id)
             return
         super()._serve_request(msg, context_id)
@@ -366,6 +374,10 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         # At most one line per peer every _REFUSAL_LOG_INTERVAL: a peer that reconnects
         # in a loop must not fill the disk with log lines.
         now = time.monotonic()
+        if len(self._refusals) > 1024:  # many addresses (IPv6): forget the quiet ones
+            self._refusals = {
+                p: v for p, v in self._refusals.items() if now - v[0] < _REFUSAL_LOG_INTERVAL
+            }
         last, count = self._refusals.get(peer, (0.0, 0))
         if now - last < _REFUSAL_LOG_INTERVAL:
             self._refusals[peer] = (last, count + 1)
@@ -383,8 +395,9 @@ class GuardedAssociationServer(ThreadedAssociationServer):
     def _on_accepted(self, event: evt.Event) -> None:
         # From now on the connection counts as an association, not as pending.
         dul_socket = event.assoc.dul.socket
+        sock = dul_socket.socket if dul_socket is not None else None
         with self._lock:
-            connection = self._connections.get(dul_socket.socket) if dul_socket else None
+            connection = self._connections.get(sock) if sock is not None else None
             if connection is not None:
                 connection.associated = True
 
@@ -397,10 +410,8 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             still_open = [s for s in self._connections if s.fileno() != -1]
             self._connections.clear()
         for sock in still_open:
-            try:
+            with contextlib.suppress(OSError):  # closed by its own thread meanwhile
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # closed by its own thread meanwhile
         return len(still_open)
 
 
