@@ -152,7 +152,10 @@ class DeadlineSocket(AssociationSocket):
             if remaining <= 0:
                 raise TimeoutError("the peer did not send a whole PDU in time")
             sock.settimeout(remaining)
-            chunk = sock.recv(min(_CHUNK, nr_bytes - len(data)))
+            try:
+                chunk = sock.recv(min(_CHUNK, nr_bytes - len(data)))
+            except TimeoutError as err:
+                raise TimeoutError("the peer did not send a whole PDU in time") from err
             if not chunk:
                 break  # the peer closed: the DUL sees a short read
             data += chunk
