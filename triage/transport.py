@@ -61,8 +61,8 @@ _NEGOTIATION_STATES = ("Sta1", "Sta2", "Sta3")
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 # At most one "connection_refused" line per peer address in this many seconds.
 _REFUSAL_LOG_INTERVAL = 10.0
-# Largest single socket read: big enough to take a P-DATA PDU in a few calls.
-_CHUNK = 256 * 1024
+# The receive buffer's first size; it doubles as a longer PDU arrives.
+_FIRST_BUFFER = 1024 * 1024
 
 
 class PDURefusedError(ConnectionAbortedError):
@@ -146,19 +146,27 @@ class DeadlineSocket(AssociationSocket):
 
     def _read(self, nr_bytes: int, deadline: float) -> bytearray:
         sock = cast(socket.socket, self.socket)
-        data = bytearray()
-        while len(data) < nr_bytes:
+        # Received into one buffer, without a bytes object per chunk. It is sized for
+        # what has arrived, not for what the header claims: with max_pdu 0 a claim is
+        # unbounded, so the buffer only doubles as data comes in.
+        data = bytearray(min(nr_bytes, _FIRST_BUFFER))
+        got = 0
+        while got < nr_bytes:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("the peer did not send a whole PDU in time")
+            if got == len(data):
+                data.extend(bytes(min(len(data), nr_bytes - got)))
             sock.settimeout(remaining)
             try:
-                chunk = sock.recv(min(_CHUNK, nr_bytes - len(data)))
+                with memoryview(data) as view:
+                    count = sock.recv_into(view[got:])
             except TimeoutError as err:
                 raise TimeoutError("the peer did not send a whole PDU in time") from err
-            if not chunk:
-                break  # the peer closed: the DUL sees a short read
-            data += chunk
+            if not count:
+                del data[got:]  # the peer closed: the DUL sees a short read
+                break
+            got += count
         return data
 
     def _check_length(self, pdu_type: int, length: int) -> None:
