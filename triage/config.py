@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from triage.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: no backslash, 1-16 chars
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+_AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # DICOM AE: no backslash, 1-16 chars
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
 class _Section(BaseModel):
@@ -37,13 +37,13 @@ def _check_host(value: str) -> str:
         pass
     name = value.removesuffix(".")
     labels = name.split(".")
-    if not name or len(name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+    if not name or len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"{value!r} is not a host name or an IP address")
     return value
 
 
 def _check_ae_title(value: str) -> str:
-    if not _AE_TITLE.match(value) or not value.strip():
+    if not _AE_TITLE.fullmatch(value) or not value.strip():
         raise ValueError(
             "an AE title is 1 to 16 printable characters, not only spaces, and has no backslash"
         )
@@ -79,6 +79,8 @@ class ReceiverConfig(_Section):
     port: int = Field(default=11112, ge=0, le=65535)
     allowed_calling_aets: list[str] = Field(default_factory=list)
     max_associations: int = Field(default=16, ge=1)
+    max_pending_connections: int = Field(default=64, ge=1)
+    max_pending_per_address: int = Field(default=8, ge=1)
     max_pdu: int = Field(default=0, ge=0)
     acse_timeout: float = Field(default=30.0, gt=0)
     dimse_timeout: float = Field(default=60.0, gt=0)

@@ -180,8 +180,11 @@ def parse_header(source: bytes | BinaryIO | Path) -> InstanceHeader:
         meta = ds.file_meta
         study = _text(ds, "StudyInstanceUID", None, vr="UI")
         series = _text(ds, "SeriesInstanceUID", None, vr="UI")
-        sop = _text(ds, "SOPInstanceUID", None, vr="UI") or meta.get("MediaStorageSOPInstanceUID")
-        sop_class = _text(ds, "SOPClassUID", None, vr="UI") or meta.get("MediaStorageSOPClassUID")
+        # From the dataset only: the File Meta of a received instance is built from the
+        # C-STORE request, so falling back to it would store a dataset that lacks its
+        # SOP Instance UID under whatever UID the request named.
+        sop = _text(ds, "SOPInstanceUID", None, vr="UI")
+        sop_class = _text(ds, "SOPClassUID", None, vr="UI")
         if not (study and series and sop and sop_class):
             raise UnreadableDatasetError(
                 "the dataset lacks a Study, Series or SOP Instance UID or its SOP Class UID"

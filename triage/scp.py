@@ -14,6 +14,7 @@ import socketserver
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -21,25 +22,31 @@ from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from triage.config import ReceiverConfig
 from triage.db.models import utcnow
 from triage.errors import InvalidUIDError, TriageError
 from triage.header import ReceivedInstance, UnreadableDatasetError, parse_header
+from triage.integrity import IncompleteDatasetError, check_dataset, dataset_offset
 from triage.logs import describe_db_error, get_logger
 from triage.part10 import file_header
 from triage.recorder import InstanceRecorder
 from triage.spool import free_disk_mb, instance_path, write_durably
+from triage.transport import (
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    ConnectionLimits,
+    GuardedAssociationServer,
+    ReceiverAE,
+)
 
 log = get_logger(__name__)
 
 # DIMSE statuses (PS3.4 Annex B.2.3, PS3.7 Annex C).
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 CANNOT_DECODE = 0xC210
 
@@ -112,6 +119,13 @@ def handle_store(event: evt.Event, target: StoreTarget) -> int | Dataset:
         return _failure(
             DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class/Instance UID differs from request"
         )
+    try:
+        check_dataset(data, dataset_offset(data), header.transfer_syntax_uid, header.sop_class_uid)
+    except IncompleteDatasetError as err:
+        # A truncated or corrupt instance must not be acknowledged: the PACS would never
+        # resend it, and the series would be analysed without it, or not at all.
+        bound.warning("store_refused_incomplete", status=CANNOT_DECODE, reason=str(err))
+        return _failure(CANNOT_DECODE, "dataset is truncated or corrupt")
     try:
         path = instance_path(
             target.spool,
@@ -210,7 +224,7 @@ def build_ssl_context(cfg: ReceiverConfig) -> ssl.SSLContext | None:
 
 def build_ae(cfg: ReceiverConfig) -> AE:
     """An Application Entity with every storage context and Verification."""
-    ae = AE(ae_title=cfg.ae_title)
+    ae = ReceiverAE(ae_title=cfg.ae_title)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(cast(str, context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
@@ -224,20 +238,14 @@ def build_ae(cfg: ReceiverConfig) -> AE:
     return ae
 
 
-class ReusePortAssociationServer(ThreadedAssociationServer):
-    """An association server whose port other processes of the same user may share.
-
-    With SO_REUSEPORT, Linux spreads incoming connections over every socket listening
-    on the port, so N receiver processes use N cores. It is set only on request (the
-    ``receiver.processes > 1`` case): otherwise a second daemon started by mistake
-    would silently share the port instead of failing to bind.
-    """
-
-    def server_bind(self) -> None:
-        """Set SO_REUSEPORT, then bind as pynetdicom does."""
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+def connection_limits(cfg: ReceiverConfig) -> ConnectionLimits:
+    """The receiver's deadlines and limits on connections that are not associations yet."""
+    return ConnectionLimits(
+        network_timeout=cfg.network_timeout,
+        acse_timeout=cfg.acse_timeout,
+        max_pending=cfg.max_pending_connections,
+        max_pending_per_address=cfg.max_pending_per_address,
+    )
 
 
 class Receiver:
@@ -249,7 +257,7 @@ class Receiver:
         """Bind ``cfg.host:cfg.port`` and start accepting associations in a thread.
 
         ``reuse_port`` lets several receiver processes listen on the same port
-        (see :class:`ReusePortAssociationServer`).
+        (see :class:`triage.transport.GuardedAssociationServer`).
         """
         self.cfg = cfg
         self.ae = build_ae(cfg)
@@ -271,12 +279,16 @@ class Receiver:
             (cfg.host, cfg.port),
             evt_handlers=handlers,
             ssl_context=build_ssl_context(cfg),
-            server_class=ReusePortAssociationServer if reuse_port else ThreadedAssociationServer,
+            server_class=GuardedAssociationServer,
+            limits=connection_limits(cfg),
+            reuse_port=reuse_port,
         )
-        self.server: ThreadedAssociationServer = server
+        self.server = cast(GuardedAssociationServer, server)
         # What ``AE.start_server(block=False)`` does, which cannot take a server class.
         # The server is not registered with the AE: stop() shuts it down itself.
-        threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
+        threading.Thread(
+            target=self.server.serve_forever, name="dicom-acceptor", daemon=True
+        ).start()
         self._stopped = threading.Event()
 
     @property
@@ -285,7 +297,11 @@ class Receiver:
         return int(self.server.server_address[1])
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop accepting associations, let those in flight finish, abort after ``timeout``."""
+        """Stop accepting associations, let those in flight finish, abort after ``timeout``.
+
+        Returns within about ``timeout`` + 2 seconds whatever the peers do: connections
+        still open then are shut down, so that no thread waits on a peer.
+        """
         if self._stopped.is_set():
             return
         self._stopped.set()
@@ -296,9 +312,23 @@ class Receiver:
         if self.server.socket is not None:
             self.server.socket.close()
         deadline = time.monotonic() + timeout
-        while self.server.active_associations and time.monotonic() < deadline:
+        while self._requested() and time.monotonic() < deadline:
             time.sleep(0.05)
-        for assoc in self.server.active_associations:
-            log.warning("association_aborted_on_shutdown", calling_aet=assoc.requestor.ae_title)
-            assoc.abort()
-        self.ae.shutdown()
+        for assoc in self._requested():
+            if assoc.is_established:
+                log.warning("association_aborted_on_shutdown", calling_aet=assoc.requestor.ae_title)
+                assoc.abort(block=False)  # queued: sent unless the DUL is stuck on a peer
+        _wait_for_threads(self.server.active_associations, time.monotonic() + 1.0)
+        closed = self.server.close_connections()
+        if closed:
+            log.info("connections_closed_on_shutdown", count=closed)
+        _wait_for_threads([a.dul for a in self.server.active_associations], time.monotonic() + 1.0)
+
+    def _requested(self) -> list[Association]:
+        # Connections that never sent an A-ASSOCIATE-RQ have nothing to finish.
+        return [a for a in self.server.active_associations if a.requestor.primitive is not None]
+
+
+def _wait_for_threads(threads: Sequence[threading.Thread], deadline: float) -> None:
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))

@@ -3,6 +3,12 @@
 Layout: ``<data_dir>/spool/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``. UIDs come from the
 network, so each is checked against the DICOM UID grammar before it becomes part of a
 path; nothing a peer sends can climb out of the spool.
+
+The grammar checked is PS3.5 9.1's: components of digits separated by single dots, at
+most 64 characters, matched against the whole value (a trailing newline is refused).
+One rule is relaxed on purpose: a component with a leading zero (``1.2.03``) is
+accepted, because old scanners send such UIDs, and refusing them would lose the study,
+while they are as safe in a path as any other digits.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from pathlib import Path
 
 from triage.errors import InvalidUIDError
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 TEMP_SUFFIX = ".tmp"
 
 
@@ -25,9 +31,10 @@ def validate_uid(uid: object, what: str = "UID") -> str:
     Raises
     ------
     InvalidUIDError
-        If it is not digits and dots, or longer than 64 characters.
+        If it is not digits and dots (the whole value: no trailing newline), or is
+        longer than 64 characters.
     """
-    if not isinstance(uid, str) or len(uid) > 64 or not _UID.match(uid):
+    if not isinstance(uid, str) or len(uid) > 64 or not _UID.fullmatch(uid):
         raise InvalidUIDError(
             f"{what} {str(uid)[:80]!r} is not a valid DICOM UID "
             "(digits and dots, at most 64 characters)"

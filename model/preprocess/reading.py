@@ -80,10 +80,19 @@ def _floats(ds: Dataset, keyword: str, n: int, path: Path) -> NDArray[np.float64
 
 def _check_headers(datasets: list[Dataset], paths: list[Path], min_slices: int) -> None:
     """Reject what cannot be one axial CT volume, before paying for pixel decoding."""
-    series = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
-    if len(series) > 1:
+    uids = [str(ds.get("SeriesInstanceUID", "")) for ds in datasets]
+    for uid, path in zip(uids, paths, strict=True):
+        if not uid:
+            # pydicom reads a file cut short as the few elements before the cut, so a
+            # missing Series Instance UID is what a truncated file looks like here.
+            raise SeriesRejectedError(
+                f"{path} has no Series Instance UID: the file is truncated or corrupt."
+            )
+    if len(set(uids)) > 1:
+        odd = next(path for uid, path in zip(uids, paths, strict=True) if uid != uids[0])
         raise SeriesRejectedError(
-            f"series has {len(series)} different Series Instance UIDs; pass one series."
+            f"series has {len(set(uids))} different Series Instance UIDs: {odd} is not in "
+            f"the series of {paths[0]}; pass one series."
         )
     for ds, path in zip(datasets, paths, strict=True):
         modality = ds.get("Modality", "")

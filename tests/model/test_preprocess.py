@@ -293,6 +293,17 @@ def test_rejects_mixed_series(series: list[Path], tmp_path: Path) -> None:
         read_series([*series, other[0]])
 
 
+def test_a_truncated_file_is_named_as_such(series: list[Path]) -> None:
+    """Issue 12: a cut file read as an almost empty dataset was reported as a second series."""
+    data = series[5].read_bytes()
+    series[5].write_bytes(data[: data.index(b"\x20\x00\x0d\x00")])  # cut before Study UID
+    with pytest.raises(SeriesRejectedError) as info:
+        read_series(series)
+    assert str(series[5]) in str(info.value)
+    assert "truncated" in str(info.value)
+    assert "different Series" not in str(info.value)
+
+
 def test_rejects_non_ct(series: list[Path]) -> None:
     _edit(series[3], Modality="MR")
     with pytest.raises(SeriesRejectedError, match=r"not CT.*'MR'"):

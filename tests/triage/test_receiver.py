@@ -313,3 +313,126 @@ def test_stored_file_meta_describes_the_received_instance(start_receiver) -> Non
     # The group length covers exactly the meta elements that follow it.
     group_length = int.from_bytes(raw[140:144], "little")
     assert raw[144 + group_length : 146 + group_length] == b"\x08\x00"  # next is group 0008
+
+
+# Issue 12, items 4 and 5: what a broken sender sends, sent as is over a real association.
+
+
+def _dataset_bytes(ds) -> bytes:
+    """The dataset of ``ds`` (Explicit VR Little Endian), without preamble or File Meta."""
+    from io import BytesIO
+
+    raw = _file_bytes(ds)
+    group_length = dcmread(BytesIO(raw)).file_meta.FileMetaInformationGroupLength
+    return raw[132 + 12 + int(group_length) :]
+
+
+def _send_raw(
+    port: int, tmp_path: Path, body: bytes, sop_instance_uid: str, monkeypatch
+) -> tuple[int, float]:
+    """Send ``body`` byte for byte as a C-STORE dataset; the status and seconds to answer.
+
+    pynetdicom sends a file's dataset without parsing it when asked to send in chunks,
+    with the request's UIDs taken from the file's meta: so a sender can be broken here
+    as a real one is.
+    """
+    import time
+
+    from pynetdicom import _config
+
+    from triage.part10 import file_header
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    path = tmp_path / "outgoing.dcm"
+    path.write_bytes(file_header(CTImageStorage, sop_instance_uid, ExplicitVRLittleEndian) + body)
+    ae = AE(ae_title="TESTSCU")
+    ae.dimse_timeout = 15
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE")
+    assert assoc.is_established
+    start = time.monotonic()
+    status = assoc.send_c_store(path)
+    elapsed = time.monotonic() - start
+    if assoc.is_established:
+        assoc.release()
+    return (int(status.Status) if "Status" in status else -1), elapsed
+
+
+def _pixel_offset(body: bytes) -> int:
+    return body.index(b"\xe0\x7f\x10\x00OW")
+
+
+@pytest.mark.parametrize("damage", ["cut_in_half", "length_fffffffe", "pixel_data_2_gib"])
+def test_truncated_or_corrupt_dataset_gets_a_failure_and_nothing_is_spooled(
+    start_receiver, tmp_path: Path, monkeypatch, damage: str
+) -> None:
+    import struct
+
+    rx = start_receiver()
+    ds = ct_slice("1.2.3.4", "1.2.3.4.20", 0, rows=128, columns=128)
+    body = _dataset_bytes(ds)
+    px = _pixel_offset(body)
+    if damage == "cut_in_half":  # inside Pixel Data
+        body = body[: len(body) // 2]
+        assert len(body) > px + 12
+    elif damage == "length_fffffffe":  # an OB element whose length runs past the end
+        body = body[:px] + b"\x09\x00\x10\x00LO\x04\x00ACME"
+        body += b"\x09\x00\x00\x10OB\x00\x00" + struct.pack("<I", 0xFFFFFFFE) + b"abcd"
+    else:  # Pixel Data claiming 2 GiB, with 100 bytes sent
+        body = body[:px] + b"\xe0\x7f\x10\x00OW\x00\x00" + struct.pack("<I", 2**31) + bytes(100)
+    status, _ = _send_raw(rx.port, tmp_path, body, ds.SOPInstanceUID, monkeypatch)
+    assert status == 0xC210
+    _nothing_stored(rx)
+
+
+def test_pixel_data_of_the_wrong_size_gets_a_failure(start_receiver, tmp_path, monkeypatch) -> None:
+    rx = start_receiver()
+    ds = ct_slice("1.2.3.4", "1.2.3.4.21", 0, rows=64, columns=64)
+    ds.Rows = 65  # 64 × 64 pixels sent, 65 × 64 announced
+    status, _ = _send_raw(rx.port, tmp_path, _dataset_bytes(ds), ds.SOPInstanceUID, monkeypatch)
+    assert status == 0xC210
+    _nothing_stored(rx)
+    # The intact instance is stored.
+    ds.Rows = 64
+    status, _ = _send_raw(rx.port, tmp_path, _dataset_bytes(ds), ds.SOPInstanceUID, monkeypatch)
+    assert status == 0x0000
+
+
+def test_empty_affected_sop_instance_uid_gets_a_failure_response(
+    start_receiver, tmp_path: Path, monkeypatch
+) -> None:
+    rx = start_receiver()
+    ds = ct_slice("1.2.3.4", "1.2.3.4.22", 0)
+    status, elapsed = _send_raw(rx.port, tmp_path, _dataset_bytes(ds), "", monkeypatch)
+    assert status == 0xA900  # an answer, not silence until the sender's timeout
+    assert elapsed < 5
+    _nothing_stored(rx)
+
+
+def test_dataset_without_sop_instance_uid_is_not_stored_under_the_request_uid(
+    start_receiver, tmp_path: Path, monkeypatch
+) -> None:
+    rx = start_receiver()
+    ds = ct_slice("1.2.3.4", "1.2.3.4.23", 0)
+    request_uid = ds.SOPInstanceUID
+    del ds.SOPInstanceUID
+    status, _ = _send_raw(rx.port, tmp_path, _dataset_bytes(ds), request_uid, monkeypatch)
+    assert status != 0x0000
+    assert status in (0xA900, 0xC210)
+    _nothing_stored(rx)
+
+
+@pytest.mark.parametrize("tag", [b"\x20\x00\x0d\x00", b"\x20\x00\x0e\x00"], ids=["study", "series"])
+def test_uid_with_a_trailing_newline_is_refused(
+    start_receiver, tmp_path: Path, monkeypatch, tag: bytes
+) -> None:
+    """A UID pattern ending in ``$`` matched "1.2.3.4\\n" (pydicom strips it, so bytes)."""
+    rx = start_receiver()
+    ds = ct_slice("1.2.3.44", "1.2.3.44", 0)
+    body = _dataset_bytes(ds)
+    element = tag + b"UI\x08\x001.2.3.44"
+    assert body.count(element) == 1
+    body = body.replace(element, tag + b"UI\x08\x001.2.3.4\n")
+    status, _ = _send_raw(rx.port, tmp_path, body, ds.SOPInstanceUID, monkeypatch)
+    assert status == 0xC000
+    _nothing_stored(rx)

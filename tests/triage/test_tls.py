@@ -162,3 +162,34 @@ def test_bad_web_tls_files_give_a_clear_error(tmp_path: Path, pki: Path) -> None
     config = make_config(tmp_path, web={"port": 0, "tls": web_tls})
     with pytest.raises(WebError, match=r"web\.tls"):
         start_web(config, open_db(config))
+
+
+def test_a_silent_tls_peer_does_not_stop_the_accept_loop(start_receiver, pki: Path) -> None:
+    """Issue 12: the TLS handshake ran in the thread that accepts connections, with no
+    deadline, so one peer that connected and said nothing stopped every other one."""
+    import socket
+    import time
+
+    rx = start_receiver(
+        receiver={"tls": _tls(pki, require=False), "network_timeout": 2, "acse_timeout": 2}
+    )
+    with socket.create_connection(("127.0.0.1", rx.port)) as silent:
+        time.sleep(0.3)  # accepted, and waiting for a ClientHello that never comes
+        ae = AE(ae_title="TLSSCU")
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = 5
+        ae.network_timeout = 5
+        assoc = ae.associate(
+            "127.0.0.1",
+            rx.port,
+            ae_title="TRIAGE",
+            tls_args=(_client_context(pki, with_cert=False), None),
+        )
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+        # The silent one is dropped once its handshake deadline has passed.
+        silent.settimeout(5)
+        start = time.monotonic()
+        assert silent.recv(100) == b""
+        assert time.monotonic() - start < 4
