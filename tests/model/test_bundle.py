@@ -179,9 +179,23 @@ def test_the_shipped_demo_bundle_is_trained_labelled_and_its_report_matches_the_
     assert bundle.manifest["trained"] is True
     assert "NOT FOR CLINICAL USE" in bundle.manifest["description"]
     assert bundle.manifest["preprocess"]["crop"] is True
+    # Calibrated, and its thresholds chosen on the calibrated probabilities.
+    calibrators = bundle.calibrators()
+    assert {c.method for c in calibrators.values()} == {"platt"}
+    assert "calibrated" in bundle.thresholds["stack"].provenance
     report = json.loads((demo / "report" / "report.json").read_text())
     assert report["bundle"]["sha256"] == bundle.manifest_sha256
-    auc = report["levels"]["stack"]["roc_auc"]
+    # Held out on at least 200 realistic studies, half positive; easy and hard beside it,
+    # each with the raw outputs' figures beside the calibrated ones.
+    stack = report["levels"]["stack"]
+    assert stack["n"] >= 200 and stack["n_positive"] * 2 == stack["n"]
+    for name in ("easy", "hard"):
+        other = json.loads((demo / "report" / name / "report.json").read_text())
+        assert other["bundle"]["sha256"] == bundle.manifest_sha256
+        assert "levels_raw" in other
+    assert report["levels_raw"]["stack"]["ece"] is not None
+    auc = stack["roc_auc"]
     readme = (root / "README.md").read_text()
     figure = f"{auc['estimate']:.3f} (95% CI {auc['low']:.3f}–{auc['high']:.3f})"
     assert figure in readme, figure
+    assert f"ECE {stack['ece']:.3f}" in readme
