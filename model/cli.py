@@ -167,7 +167,8 @@ def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         description=(
             "Print the study probability, the decision against the bundle's threshold and "
             "the most suspicious slices; with --json, the full prediction for scripts. "
-            "Errors print one line and exit 2."
+            "Runs on the Keras backend that KERAS_BACKEND names (tensorflow by default, jax, "
+            "torch), on its GPU if it sees one. Errors print one line and exit 2."
         ),
     )
     p.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="bundle folder")
