@@ -5,6 +5,10 @@ The wait for ``series.stable_seconds`` (the completeness rule) is left out: it i
 not work. Prints figures; asserts nothing.
 
     python benchmarks/latency.py [--bundle DIR] [--studies 4] [--stable-seconds 6]
+        [--backend tensorflow|jax|torch] [--device auto|cpu|cuda:N]
+
+The worker runs on ``--backend`` and ``--device`` (``model.backend`` and ``model.device``),
+and so does ``triage-model predict``.
 
 Columns: the stages of the end-to-end time, ``triage-model predict``'s own time on the
 same series (its ``timings.total``: read, preprocess, CNN, sequence model; not the
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -35,6 +40,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     KeyObjectSelectionDocumentStorage,
 )
 
+from model.backend import select_device
 from triage.config import DEMO_BUNDLE
 from triage.demo import free_port, wait_for_port
 from triage.send import send_files
@@ -72,7 +78,13 @@ def main() -> int:
     # At least the completeness sweep's default interval (5 s), so that a sweep sees the
     # series while it is still receiving and schedules the next one for when it turns quiet.
     parser.add_argument("--stable-seconds", type=float, default=6.0)
+    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default="tensorflow")
+    parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    # The same device for `triage-model predict` as for the worker.
+    device_env: dict[str, str] = {}
+    if args.device != "auto":
+        select_device(args.device, device_env)
 
     from model.synthetic import StudyParams, generate_study, write_study
 
@@ -86,7 +98,7 @@ def main() -> int:
         # make a study wait for them.
         "series": {"stable_seconds": args.stable_seconds},
         "worker": {"processes": 1},
-        "model": {"bundle": str(args.bundle)},
+        "model": {"bundle": str(args.bundle), "backend": args.backend, "device": args.device},
         "web": {"port": web},
         "destinations": [
             {
@@ -107,6 +119,7 @@ def main() -> int:
         stderr=log,
     )
     rows = []
+    worker = None
     try:
         wait_for_port(port, daemon)
         # Let the worker load the bundle (it then writes its heartbeat) before the clock
@@ -114,14 +127,13 @@ def main() -> int:
         deadline = time.time() + 600
         while time.time() < deadline:
             with sqlite3.connect(work / "var" / "triage.db") as db:
-                if db.execute("SELECT count(*) FROM worker_heartbeats").fetchone()[0]:
+                worker = db.execute("SELECT backend, device FROM worker_heartbeats").fetchone()
+                if worker:
                     break
             time.sleep(0.5)
         time.sleep(1)
         for i in range(args.studies):
-            phantom = generate_study(
-                7000 + i, StudyParams(n_slices=96, positive=i % 2 == 0)
-            )
+            phantom = generate_study(7000 + i, StudyParams(n_slices=96, positive=i % 2 == 0))
             series_dir = write_study(phantom, work / "studies").axial.paths[0].parent
             send_files([series_dir], "127.0.0.1", port, "BENCH", "TRIAGE")
             last_ack = time.time()
@@ -154,6 +166,7 @@ def main() -> int:
                 capture_output=True,
                 text=True,
                 check=True,
+                env={**os.environ, "KERAS_BACKEND": args.backend, **device_env},
             )
             p = json.loads(predict.stdout)["timings"]
             rows.append(
@@ -172,7 +185,8 @@ def main() -> int:
         daemon.terminate()
         daemon.wait(60)
     print(
-        f"bundle {args.bundle}; stable_seconds {args.stable_seconds} s excluded; "
+        f"bundle {args.bundle}; worker (backend, device) {worker}; "
+        f"stable_seconds {args.stable_seconds} s excluded; "
         f"{args.studies} studies of 96 slices; seconds"
     )
     columns = {

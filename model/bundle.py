@@ -108,7 +108,7 @@ class Bundle:
 
     @property
     def precision(self) -> str:
-        """The CNN's default compute precision (``float32`` or ``bfloat16``)."""
+        """The CNN's default compute precision (``float32``, ``bfloat16`` or ``float16``)."""
         return str(self.manifest.get("precision", "float32"))
 
     @property

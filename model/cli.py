@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from model.cli_types import add_workers, fraction, non_negative_int, positive_int
-from model.quiet import quiet_tensorflow
+from model.quiet import quiet_keras_backend
 from model.stats_cli import add_stats
 from model.training.cli import add_compare, add_evaluate, add_train
 
@@ -140,7 +140,7 @@ def _add_init_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _run_init_bundle(args: argparse.Namespace) -> int:
-    quiet_tensorflow()
+    quiet_keras_backend()
     from model.bundle import init_bundle
 
     bundle = init_bundle(
@@ -167,7 +167,8 @@ def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         description=(
             "Print the study probability, the decision against the bundle's threshold and "
             "the most suspicious slices; with --json, the full prediction for scripts. "
-            "Errors print one line and exit 2."
+            "Runs on the Keras backend that KERAS_BACKEND names (tensorflow by default, jax, "
+            "torch), on its GPU if it sees one. Errors print one line and exit 2."
         ),
     )
     p.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="bundle folder")
@@ -175,7 +176,7 @@ def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--json", action="store_true", help="print Prediction.to_dict() as JSON")
     p.add_argument(
         "--precision",
-        choices=("float32", "bfloat16"),
+        choices=("float32", "bfloat16", "float16"),
         default=None,
         help="CNN compute precision (default: the bundle's)",
     )
@@ -223,7 +224,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     import json
     import warnings
 
-    quiet_tensorflow()
+    quiet_keras_backend()
     try:
         if not args.series.is_dir():
             raise ValueError(f"{args.series}: series folder does not exist")
@@ -259,7 +260,10 @@ def _run_predict(args: argparse.Namespace) -> int:
     for uid, probability in top[: args.top]:
         print(f"  {probability:.3f}  {uid}")
     timings = ", ".join(f"{k} {v:.2f} s" for k, v in prediction.timings.items())
-    print(f"timings: {timings} ({prediction.precision}, {prediction.device})")
+    print(
+        f"timings: {timings} ({prediction.precision}, backend={prediction.backend} "
+        f"device={prediction.device})"
+    )
     return 0
 
 

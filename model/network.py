@@ -10,8 +10,8 @@ their models and layers, and keep input normalisation inside the graph: the CNN'
 the preprocessed [0, 1] image and a ``Rescaling`` layer maps it to the [-1, 1] that
 InceptionResNetV2 expects.
 
-TensorFlow and Keras are imported when this module is imported; the daemon imports it only
-in worker processes.
+Keras, and with it its backend (TensorFlow, JAX or PyTorch; see :mod:`model.backend`), is
+imported when this module is imported; the daemon imports it only in worker processes.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ or generalised mean with a learned exponent (GeM)."""
 STACK_HEADS = ("reference", "attention")
 """Stack heads of the sequence model (see :func:`build_sequence_model`)."""
 
-PRECISIONS = ("float32", "bfloat16")
-"""Compute precisions of the slice CNN at inference."""
+PRECISIONS = ("float32", "bfloat16", "float16")
+"""Compute precisions of the slice CNN at inference (reduced ones are for GPUs: a CPU
+runs them slower than float32, and TensorFlow's CPU kernels lack some in float16)."""
 
 IMAGENET_WEIGHTS_FILE = "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
 """The file name keras.applications caches the notop ImageNet weights under."""
@@ -136,15 +137,16 @@ def dtype_policy(precision: str) -> Iterator[None]:
     Parameters
     ----------
     precision : str
-        ``float32``, or ``bfloat16`` for Keras' ``mixed_bfloat16`` policy (float32
-        variables, bfloat16 compute).
+        ``float32``, or ``bfloat16`` / ``float16`` for Keras' ``mixed_bfloat16`` /
+        ``mixed_float16`` policy (float32 variables, reduced-precision compute). No loss
+        scaling is needed: the networks are only run forward in reduced precision.
     """
     if precision not in PRECISIONS:
         raise NetworkError(
             f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}"
         )
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    keras.config.set_dtype_policy("float32" if precision == "float32" else f"mixed_{precision}")
     try:
         yield
     finally:

@@ -4,10 +4,12 @@
 :meth:`Predictor.predict` then runs the shared preprocessing, the slice CNN encoder over
 the real slices in batches, and the sequence model, for every fold, and averages the folds.
 
-TensorFlow places the work on a GPU when it sees one and on the CPU otherwise. On the CPU,
-the thread count must be set before TensorFlow runs its first operation, so pass
-``threads`` to :meth:`Predictor.load` before anything else in the process touches
-TensorFlow (the daemon's workers do this first thing).
+It runs on whichever Keras backend the process loaded (TensorFlow, JAX or PyTorch; see
+:mod:`model.backend`), which places the work on a GPU when it sees one and on the CPU
+otherwise. Nothing here imports TensorFlow unless it is that backend. On the CPU, the
+thread count must be set before the backend runs its first operation, so pass
+``threads`` to :meth:`Predictor.load` before anything else in the process runs the
+backend (the daemon's workers do this first thing).
 """
 
 from __future__ import annotations
@@ -72,7 +74,9 @@ class Prediction:
     raw_slice_probabilities : dict of str to float
         The slice outputs before calibration, keyed as ``slice_probabilities``.
     device : str
-        ``GPU`` or ``CPU``.
+        What the CNN ran on: ``CPU`` or ``cuda:N (GPU name)``.
+    backend : str
+        The Keras backend: ``tensorflow``, ``jax`` or ``torch``.
     headers : list of pydicom.Dataset
         The source slices' datasets without pixel data, cranial first, for a report on
         the series (left out of :meth:`to_dict`).
@@ -92,6 +96,7 @@ class Prediction:
     raw_stack_probability: float | None = None
     raw_slice_probabilities: dict[str, float] = field(default_factory=dict)
     device: str = "CPU"
+    backend: str = "tensorflow"
     headers: list[Dataset] = field(default_factory=list, repr=False)
 
     @property
@@ -109,23 +114,40 @@ class Prediction:
 
 
 def configure_threads(threads: int | None) -> None:
-    """Set TensorFlow's CPU thread pools; call before TensorFlow runs any operation.
+    """Set the backend's CPU threads per operation; call before it runs any operation.
 
     Parameters
     ----------
     threads : int or None
-        Threads for one operation (intra-op, which oneDNN's convolutions use). None leaves
-        TensorFlow's default, one per core.
+        Threads for one operation (intra-op, which the convolutions use). None leaves
+        the backend's default, one per core.
 
     Warns
     -----
     RuntimeWarning
-        TensorFlow had already started with another count, which can no longer change.
+        TensorFlow had already started with another count, which can no longer change;
+        or the backend is JAX, whose CPU thread pool cannot be sized from Python.
     """
     if threads is None:
         return
     if threads < 1:
         raise PredictorError(f"threads must be at least 1, got {threads}")
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        return
+    if backend != "tensorflow":
+        warnings.warn(
+            f"the {backend} backend sizes its own CPU thread pool; threads={threads} is not "
+            "applied",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
     import tensorflow as tf
 
     if tf.config.threading.get_intra_op_parallelism_threads() == threads:
@@ -142,15 +164,6 @@ def configure_threads(threads: int | None) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
-
-
-def _inference(model: Any) -> Any:
-    """Return a function calling ``model`` in inference mode (dropout off, BN frozen)."""
-
-    def run(inputs: Any) -> Any:
-        return model(inputs, training=False)
-
-    return run
 
 
 class Predictor:
@@ -178,8 +191,10 @@ class Predictor:
         batch_size: int = 16,
         jit_compile: bool = False,
     ) -> None:
-        import tensorflow as tf
+        import keras
 
+        from model.backend import describe_device
+        from model.compiled import inference_function, recompiles_per_shape
         from model.network import slice_encoder
 
         if batch_size < 1:
@@ -191,25 +206,21 @@ class Predictor:
         self.preprocess_config = bundle.preprocess_config()
         self.network_config = bundle.network_config()
         self.calibrators = bundle.calibrators()
-        self.device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+        self.backend = keras.backend.backend()
+        self.device = describe_device()
+        # Where every new batch length costs a compilation, the last, shorter batch of
+        # each study is padded to the full batch, so that one program serves them all.
+        self._pad_batches = recompiles_per_shape(jit_compile)
         size, channels = self.network_config.input_size, self.network_config.channels
-        image_spec = tf.TensorSpec((None, size, size, channels), tf.float32)
-        self._encoders = []
-        self._sequences = []
-        for cnn, sequence in models:
-            encoder = slice_encoder(cnn)
-            # A traced function skips Keras' per-call Python overhead; one signature with a
-            # free batch axis serves the full and the last, shorter batch alike. XLA
-            # compiles per shape anyway, so it gets no signature.
-            self._encoders.append(
-                tf.function(
-                    _inference(encoder),
-                    input_signature=None if jit_compile else [image_spec],
-                    jit_compile=jit_compile,
-                    reduce_retracing=True,
-                )
+        self._encoders = [
+            inference_function(
+                slice_encoder(cnn),
+                jit_compile=jit_compile,
+                input_shape=(None, size, size, channels),
             )
-            self._sequences.append(tf.function(_inference(sequence), reduce_retracing=True))
+            for cnn, _ in models
+        ]
+        self._sequences = [inference_function(sequence) for _, sequence in models]
         self._models = models
 
     @classmethod
@@ -229,14 +240,14 @@ class Predictor:
         bundle_dir : str or Path
             The bundle folder.
         precision : str, optional
-            ``float32`` or ``bfloat16``; None uses the bundle's setting.
+            ``float32``, ``bfloat16`` or ``float16``; None uses the bundle's setting.
         threads : int, optional
             CPU threads per operation (see :func:`configure_threads`); must be given before
             TensorFlow has run anything in this process.
         batch_size : int
             Slices per CNN call (16 by default).
         jit_compile : bool
-            Compile the CNN with XLA.
+            TensorFlow only: compile the CNN with XLA (JAX always compiles).
 
         Raises
         ------
@@ -319,11 +330,11 @@ class Predictor:
         for first in range(0, len(volume), self.batch_size):
             batch = volume[first : first + self.batch_size]
             real = len(batch)
-            if self.jit_compile and real < self.batch_size:
-                # Pad to the full batch so XLA reuses one compiled program for every study.
+            if self._pad_batches and real < self.batch_size:
+                # Pad to the full batch so that one compiled program serves every study.
                 pad = np.zeros((self.batch_size - real, *batch.shape[1:]), batch.dtype)
                 batch = np.concatenate([batch, pad])
-            chunks.append(np.asarray(encoder(batch))[:real])
+            chunks.append(encoder(batch)[:real])
         return np.concatenate(chunks).astype(np.float32)
 
     def predict_preprocessed(self, series: PreprocessedSeries) -> Prediction:
@@ -402,5 +413,6 @@ class Predictor:
             study_instance_uid=series.study_instance_uid,
             fold_stack_probabilities=stacks,
             device=self.device,
+            backend=self.backend,
             headers=series.headers,
         )

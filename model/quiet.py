@@ -28,3 +28,18 @@ def quiet_tensorflow() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def quiet_keras_backend() -> None:
+    """:func:`quiet_tensorflow` when Keras will load TensorFlow; else keep TensorFlow out.
+
+    On the JAX and PyTorch backends TensorFlow must not be imported at all: it may not be
+    installed, and it would take memory and a GPU it does not use
+    (:func:`model.backend.block_tensorflow`).
+    """
+    from model.backend import block_tensorflow, configured_backend
+
+    if configured_backend() == "tensorflow":
+        quiet_tensorflow()
+    else:
+        block_tensorflow()

@@ -173,11 +173,22 @@ class ModelConfig(_Section):
 
     # Null: the shipped demo bundle (synthetic training data, not for clinical use).
     bundle: Path | None = None
-    # float32 or bfloat16; null uses the bundle's own setting.
-    precision: Literal["float32", "bfloat16"] | None = None
-    # TensorFlow threads per operation on the CPU; null lets TensorFlow decide.
+    # float32, bfloat16 or float16; null uses the bundle's own setting.
+    precision: Literal["float32", "bfloat16", "float16"] | None = None
+    # Threads per operation on the CPU; null lets the backend decide.
     threads: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=16, ge=1)
+    # The Keras backend the workers run the model on (jax and torch need the extras).
+    backend: Literal["tensorflow", "jax", "torch"] = "tensorflow"
+    # auto (worker i on GPU i mod the GPU count, else the CPU), cpu, or cuda:N.
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.match(r"^(auto|cpu|cuda:\d+)$", value):
+            raise ValueError("must be auto, cpu or cuda:N (N a GPU index)")
+        return value
 
     @property
     def bundle_dir(self) -> Path:

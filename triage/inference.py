@@ -70,6 +70,7 @@ class SeriesPredictor(Protocol):
 
     bundle: Any
     device: str
+    backend: str
 
     def predict(self, files: Sequence[str | Path]) -> Prediction: ...
 
@@ -212,11 +213,19 @@ class Worker:
 
     def start_heartbeat(self) -> None:
         """Beat now, then renew the held lease and the heartbeat row in a thread."""
-        beat(self.sessions, self.worker_id, self.predictor.device)
+        self._beat()
         self._beater = threading.Thread(
             target=self._heartbeat_loop, name="triage-worker-heartbeat", daemon=True
         )
         self._beater.start()
+
+    def _beat(self) -> None:
+        beat(
+            self.sessions,
+            self.worker_id,
+            self.predictor.device,
+            backend=self.predictor.backend,
+        )
 
     def stop_heartbeat(self) -> None:
         """Stop the heartbeat thread and remove this worker's heartbeat row."""
@@ -232,7 +241,7 @@ class Worker:
         cfg = self.config.worker
         while not self._stop_beating.wait(cfg.heartbeat_seconds):
             try:
-                beat(self.sessions, self.worker_id, self.predictor.device)
+                self._beat()
                 with self._claim_lock:
                     claim = self._claim
                 if claim is not None and not renew_lease(self.sessions, claim, cfg.lease_seconds):

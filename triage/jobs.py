@@ -279,6 +279,7 @@ def beat(
     worker_id: str,
     device: str | None,
     now: datetime | None = None,
+    backend: str | None = None,
 ) -> None:
     """Insert or refresh this worker's :class:`WorkerHeartbeat` row for ``/healthz``."""
     now = now or utcnow()
@@ -288,7 +289,7 @@ def beat(
         result = session.execute(
             update(WorkerHeartbeat)
             .where(WorkerHeartbeat.worker_id == worker_id)
-            .values(last_seen_at=now, device=device)
+            .values(last_seen_at=now, device=device, backend=backend)
             .execution_options(synchronize_session=False)
         )
         if not result.rowcount:  # type: ignore[attr-defined]
@@ -298,6 +299,7 @@ def beat(
                     hostname=hostname or socket.gethostname(),
                     pid=int(pid) if pid.isdigit() else os.getpid(),
                     device=device,
+                    backend=backend,
                     started_at=now,
                     last_seen_at=now,
                 )

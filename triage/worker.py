@@ -5,9 +5,10 @@
   children; :class:`WorkerProcesses` also restarts those that die, for ``triage serve``.
 - :func:`run_workers` is ``triage worker``: workers alone, for example on a GPU host.
 
-TensorFlow is imported only inside a worker process (by :meth:`Predictor.load`), never
+Keras and its backend (TensorFlow by default; JAX or PyTorch by ``model.backend``) are
+imported only inside a worker process (by :func:`triage.placement.load_predictor`), never
 when this module is imported: ``triage serve`` imports it to start workers, and its
-receiver must start in about a second and survive a crash in TensorFlow.
+receiver must start in about a second and survive a crash in the backend.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def run_worker(
     parent_pid: int | None = None,
     wake_event: threading.Event | None = None,
     notify_parent: bool = False,
+    worker_index: int = 0,
 ) -> None:
     """Run one worker until ``stop_event`` is set: load the bundle once, then loop.
 
@@ -109,26 +111,21 @@ def run_worker(
     notify_parent : bool
         Send SIGUSR1 to ``parent_pid`` (``triage serve``) after each result with
         deliveries, so that its dispatcher sends the report at once.
+    worker_index : int
+        This worker's number among ``worker.processes``, from 0: with ``model.device:
+        auto`` and several GPUs, it picks this worker's GPU.
     """
     config = load_config(config_path)
     configure_logging(log_format or config.logging.format, log_level or config.logging.level)
     # Warnings (an untrained bundle, a thread count it cannot set) come out as JSON
-    # lines through configure_logging; TensorFlow's C++ lines are kept off stderr.
-    from model.quiet import quiet_tensorflow
-
-    quiet_tensorflow()
-    from model.predict import Predictor
+    # lines through configure_logging.
+    from triage.placement import load_predictor
 
     engine = create_db_engine(config.database_url, config.database.busy_timeout_ms)
     sessions = session_factory(engine)
     worker_id = worker_id_for()
     try:
-        predictor = Predictor.load(
-            config.model.bundle_dir,
-            precision=config.model.precision,
-            threads=config.model.threads,
-            batch_size=config.model.batch_size,
-        )
+        predictor = load_predictor(config, worker_index)
         on_deliveries = None
         if notify_parent and parent_pid is not None:
             pid = parent_pid
@@ -148,13 +145,20 @@ def run_worker(
         gc.freeze()
         if predictor.device == "CPU":
             # Said once, in place of TensorFlow's "failed call to cuInit" error line.
-            log.info("worker_device", worker_id=worker_id, message="no GPU, using the CPU")
+            log.info(
+                "worker_device",
+                worker_id=worker_id,
+                backend=predictor.backend,
+                message="no GPU, using the CPU",
+            )
         worker = Worker(config, sessions, predictor, worker_id, on_deliveries=on_deliveries)
         worker.start_heartbeat()
         log.info(
             "worker_started",
             worker_id=worker_id,
+            backend=predictor.backend,
             device=predictor.device,
+            precision=predictor.precision,
             bundle=predictor.bundle.name,
             bundle_version=predictor.bundle.version,
             bundle_sha256=predictor.bundle.manifest_sha256,
@@ -195,7 +199,11 @@ def _reload_thresholds(worker: Worker, config_path: Path) -> None:
 
 
 def _worker_process_main(
-    config_path: Path, log_format: str | None, log_level: str | None, notify_parent: bool
+    config_path: Path,
+    log_format: str | None,
+    log_level: str | None,
+    notify_parent: bool,
+    worker_index: int = 0,
 ) -> None:
     """The body of a worker process: signals first, then :func:`run_worker`."""
     stop = threading.Event()
@@ -223,6 +231,7 @@ def _worker_process_main(
             parent_pid=os.getppid(),
             wake_event=wake,
             notify_parent=notify_parent,
+            worker_index=worker_index,
         )
     except Exception as err:
         configure_logging(log_format or "json", log_level or "INFO")
@@ -238,10 +247,11 @@ def _spawn(
     notify_parent: bool = False,
 ) -> SpawnProcess:
     # spawn, not fork: the parent runs threads and holds database connections, and a
-    # spawned child imports TensorFlow itself, so the parent never does.
+    # spawned child imports Keras and its backend itself (after choosing them), so the
+    # parent never does.
     process = multiprocessing.get_context("spawn").Process(
         target=_worker_process_main,
-        args=(Path(config_path).resolve(), log_format, log_level, notify_parent),
+        args=(Path(config_path).resolve(), log_format, log_level, notify_parent, index),
         name=f"triage-worker-{index}",
     )
     process.start()

@@ -267,3 +267,25 @@ def test_check_config_accepts_what_works(
     assert code == 0, output
     assert output.strip().endswith(": valid")
     assert not (tmp_path / "var").exists()
+
+
+def test_model_backend_device_and_precision(tmp_path: Path) -> None:
+    cfg = load_config(
+        _write(tmp_path, "model:\n  backend: jax\n  device: cuda:1\n  precision: float16\n")
+    )
+    assert (cfg.model.backend, cfg.model.device, cfg.model.precision) == (
+        "jax",
+        "cuda:1",
+        "float16",
+    )
+    defaults = load_config(_write(tmp_path, "{}\n")).model
+    assert (defaults.backend, defaults.device, defaults.precision) == ("tensorflow", "auto", None)
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            _write(tmp_path, "model:\n  backend: mxnet\n  device: gpu0\n  precision: int8\n")
+        )
+    assert {p for p, _ in info.value.problems} == {
+        "model.backend",
+        "model.device",
+        "model.precision",
+    }

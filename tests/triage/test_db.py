@@ -16,7 +16,7 @@ def test_migrations_create_the_schema_and_are_idempotent(db_url: str) -> None:
     tables = set(inspect(engine).get_table_names())
     assert {"studies", "series", "instances", "jobs", "alembic_version"} <= tables
     with engine.connect() as conn:
-        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0003"
+        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0004"
     engine.dispose()
 
 

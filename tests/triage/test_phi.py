@@ -176,6 +176,7 @@ def test_no_patient_value_reaches_a_log_an_error_text_status_or_the_worklist(
 
         bundle = predictor.bundle
         device = "CPU"
+        backend = "tensorflow"
 
         def predict(self, files: list[Path]) -> Any:
             DA(str(dcmread(files[0], stop_before_pixels=True).PatientBirthDate))

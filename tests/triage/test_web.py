@@ -36,6 +36,7 @@ from triage.db.models import (
     WorkerHeartbeat,
     utcnow,
 )
+from triage.jobs import beat
 from triage.web import WebError, create_app, start_web, worklist_rows
 from triage.web.auth import COOKIE_NAME, cookie_value
 from triage.web.health import check_health
@@ -560,7 +561,8 @@ def _heartbeat(sessions: sessionmaker[Session], worker_id: str, seconds_ago: flo
                 worker_id=worker_id,
                 hostname="gpu-1",
                 pid=1234,
-                device="GPU:0",
+                device="cuda:0 (NVIDIA H200)",
+                backend="jax",
                 last_seen_at=utcnow() - timedelta(seconds=seconds_ago),
             )
         )
@@ -591,6 +593,24 @@ def test_healthz_reports_workers_and_the_oldest_queued_job(
     assert workers["worker-a"]["alive"] is True
     assert workers["worker-b"]["alive"] is False
     assert 3599 <= workers["worker-b"]["last_seen_seconds_ago"] <= 3610
+    # The backend and device each worker runs the model on.
+    assert (workers["worker-a"]["backend"], workers["worker-a"]["device"]) == (
+        "jax",
+        "cuda:0 (NVIDIA H200)",
+    )
+
+
+def test_healthz_shows_the_backend_and_device_a_worker_beats_with(
+    tmp_path: Path, sqlite_sessions: sessionmaker[Session]
+) -> None:
+    device = "cuda:3 (NVIDIA H100 80GB HBM3)"
+    beat(sqlite_sessions, "gpu-host:42", device, backend="torch")
+    (worker,) = _client(tmp_path, sqlite_sessions).get("/healthz").json()["workers"]
+    assert (worker["worker_id"], worker["backend"], worker["device"]) == (
+        "gpu-host:42",
+        "torch",
+        device,
+    )
 
 
 def test_healthz_idle_site_without_workers_is_ok(

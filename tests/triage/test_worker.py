@@ -309,6 +309,7 @@ def test_the_report_uses_the_headers_the_predictor_read(
     class ReadOnce:
         bundle = predictor.bundle
         device = "CPU"
+        backend = "tensorflow"
 
         def predict(self, files: list[Path]) -> Any:
             prediction = predictor.predict(files)
@@ -438,6 +439,7 @@ def test_a_failing_job_is_retried_up_to_max_attempts_then_failed(
     class Broken:
         bundle = predictor.bundle
         device = "CPU"
+        backend = "tensorflow"
         calls = 0
 
         def predict(self, files: list[Path]) -> Any:
@@ -469,6 +471,7 @@ def test_a_series_reopened_during_analysis_gets_no_stale_result(
     class Reopening:
         bundle = predictor.bundle
         device = "CPU"
+        backend = "tensorflow"
 
         def predict(self, files: list[Path]) -> Any:
             prediction = predictor.predict(files)
@@ -577,7 +580,10 @@ def test_serve_analyses_a_received_series_and_reload_applies_new_thresholds(
     assert second["result"]["threshold_stack"] == 0.0
     assert second["result"]["decision"] == "present"
     with sessions() as session:
-        assert session.scalar(select(WorkerHeartbeat.device)) == "CPU"
+        assert session.execute(select(WorkerHeartbeat.backend, WorkerHeartbeat.device)).one() == (
+            "tensorflow",
+            "CPU",
+        )
 
     assert daemon.stop() == 0
     assert not (tmp_path / "var" / "triage.pid").exists()

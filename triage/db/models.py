@@ -245,6 +245,9 @@ class WorkerHeartbeat(Base):
     worker_id: Mapped[str] = mapped_column(String(128), unique=True)
     hostname: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
-    device: Mapped[str | None] = mapped_column(String(32))
+    # What the model runs on, as the worker says it: "CPU" or "cuda:0 (NVIDIA H200)".
+    device: Mapped[str | None] = mapped_column(String(128))
+    # The Keras backend: tensorflow, jax or torch.
+    backend: Mapped[str | None] = mapped_column(String(16))
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)

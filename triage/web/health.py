@@ -76,6 +76,7 @@ def check_health(
                 {
                     "worker_id": b.worker_id,
                     "hostname": b.hostname,
+                    "backend": b.backend,
                     "device": b.device,
                     "last_seen_seconds_ago": round(
                         max((now - b.last_seen_at).total_seconds(), 0.0), 1
