@@ -43,14 +43,16 @@ def load_predictor(config: Config, worker_index: int = 0) -> Predictor:
     select_device(worker_device(config, worker_index))
     # TensorFlow's C++ start-up lines are kept off stderr; the other backends must not
     # import TensorFlow at all.
-    from model.quiet import quiet_keras_backend
+    from model.quiet import native_stderr_silenced, quiet_keras_backend
 
     quiet_keras_backend()
     from model.predict import Predictor
 
-    return Predictor.load(
-        config.model.bundle_dir,
-        precision=config.model.precision,
-        threads=config.model.threads,
-        batch_size=config.model.batch_size,
-    )
+    # Loading and warming up run every kernel once: the native one-time lines come now.
+    with native_stderr_silenced():
+        return Predictor.load(
+            config.model.bundle_dir,
+            precision=config.model.precision,
+            threads=config.model.threads,
+            batch_size=config.model.batch_size,
+        )

@@ -74,6 +74,7 @@ def test_a_worker_writes_only_json_and_says_once_that_it_has_no_gpu(tmp_path: Pa
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
     text = log_path.read_text(errors="replace")
+    assert all(line.startswith("{") for line in text.splitlines()), text
     events = [json.loads(line) for line in text.splitlines()]  # every line is JSON
     assert "cuInit" not in text
     (started,) = [e for e in events if e["event"] == "worker_started"]
