@@ -12,19 +12,15 @@ def quiet_tensorflow() -> None:
     """Import TensorFlow with its C++ logging off (``TF_CPP_MIN_LOG_LEVEL=3``, unless set).
 
     Some of its lines (CPU features, oneDNN, CUDA probing) are written before TensorFlow
-    reads ``TF_CPP_MIN_LOG_LEVEL``, so stderr is pointed at /dev/null for the import; a
-    Python error is still raised after stderr is restored. Without the level, a host
-    without a GPU also gets an alarming ``failed call to cuInit`` error line later.
+    reads ``TF_CPP_MIN_LOG_LEVEL``, so the native stderr is silenced for the import
+    (:func:`native_stderr_silenced`); Python's own errors still reach stderr. Without the
+    level, a host without a GPU also gets an alarming ``failed call to cuInit`` line later.
     Call it before anything else imports TensorFlow, while the process has one thread.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" in sys.modules:
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
+    with native_stderr_silenced():
         import tensorflow
 
         # Setting up the devices probes CUDA, and on a host without a GPU that writes
@@ -32,10 +28,6 @@ def quiet_tensorflow() -> None:
         # it reads the level). One small operation sets them up here, once per process.
         tensorflow.config.list_physical_devices("GPU")
         tensorflow.constant(0.0).numpy()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def quiet_keras_backend() -> None:
