@@ -34,7 +34,7 @@ POOLINGS = ("avg", "max", "gem")
 """How the slice CNN pools its last feature map: global average (the paper), global max,
 or generalised mean with a learned exponent (GeM)."""
 
-STACK_HEADS = ("reference", "attention")
+STACK_HEADS = ("reference", "attention", "top_slices")
 """Stack heads of the sequence model (see :func:`build_sequence_model`)."""
 
 PRECISIONS = ("float32", "bfloat16", "float16")
@@ -447,6 +447,34 @@ class MaskedProbabilities(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="ctpa")
+class TopSliceLogits(layers.Layer):
+    """The ``k`` highest slice probabilities of a study as logits, highest first.
+
+    Padding slots are already zero (:class:`MaskedProbabilities`), so they only reach the
+    top ``k`` in a study with fewer than ``k`` slices. Logits, not probabilities, so that
+    a Dense over them is a logistic model of how sure the strongest slices are.
+    """
+
+    def __init__(self, k: int = 3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.k = k
+
+    def call(self, probabilities: Any) -> Any:
+        """(batch, slices) probabilities to (batch, k) logits."""
+        top, _ = ops.top_k(probabilities, self.k)
+        top = ops.clip(top, 1e-6, 1.0 - 1e-6)
+        return ops.log(top) - ops.log(1.0 - top)
+
+    def compute_output_shape(self, probabilities_shape: Any) -> Any:
+        """(batch, k)."""
+        return (probabilities_shape[0], self.k)
+
+    def get_config(self) -> dict[str, Any]:
+        """Serialise ``k``."""
+        return {**super().get_config(), "k": self.k}
+
+
+@keras.saving.register_keras_serializable(package="ctpa")
 class MaskedAttentionPool(layers.Layer):
     """Pools slice features position-invariantly: attention-weighted mean and max.
 
@@ -505,7 +533,9 @@ def build_sequence_model(
         ``reference``: the authors' head, Dropout then a Dense over the vector of slice
         probabilities, so it has one weight per slice position. ``attention``: attention
         and max pooling over the slices' 128-d features, then a Dense; invariant to where
-        in the slots the chest lies.
+        in the slots the chest lies. ``top_slices``: a logistic model of the three
+        highest slice probabilities (four weights), invariant to position and too small
+        to overfit a few hundred studies, which the other two heads do.
     lstm_units, dense_units, stack_dropout : int, (int, int), float
         Layer sizes and the stack head's dropout.
     seed : int, optional
@@ -547,6 +577,8 @@ def build_sequence_model(
 
     if stack_head == "reference":
         pooled = layers.Dropout(stack_dropout, name="stack_dropout")(slice_probs)
+    elif stack_head == "top_slices":
+        pooled = TopSliceLogits(3, name="top_slices")(slice_probs)
     else:
         pooled = MaskedAttentionPool(name="attention_pool")(features, mask)
     stack = layers.Dense(1, activation="sigmoid", name="stack")(pooled)

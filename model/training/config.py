@@ -38,7 +38,7 @@ class NetworkSection(_Section):
     channels: Literal[1, 3] = 3
     encoding_dim: int = Field(default=64, ge=1)
     num_slices: int = Field(default=96, ge=1)
-    stack_head: Literal["reference", "attention"] = "reference"
+    stack_head: Literal["reference", "attention", "top_slices"] = "reference"
     # Global pooling of the CNN's last feature map: "avg" (the paper), "max" or "gem".
     pooling: Literal["avg", "max", "gem"] = "avg"
     # None (random), "imagenet" (from the Keras cache), or the path of an .h5 file.
@@ -61,6 +61,11 @@ class SliceCNNSection(_Section):
     # statistics are re-estimated after training ("precise BN"); 0 keeps the moving
     # averages of training, which lag the weights.
     batch_norm_batches: int = Field(default=100, ge=0)
+    # Momentum of the batch norms' moving statistics while training (Keras: 0.99). The
+    # validation loss that picks the kept epoch is computed with them; at 0.99 they
+    # describe a network about a hundred steps old, and the small CNN's validation loss
+    # swung between 0.55 and 3.2 from one epoch to the next. Inference never uses it.
+    batch_norm_momentum: float = Field(default=0.99, gt=0, lt=1)
     # The optional first epoch with the backbone frozen, then fine-tuning at a lower rate.
     frozen_backbone_epochs: int = Field(default=0, ge=0)
     finetune_learning_rate: float = Field(default=1e-5, gt=0)

@@ -3,7 +3,8 @@
 Per fold: the slice CNN on training-fold slices (each epoch every positive slice and a
 fresh draw of as many negatives, both classes augmented alike), the encodings of every
 slice, then the sequence model. A finished fold leaves ``work/fold<k>/done.json`` and is
-not trained again when the command is rerun. ``train_folds`` trains only the first folds
+not trained again when the command is rerun; a finished slice CNN stage is reused too
+(see :func:`_slice_stage`). ``train_folds`` trains only the first folds
 (a reduced schedule for CPU demos).
 A calibrator per level is fitted on the out-of-fold predictions, and the thresholds come
 from the Youden index on the calibrated out-of-fold probabilities.
@@ -12,6 +13,7 @@ from the Youden index on the calibrated out-of-fold probabilities.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sys
 from collections.abc import Iterator
@@ -96,6 +98,63 @@ class FoldOutcome:
     oof: list[dict[str, Any]]  # one entry per validation series
 
 
+def _slice_stage_key(cfg: TrainingConfig) -> str:
+    """Hash of everything the slice CNN and its encodings depend on.
+
+    The stack head and the sequence section are left out: changing only them reuses the
+    trained CNN and its encodings (the sequence stage takes minutes, the CNN hours).
+    """
+    network = cfg.network.model_dump()
+    network.pop("stack_head")
+    text = json.dumps(
+        {
+            "preprocess": cfg.preprocess.model_dump(),
+            "network": network,
+            "slice_cnn": cfg.slice_cnn.model_dump(),
+            "seed": cfg.seed,
+            "folds": cfg.folds,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _slice_stage(
+    cfg: TrainingConfig,
+    cnn: Any,
+    train: list[CachedSeries],
+    val: list[CachedSeries],
+    work: Path,
+    batches: tuple[SliceBatches, SliceBatches, SliceBatches],
+    logs: Path,
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Train the slice CNN and encode every slice, or reuse both from an earlier run.
+
+    A finished stage leaves ``slice_cnn.json`` (with :func:`_slice_stage_key`) and
+    ``encodings.npz`` beside the kept weights, so a run that died in the sequence stage,
+    or one that changes only the sequence model, starts from there.
+    """
+    marker, encodings = work / "slice_cnn.json", work / "encodings.npz"
+    key = _slice_stage_key(cfg)
+    if marker.is_file() and encodings.is_file():
+        done = json.loads(marker.read_text())
+        if done.get("key") == key:
+            print(f"slice CNN: finished earlier, reusing {work}", file=sys.stderr)
+            cnn.load_weights(work / "slice_cnn.best.weights.h5")
+            with np.load(encodings) as saved:
+                return done["result"], saved["train"], saved["validation"]
+    train_batches, val_batches, statistics = batches
+    result = train_slice_cnn(
+        cnn, train_batches, val_batches, cfg.slice_cnn, work, logs / "slice_cnn", statistics
+    )
+    channels, batch_size = cfg.network.channels, cfg.slice_cnn.batch_size
+    enc_train = encode_series(cnn, train, channels, batch_size)
+    enc_val = encode_series(cnn, val, channels, batch_size)
+    np.savez(encodings, train=enc_train, validation=enc_val)
+    marker.write_text(json.dumps({"key": key, "result": result}))
+    return result, enc_train, enc_val
+
+
 def _train_fold(
     fold: int,
     cfg: TrainingConfig,
@@ -150,11 +209,9 @@ def _train_fold(
             shuffle=True,
             seed=seed + 1,
         )
-        cnn_result = train_slice_cnn(
-            cnn, train_batches, val_batches, cfg.slice_cnn, work, logs / "slice_cnn", statistics
+        cnn_result, enc_train, enc_val = _slice_stage(
+            cfg, cnn, train, val, work, (train_batches, val_batches, statistics), logs
         )
-        enc_train = encode_series(cnn, train, channels, cfg.slice_cnn.batch_size)
-        enc_val = encode_series(cnn, val, channels, cfg.slice_cnn.batch_size)
         seq_result = train_sequence(
             sequence,
             sequence_arrays(enc_train, train),

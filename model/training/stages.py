@@ -218,6 +218,8 @@ def train_slice_cnn(
         ),
         *_tensorboard(log_dir),
     ]
+    for norm in _batch_norms(cnn):
+        norm.momentum = cfg.batch_norm_momentum
     history: dict[str, list[float]] = {}
     epochs_done = 0
     if cfg.frozen_backbone_epochs:

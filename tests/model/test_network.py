@@ -85,7 +85,7 @@ def test_bfloat16_policy_runs_the_backbone_in_bfloat16_and_the_head_in_float32()
     assert np.asarray(slice_encoder(cnn)(_images(1, 64, 3))).dtype == np.float32
 
 
-@pytest.mark.parametrize("head", ["reference", "attention"])
+@pytest.mark.parametrize("head", ["reference", "attention", "top_slices"])
 def test_sequence_outputs_ignore_padding_slots(head: str) -> None:
     model = build_sequence_model(num_slices=20, encoding_dim=16, stack_head=head, seed=0)
     rng = np.random.default_rng(1)
@@ -127,6 +127,28 @@ def test_attention_head_is_position_invariant_and_reference_is_not() -> None:
         stacks[head] = abs(float(np.asarray(a)[0, 0]) - float(np.asarray(b)[0, 0]))
     assert stacks["attention"] < 1e-5
     assert stacks["reference"] > 1e-5
+
+
+def test_top_slices_head_is_a_logistic_model_of_the_three_highest_slices() -> None:
+    """The stack output is sigmoid(w · logit(top three slice probabilities) + b), wherever
+    in the slots those slices lie."""
+    model = build_sequence_model(24, 16, "top_slices", seed=4)
+    rng = np.random.default_rng(5)
+    encodings = np.zeros((1, 24, 16), np.float32)
+    encodings[0, :10] = rng.normal(size=(10, 16))
+    mask = np.zeros((1, 24), bool)
+    mask[0, :10] = True
+    out = model({"encodings": encodings, "mask": mask}, training=False)
+    slices = np.asarray(out["slice"])[0]
+    top = np.sort(slices)[::-1][:3].astype(np.float64)
+    kernel, bias = (np.asarray(w, np.float64) for w in model.get_layer("stack").get_weights())
+    z = float(np.log(top / (1 - top)) @ kernel[:, 0] + bias[0])
+    assert float(np.asarray(out["stack"])[0, 0]) == pytest.approx(1 / (1 + np.exp(-z)), abs=1e-5)
+    shifted = model(
+        {"encodings": np.roll(encodings, 8, axis=1), "mask": np.roll(mask, 8, axis=1)},
+        training=False,
+    )
+    assert abs(float(np.asarray(shifted["stack"])[0, 0] - np.asarray(out["stack"])[0, 0])) < 1e-5
 
 
 def test_unknown_backbone_and_head_are_clear_errors() -> None:

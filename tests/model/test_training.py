@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import keras
 import yaml
 
 from model.cli import main
@@ -204,6 +205,7 @@ def test_train_then_evaluate(
     assert all(np.array_equal(apart[k], weights[k]) for k in weights)
     assert main([*split, "--fold", "2"]) == 2
 
+
     report_dir = tmp_path / "report"
     assert (
         main(
@@ -236,6 +238,27 @@ def test_train_then_evaluate(
     md = (report_dir / "report.md").read_text()
     assert f"ROC AUC {stack['roc_auc']['estimate']:.3f}" in md
 
+    # A change to the stack head alone retrains the sequence model on the saved slice CNN
+    # and encodings; a change to the CNN's section retrains it.
+    for work in (out / "work").glob("fold*"):
+        (work / "done.json").unlink()
+    config.write_text(
+        yaml.safe_dump({**TINY, "network": {**TINY["network"], "stack_head": "top_slices"}})
+    )
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("slice CNN: finished earlier") == 2
+    head = _weights(out)
+    assert all(np.array_equal(head[k], weights[k]) for k in weights if "slice_cnn" in k)
+    assert json.loads((out / "manifest.json").read_text())["network"]["stack_head"] == "top_slices"
+    for work in (out / "work").glob("fold*"):
+        (work / "done.json").unlink()
+    config.write_text(
+        yaml.safe_dump({**TINY, "slice_cnn": {**TINY["slice_cnn"], "lr_decay": 0.002}})
+    )
+    assert main(argv) == 0
+    assert "slice CNN: finished earlier" not in capsys.readouterr().err
+
 
 def test_precise_batch_norm_statistics_are_the_mean_over_the_batches() -> None:
     import keras
@@ -254,3 +277,46 @@ def test_precise_batch_norm_statistics_are_the_mean_over_the_batches() -> None:
         np.asarray(norm.moving_mean), features.reshape(-1, features.shape[-1]).mean(0), atol=1e-5
     )
     assert norm.momentum == 0.99  # restored
+
+
+class _Batches(keras.utils.PyDataset):  # type: ignore[misc]
+    """Two fixed batches of random slices, the interface train_slice_cnn fits on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        rng = np.random.default_rng(3)
+        self.batches = [
+            (rng.random((8, 32, 32, 1), dtype=np.float32) + 3.0 * i, np.eye(2)[[0, 1] * 4][:, :1])
+            for i in range(2)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.batches[i]
+
+
+@pytest.mark.parametrize("momentum", [0.99, 0.5])
+def test_training_uses_the_configured_batch_norm_momentum(tmp_path: Path, momentum: float) -> None:
+    """At a low momentum the moving statistics follow the last batches; at Keras' 0.99
+    they stay near their initial values (the lag that made the kept epoch a lottery)."""
+    from model.network import build_slice_cnn
+    from model.training.config import SliceCNNSection
+    from model.training.stages import train_slice_cnn
+
+    cnn = build_slice_cnn("small", 32, 1, None, seed=0)
+    cfg = SliceCNNSection(
+        epochs=1, batch_size=8, batch_norm_momentum=momentum, batch_norm_batches=0
+    )
+    batches = _Batches()
+    train_slice_cnn(cnn, batches, batches, cfg, tmp_path, tmp_path / "logs")
+    norm = cnn.get_layer("small").get_layer("bn0")
+    assert norm.momentum == momentum
+    moved = float(np.abs(np.asarray(norm.moving_mean)).mean())
+    # Inputs are scaled to [-1, 1] then shifted by 6 in the second batch, so the first
+    # convolution's mean moves far from the initial 0 only when the momentum lets it.
+    if momentum == 0.5:
+        assert moved > 0.2
+    else:
+        assert moved < 0.1
