@@ -31,8 +31,8 @@ from triage.db.models import (
     SeriesState,
     utcnow,
 )
-from triage.dispatch.context import outbox_dir
 from triage.logs import get_logger
+from triage.outbox import outbox_dir
 
 log = get_logger(__name__)
 

@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from triage.completeness import next_series_due, sweep_series
 from triage.config import Config
 from triage.dispatch import Dispatcher
-from triage.jobs import requeue_expired_leases
 from triage.logs import get_logger
 from triage.retention import sweep_retention
+from triage.states.job import requeue_expired_leases
 
 log = get_logger(__name__)
 

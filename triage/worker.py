@@ -1,8 +1,8 @@
 """Inference worker processes: each loads the weight bundle once, then claims and runs jobs.
 
 - :func:`run_worker` is one worker's loop (see :class:`triage.inference.Worker`).
-- :func:`start_worker_processes` / :func:`stop_worker_processes` run them as spawned
-  children; :class:`WorkerProcesses` also restarts those that die, for ``triage serve``.
+- :class:`WorkerProcesses` runs them as spawned children and restarts those that die,
+  for ``triage serve`` (:func:`stop_worker_processes` stops them, then kills).
 - :func:`run_workers` is ``triage worker``: workers alone, for example on a GPU host.
 
 Keras and its backend (TensorFlow by default; JAX or PyTorch by ``model.backend``) are
@@ -31,32 +31,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from triage.config import Config, load_config
 from triage.db import create_db_engine, session_factory
 from triage.errors import ConfigError
-from triage.inference import (
-    ALGORITHM_NAME,
-    AppliedThresholds,
-    Worker,
-    apply_thresholds,
-    flag_slices,
-    outbox_dir,
-)
-from triage.jobs import release_worker_jobs, requeue_expired_leases, worker_id_for
+from triage.inference import Worker
 from triage.logs import configure_logging, get_logger
 from triage.report import warm_up as warm_up_reports
+from triage.states.job import release_worker_jobs, worker_id_for
 
 __all__ = [
-    "ALGORITHM_NAME",
-    "AppliedThresholds",
     "StopEvent",
-    "Worker",
     "WorkerProcesses",
-    "apply_thresholds",
-    "flag_slices",
-    "outbox_dir",
-    "requeue_expired_leases",
     "run_worker",
     "run_workers",
     "signal_worker_processes",
-    "start_worker_processes",
     "stop_worker_processes",
 ]
 
@@ -258,13 +243,6 @@ def _spawn(
     return process
 
 
-def start_worker_processes(
-    config_path: Path, n: int, *, log_format: str | None = None, log_level: str | None = None
-) -> list[SpawnProcess]:
-    """Start ``n`` worker processes on the configuration file at ``config_path``."""
-    return [_spawn(config_path, i, log_format, log_level) for i in range(n)]
-
-
 def stop_worker_processes(
     procs: Sequence[multiprocessing.process.BaseProcess], timeout: float = STOP_TIMEOUT
 ) -> list[int]:
@@ -274,7 +252,7 @@ def stop_worker_processes(
     -------
     list of int
         The pids that had to be killed; their jobs are still ``running`` and should be
-        given back (:func:`triage.jobs.release_claim` or the lease-expiry sweep).
+        given back (:func:`triage.states.job.release_claim` or the lease-expiry sweep).
     """
     live = [p for p in procs if p.is_alive()]
     for process in live:

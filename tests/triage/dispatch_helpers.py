@@ -39,7 +39,7 @@ from triage.db import (
     Series,
     Study,
 )
-from triage.dispatch import outbox_dir
+from triage.outbox import outbox_dir
 from triage.report import AnalysisResult, build_kos, build_sr
 
 SHA = "0123456789abcdef" * 4

@@ -28,11 +28,11 @@ from support import dcmtk
 from test_worker import SELECTION, _spool_and_queue, _synthetic_series
 from untrained import load_untrained_predictor
 
-from triage import inference
+from triage.analyse import reports as report_building
 from triage.db import Delivery, DeliveryState, Job, JobState, Result, Study
 from triage.dispatch import dispatch_due
+from triage.inference import Worker
 from triage.web import create_app
-from triage.worker import Worker
 
 LATIN1_NAME = "M\xfcller^J\xfcrgen".encode("latin-1")
 
@@ -263,7 +263,7 @@ def test_without_an_sr_the_kos_the_oru_and_the_worklist_still_go(
         # What highdicom raised for a header it could not take, quoting the value.
         raise ValueError("Unable to convert '1932-02-15' to 'DA' object")
 
-    monkeypatch.setattr(inference, "build_sr", sr_builder_that_fails)
+    monkeypatch.setattr(report_building, "build_sr", sr_builder_that_fails)
     with capture_logs() as events:
         assert Worker(config, sessions, predictor, "host:1").run_once()
     while dispatch_due(sessions, config):

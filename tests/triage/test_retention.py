@@ -22,7 +22,7 @@ from triage.db import (
     SeriesState,
     Study,
 )
-from triage.dispatch import outbox_dir
+from triage.outbox import outbox_dir
 from triage.retention import sweep_retention
 from triage.scheduler import build_scheduler
 from triage.status import collect_status

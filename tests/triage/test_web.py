@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 
+from triage.analyse.lease import beat
 from triage.config import Config
 from triage.db import create_db_engine, migrate, session_factory
 from triage.db.models import (
@@ -36,7 +37,6 @@ from triage.db.models import (
     WorkerHeartbeat,
     utcnow,
 )
-from triage.jobs import beat
 from triage.web import WebError, create_app, start_web, worklist_rows
 from triage.web.auth import COOKIE_NAME, cookie_value
 from triage.web.health import check_health

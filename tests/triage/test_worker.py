@@ -23,7 +23,8 @@ from pydicom import dcmread
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage import inference
+from triage.analyse import reports as report_building
+from triage.analyse.decide import flag_slices
 from triage.completeness import sweep_series
 from triage.config import Config
 from triage.db import (
@@ -40,9 +41,9 @@ from triage.db import (
     session_factory,
 )
 from triage.db.models import utcnow
-from triage.jobs import claim_job, release_worker_jobs, requeue_expired_leases
+from triage.inference import Worker
 from triage.reconcile import reconcile
-from triage.worker import Worker, flag_slices
+from triage.states.job import claim_job, release_worker_jobs, requeue_expired_leases
 
 SELECTION = {
     "min_slices": 3,
@@ -338,14 +339,14 @@ def test_the_reports_are_built_while_others_can_write_to_theopen_db(
     job_id = _spool_and_queue(config, sessions, study_files)
     impatient = create_db_engine(config.database_url, busy_timeout_ms=0)
     writes = []
-    build_sr = inference.build_sr
+    build_sr = report_building.build_sr
 
     def build_sr_while_another_writes(*args: Any, **kwargs: Any) -> Any:
         with impatient.begin() as connection:  # "database is locked" if the lock is held
             writes.append(connection.execute(text("UPDATE studies SET study_date = '20260101'")))
         return build_sr(*args, **kwargs)
 
-    monkeypatch.setattr(inference, "build_sr", build_sr_while_another_writes)
+    monkeypatch.setattr(report_building, "build_sr", build_sr_while_another_writes)
     assert Worker(config, sessions, predictor).run_once()
     assert len(writes) == 1
     assert _job(sessions, job_id).state == JobState.DONE
