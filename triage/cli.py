@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
             config_path=args.config,
         )
     if args.command == "worker":
-        from triage.worker import run_workers
+        from triage.analyse.processes import run_workers
 
         return run_workers(
             args.config,

@@ -24,19 +24,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from triage.analyse.processes import WorkerProcesses
 from triage.config import Config, ReceiverConfig
 from triage.db import create_db_engine, migrate, session_factory
 from triage.dispatch import Dispatcher
 from triage.errors import TriageError
 from triage.lockfile import DataDirLock
 from triage.logs import configure_logging, get_logger
-from triage.reconcile import reconcile
-from triage.recorder import InstanceRecorder
+from triage.receive.recorder import InstanceRecorder
+from triage.receive.scp import Receiver, StoreTarget
 from triage.reload import apply_reload, pid_file, remove_pid_file, write_pid_file
 from triage.scheduler import build_scheduler, run_now
-from triage.scp import Receiver, StoreTarget
+from triage.storage.reconcile import reconcile
 from triage.web import WebServer, start_web
-from triage.worker import WorkerProcesses
 
 log = get_logger(__name__)
 

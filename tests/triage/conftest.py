@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from triage.config import Config, parse_config
 from triage.db import create_db_engine, migrate, session_factory
-from triage.recorder import InstanceRecorder
-from triage.scp import Receiver, StoreTarget
+from triage.receive.recorder import InstanceRecorder
+from triage.receive.scp import Receiver, StoreTarget
 
 
 def make_config(tmp_path: Path, db_url: str | None = None, **sections: Any) -> Config:

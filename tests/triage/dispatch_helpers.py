@@ -39,8 +39,8 @@ from triage.db import (
     Series,
     Study,
 )
-from triage.outbox import outbox_dir
 from triage.report import AnalysisResult, build_kos, build_sr
+from triage.storage.outbox import outbox_dir
 
 SHA = "0123456789abcdef" * 4
 PROBABILITY = 0.8764

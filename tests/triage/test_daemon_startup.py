@@ -19,7 +19,7 @@ from support import dcmtk, free_port
 
 from triage.config import load_config
 from triage.db import Job, JobState, Series, Study
-from triage.spool import TEMP_SUFFIX
+from triage.storage.spool import TEMP_SUFFIX
 
 
 def _serve(config_path: Path) -> subprocess.CompletedProcess[str]:

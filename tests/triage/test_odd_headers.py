@@ -29,9 +29,9 @@ from test_worker import SELECTION, _spool_and_queue, _synthetic_series
 from untrained import load_untrained_predictor
 
 from triage.analyse import reports as report_building
+from triage.analyse.worker import Worker
 from triage.db import Delivery, DeliveryState, Job, JobState, Result, Study
 from triage.dispatch import dispatch_due
-from triage.inference import Worker
 from triage.web import create_app
 
 LATIN1_NAME = "M\xfcller^J\xfcrgen".encode("latin-1")

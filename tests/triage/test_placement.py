@@ -8,7 +8,7 @@ import pytest
 from conftest import make_config
 
 from model.backend import BackendError
-from triage.placement import worker_device
+from triage.analyse.placement import worker_device
 
 
 def test_workers_spread_over_the_visible_gpus(

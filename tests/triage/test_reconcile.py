@@ -15,8 +15,8 @@ from triage.db import (
     migrate,
     session_factory,
 )
-from triage.reconcile import reconcile
-from triage.spool import instance_path, write_durably
+from triage.storage.reconcile import reconcile
+from triage.storage.spool import instance_path, write_durably
 
 
 def test_reconcile_repairs_every_kind_of_disagreement(tmp_path, db_url: str) -> None:
@@ -26,8 +26,8 @@ def test_reconcile_repairs_every_kind_of_disagreement(tmp_path, db_url: str) -> 
     sessions = session_factory(engine)
 
     # Two instances whose rows exist, via the normal path.
-    from triage.header import ReceivedInstance, parse_header
-    from triage.queue import record_instances
+    from triage.receive.header import ReceivedInstance, parse_header
+    from triage.receive.ingest import record_instances
 
     kept, lost = (ct_slice("1.2.9", "1.2.9.1", i) for i in range(2))
     for ds in (kept, lost):

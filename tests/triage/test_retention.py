@@ -22,10 +22,10 @@ from triage.db import (
     SeriesState,
     Study,
 )
-from triage.outbox import outbox_dir
-from triage.retention import sweep_retention
 from triage.scheduler import build_scheduler
 from triage.status import collect_status
+from triage.storage.outbox import outbox_dir
+from triage.storage.retention import sweep_retention
 
 NOW = datetime(2026, 6, 1, 12, 0, 0)
 OLD = NOW - timedelta(days=8)  # past the default 7 days

@@ -86,7 +86,7 @@ def test_client_certificate_required(start_receiver, pki: Path) -> None:
 def test_bad_tls_files_give_a_clear_error(tmp_path: Path) -> None:
     from triage.config import ReceiverConfig, TLSConfig
     from triage.errors import TriageError
-    from triage.scp import build_ssl_context
+    from triage.receive.scp import build_ssl_context
 
     cfg = ReceiverConfig(
         tls=TLSConfig(

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 
 from triage.analyse.lease import beat
+from triage.analyse.processes import WorkerSupervision
 from triage.config import Config
 from triage.db import create_db_engine, migrate, session_factory
 from triage.db.models import (
@@ -40,7 +41,6 @@ from triage.db.models import (
 from triage.web import WebError, create_app, start_web, worklist_rows
 from triage.web.auth import COOKIE_NAME, cookie_value
 from triage.web.health import check_health
-from triage.worker import WorkerSupervision
 
 MALICIOUS = "<script>alert(1)</script>"
 T0 = datetime(2024, 5, 1, 8, 0, 0)

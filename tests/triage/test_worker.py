@@ -24,8 +24,9 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.analyse import reports as report_building
+from triage.analyse.completeness import sweep_series
 from triage.analyse.decide import flag_slices
-from triage.completeness import sweep_series
+from triage.analyse.worker import Worker
 from triage.config import Config
 from triage.db import (
     AuditEvent,
@@ -41,9 +42,8 @@ from triage.db import (
     session_factory,
 )
 from triage.db.models import utcnow
-from triage.inference import Worker
-from triage.reconcile import reconcile
 from triage.states.job import claim_job, release_worker_jobs, requeue_expired_leases
+from triage.storage.reconcile import reconcile
 
 SELECTION = {
     "min_slices": 3,
@@ -238,7 +238,8 @@ def test_jobs_of_a_dead_worker_are_released_and_a_shutdown_costs_no_attempt(
 def test_the_daemon_modules_do_not_import_tensorflow() -> None:
     # The receiver must start in about a second and survive a crash in TensorFlow.
     code = (
-        "import sys, triage.cli, triage.daemon, triage.worker\nprint('tensorflow' in sys.modules)"
+        "import sys, triage.cli, triage.daemon, triage.analyse.processes\n"
+        "print('tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr

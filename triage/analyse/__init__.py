@@ -5,5 +5,5 @@
 - :mod:`.reports`: build the SR and KOS from that decision;
 - :mod:`.store`: store the result, its reports and deliveries, and finish the job.
 
-:class:`triage.inference.Worker` runs them one after the other for each job it claims.
+:class:`triage.analyse.worker.Worker` runs them one after the other for each job it claims.
 """

@@ -1,7 +1,7 @@
 """Store an analysis: the result row, its report files, its deliveries, the job's end.
 
 All in one transaction that first proves the claim still holds. The report files are
-written into the outbox before the commit; see :mod:`triage.outbox`.
+written into the outbox before the commit; see :mod:`triage.storage.outbox`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from triage.analyse.decide import Outcome
 from triage.analyse.reports import Reports
 from triage.config import Config, DicomDestination
 from triage.db.models import Decision, Delivery, Job, Result, Series, SeriesState
-from triage.outbox import KOS_FILE, SR_FILE, outbox_dir
-from triage.spool import write_durably
 from triage.states import job as job_state
 from triage.states.job import Claim
+from triage.storage.outbox import KOS_FILE, SR_FILE, outbox_dir
+from triage.storage.spool import write_durably
 
 
 @dataclass(frozen=True)

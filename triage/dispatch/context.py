@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from triage.db.models import Decision, Delivery, Result, Series
 from triage.errors import TriageError
-from triage.outbox import KOS_FILE, SR_FILE, outbox_dir
+from triage.storage.outbox import KOS_FILE, SR_FILE, outbox_dir
 
 
 class DeliveryError(TriageError):

@@ -2,7 +2,7 @@
 
 A series is ``receiving`` from its first instance (the column's default). It is
 complete once it has been quiet for ``series.stable_seconds`` (see
-:mod:`triage.completeness`), then queued for analysis or skipped with its reason. A new
+:mod:`triage.analyse.completeness`), then queued for analysis or skipped with its reason. A new
 instance reopens it, from any state, and the cycle starts over.
 """
 

@@ -27,7 +27,7 @@ from triage.web.page import CSS, SCRIPT, render_worklist
 from triage.web.worklist import WorklistRow, worklist_rows
 
 if TYPE_CHECKING:
-    from triage.worker import WorkerSupervision
+    from triage.analyse.processes import WorkerSupervision
 
 log = get_logger(__name__)
 

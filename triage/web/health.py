@@ -28,7 +28,7 @@ from triage.db.models import Job, JobState, WorkerHeartbeat, utcnow
 from triage.logs import get_logger
 
 if TYPE_CHECKING:
-    from triage.worker import WorkerSupervision
+    from triage.analyse.processes import WorkerSupervision
 
 log = get_logger(__name__)
 

@@ -18,7 +18,7 @@ from triage.logs import get_logger
 from triage.web.app import create_app
 
 if TYPE_CHECKING:
-    from triage.worker import WorkerSupervision
+    from triage.analyse.processes import WorkerSupervision
 
 log = get_logger(__name__)
 

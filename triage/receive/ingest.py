@@ -21,8 +21,8 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from triage.db.models import Instance, Series, SeriesState, Study, utcnow
-from triage.header import ReceivedInstance
 from triage.logs import get_logger
+from triage.receive.header import ReceivedInstance
 from triage.states import series as series_state
 
 log = get_logger(__name__)

@@ -17,11 +17,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.db.models import Instance
-from triage.header import ReceivedInstance, UnreadableDatasetError, parse_header
 from triage.logs import get_logger
-from triage.queue import record_instances
-from triage.spool import TEMP_SUFFIX
+from triage.receive.header import ReceivedInstance, UnreadableDatasetError, parse_header
+from triage.receive.ingest import record_instances
 from triage.states import job as job_state
+from triage.storage.spool import TEMP_SUFFIX
 
 log = get_logger(__name__)
 

@@ -12,10 +12,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from triage.analyse.selection import skip_reason
 from triage.config import SeriesConfig
 from triage.db.models import Instance, Job, Series, SeriesState, utcnow
 from triage.logs import get_logger
-from triage.selection import skip_reason
 from triage.states import job as job_state
 from triage.states import series as series_state
 

@@ -1,12 +1,12 @@
 """Inference worker processes: each loads the weight bundle once, then claims and runs jobs.
 
-- :func:`run_worker` is one worker's loop (see :class:`triage.inference.Worker`).
+- :func:`run_worker` is one worker's loop (see :class:`triage.analyse.worker.Worker`).
 - :class:`WorkerProcesses` runs them as spawned children and restarts those that die,
   for ``triage serve`` (:func:`stop_worker_processes` stops them, then kills).
 - :func:`run_workers` is ``triage worker``: workers alone, for example on a GPU host.
 
 Keras and its backend (TensorFlow by default; JAX or PyTorch by ``model.backend``) are
-imported only inside a worker process (by :func:`triage.placement.load_predictor`), never
+imported only inside a worker process (by :func:`triage.analyse.placement.load_predictor`), never
 when this module is imported: ``triage serve`` imports it to start workers, and its
 receiver must start in about a second and survive a crash in the backend.
 """
@@ -28,10 +28,10 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from triage.analyse.worker import Worker
 from triage.config import Config, load_config
 from triage.db import create_db_engine, session_factory
 from triage.errors import ConfigError
-from triage.inference import Worker
 from triage.logs import configure_logging, get_logger
 from triage.report import warm_up as warm_up_reports
 from triage.states.job import release_worker_jobs, worker_id_for
@@ -104,7 +104,7 @@ def run_worker(
     configure_logging(log_format or config.logging.format, log_level or config.logging.level)
     # Warnings (an untrained bundle, a thread count it cannot set) come out as JSON
     # lines through configure_logging.
-    from triage.placement import load_predictor
+    from triage.analyse.placement import load_predictor
 
     engine = create_db_engine(config.database_url, config.database.busy_timeout_ms)
     sessions = session_factory(engine)

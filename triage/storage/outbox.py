@@ -2,7 +2,7 @@
 
 The worker writes them (:mod:`triage.analyse.store`), the dispatcher reads them
 (:mod:`triage.dispatch.context`) and the retention sweep deletes them
-(:mod:`triage.retention`); all three take the layout from here.
+(:mod:`triage.storage.retention`); all three take the layout from here.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from triage.db.models import (
     utcnow,
 )
 from triage.logs import get_logger
-from triage.outbox import outbox_dir
+from triage.storage.outbox import outbox_dir
 
 log = get_logger(__name__)
 
