@@ -1,4 +1,5 @@
-"""The ``triage`` command line: serve, worker, reload, check-config, status, send."""
+"""The ``triage`` command line: serve, worker, reload, check-config, status, send, migrate,
+demo and retry."""
 
 from __future__ import annotations
 
