@@ -35,6 +35,7 @@ from triage.receive.recorder import InstanceRecorder
 from triage.receive.scp import Receiver, StoreTarget
 from triage.reload import apply_reload, pid_file, remove_pid_file, write_pid_file
 from triage.scheduler import build_scheduler, run_now
+from triage.storage.outbox import recover as recover_outbox
 from triage.storage.reconcile import reconcile
 from triage.web import WebServer, start_web
 
@@ -306,6 +307,7 @@ def _serve(
     migrate(engine)
     sessions = session_factory(engine)
     reconcile(sessions, config.spool_dir)
+    recover_outbox(sessions, config.data_dir, config.worker.lease_seconds)
 
     workers: WorkerProcesses | None = None
     dispatcher = Dispatcher(sessions, config)

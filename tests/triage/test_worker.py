@@ -4,6 +4,7 @@ undetermined series, retries, thresholds and their reload, and ``triage serve`` 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.analyse import reports as report_building
+from triage.analyse import store
 from triage.analyse.completeness import sweep_series
 from triage.analyse.decide import flag_slices
 from triage.analyse.worker import Worker
@@ -43,6 +45,8 @@ from triage.db import (
 )
 from triage.db.models import utcnow
 from triage.states.job import claim_job, release_worker_jobs, requeue_expired_leases
+from triage.storage.outbox import OutboxRecovery
+from triage.storage.outbox import recover as recover_outbox
 from triage.storage.reconcile import reconcile
 
 SELECTION = {
@@ -488,6 +492,100 @@ def test_a_series_reopened_during_analysis_gets_no_stale_result(
     assert job.state == JobState.QUEUED and job.attempts == 0
     assert _results(sessions, job_id) == []
     assert not (config.data_dir / "outbox").exists()
+
+
+class _Crash(BaseException):
+    """Stands for the process dying: no handler of the worker's catches it."""
+
+
+def _age(folder: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(folder, (then, then))
+
+
+def test_a_crash_before_the_commit_leaves_a_partial_outbox_that_start_up_removes(
+    tmp_path: Path,
+    db_url: str,
+    predictor: Any,
+    study_files: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = _config(tmp_path, db_url, thresholds={"stack": 0.0, "slice": 0.0})
+    sessions = open_db(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+
+    def crash(*args: Any) -> bool:
+        raise _Crash
+
+    monkeypatch.setattr(store.job_state, "finish_done", crash)
+    with pytest.raises(_Crash):
+        Worker(config, sessions, predictor).run_once()
+    monkeypatch.undo()
+    assert _results(sessions, job_id) == []
+    outbox = config.data_dir / "outbox"
+    (left,) = list(outbox.iterdir())
+    assert left.name.endswith(".partial") and (left / "sr.dcm").is_file()
+    # A worker on another host may be between its write and its commit: a young
+    # folder without a row stays; one older than a lease goes.
+    lease = config.worker.lease_seconds
+    assert recover_outbox(sessions, config.data_dir, lease) == OutboxRecovery(0, 0)
+    assert left.is_dir()
+    _age(left, lease + 1)
+    assert recover_outbox(sessions, config.data_dir, lease) == OutboxRecovery(0, 1)
+    assert list(outbox.iterdir()) == []
+    # The job was left running by the "dead" worker; start-up gives it back, and the
+    # next attempt stores the result with its files in place.
+    reconcile(sessions, config.spool_dir)
+    assert Worker(config, sessions, predictor).run_once()
+    (result,) = _results(sessions, job_id)
+    assert sorted(p.name for p in outbox.iterdir()) == [str(result.id)]
+    assert dcmread(outbox / str(result.id) / "sr.dcm").SOPInstanceUID == result.sr_sop_instance_uid
+
+
+def test_a_crash_after_the_commit_leaves_a_partial_outbox_that_start_up_publishes(
+    tmp_path: Path,
+    db_url: str,
+    predictor: Any,
+    study_files: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = _config(tmp_path, db_url, thresholds={"stack": 0.0, "slice": 0.0})
+    sessions = open_db(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+
+    def crash(*args: Any) -> bool:
+        raise _Crash
+
+    monkeypatch.setattr(store, "publish", crash)
+    with pytest.raises(_Crash):
+        Worker(config, sessions, predictor).run_once()
+    monkeypatch.undo()
+    (result,) = _results(sessions, job_id)
+    assert _job(sessions, job_id).state == JobState.DONE
+    outbox = config.data_dir / "outbox"
+    assert [p.name for p in outbox.iterdir()] == [f"{result.id}.partial"]
+    # The row exists, so the commit happened: the folder is renamed whatever its age.
+    assert recover_outbox(sessions, config.data_dir, 3600) == OutboxRecovery(1, 0)
+    assert [p.name for p in outbox.iterdir()] == [str(result.id)]
+    folder = outbox / str(result.id)
+    assert dcmread(folder / "sr.dcm").SOPInstanceUID == result.sr_sop_instance_uid
+    assert dcmread(folder / "kos.dcm").SOPInstanceUID == result.kos_sop_instance_uid
+    assert recover_outbox(sessions, config.data_dir, 0) == OutboxRecovery(0, 0)
+
+
+def test_an_outbox_folder_no_result_owns_is_removed_once_it_is_old(
+    tmp_path: Path, db_url: str
+) -> None:
+    # What the previous version left when it crashed between writing and committing.
+    config = _config(tmp_path, db_url)
+    sessions = open_db(config)
+    orphan = config.data_dir / "outbox" / "41"
+    orphan.mkdir(parents=True)
+    (orphan / "sr.dcm").write_bytes(b"not committed")
+    assert recover_outbox(sessions, config.data_dir, 60) == OutboxRecovery(0, 0)
+    _age(orphan, 61)
+    assert recover_outbox(sessions, config.data_dir, 60) == OutboxRecovery(0, 1)
+    assert not orphan.exists()
 
 
 # -- triage serve, reload --------------------------------------------------------------

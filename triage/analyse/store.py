@@ -7,6 +7,7 @@ written into the outbox before the commit; see :mod:`triage.storage.outbox`.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from triage.config import Config, DicomDestination
 from triage.db.models import Decision, Delivery, Job, Result, Series, SeriesState
 from triage.states import job as job_state
 from triage.states.job import Claim
-from triage.storage.outbox import KOS_FILE, SR_FILE, outbox_dir
+from triage.storage.outbox import KOS_FILE, SR_FILE, partial_dir, publish
 from triage.storage.spool import write_durably
 
 
@@ -100,24 +101,34 @@ def store_result(
         )
         session.add(result)
         session.flush()
+        result_id = result.id
         if reports is not None:
-            _write_outbox(reports, outbox_dir(config.data_dir, result.id), result)
+            _write_outbox(reports, partial_dir(config.data_dir, result_id), result)
         timings = dict(outcome.timings or {})
         timings["report"] = time.perf_counter() - report_started
         result.timings = json.dumps(timings)
         destinations = destinations_for(outcome.decision, reports, config.destinations)
         for name in destinations:
-            session.add(Delivery(result_id=result.id, destination=name))
+            session.add(Delivery(result_id=result_id, destination=name))
         if outcome.decision == Decision.UNDETERMINED:
             job_state.finish_undetermined(session, claim, outcome.reason)
         else:
             job_state.finish_done(session, claim)
         session.commit()
-        return Stored(result_id=result.id, destinations=destinations)
+    # Only now: a crash before the commit leaves a .partial folder that no row owns,
+    # and one after it a .partial folder whose row exists; outbox.recover settles both.
+    try:
+        publish(config.data_dir, result_id)
+    except OSError as err:  # the result stands; recover() renames the folder later
+        bound.error("outbox_publish_failed", result_id=result_id, error=str(err))
+    return Stored(result_id=result_id, destinations=destinations)
 
 
 def _write_outbox(reports: Reports, outbox: Path, result: Result) -> None:
     """Write the files durably and record their SOP Instance UIDs on the result."""
+    if outbox.exists():
+        # Left by a crash before a commit that never came (SQLite reuses the id).
+        shutil.rmtree(outbox)
     if reports.sr is not None:
         write_durably(outbox / SR_FILE, reports.sr)
         result.sr_sop_instance_uid = reports.sr_uid
