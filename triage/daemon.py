@@ -18,7 +18,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
@@ -37,17 +36,17 @@ from triage.reload import apply_reload, pid_file, remove_pid_file, write_pid_fil
 from triage.scheduler import build_scheduler, run_now
 from triage.storage.outbox import recover as recover_outbox
 from triage.storage.reconcile import reconcile
+from triage.supervisor import DELIVERIES_STORED, RELOAD, ParentWatch, Restarts, Supervisor
 from triage.web import WebServer, start_web
 
 log = get_logger(__name__)
 
 # How long a receiver process may take to import, open the database and listen.
 _START_TIMEOUT = 60.0
-# A receiver process that dies sooner than this after its start is restarted after a
-# growing delay (up to _MAX_BACKOFF), so a process that cannot start (a broken TLS key,
+# A receiver process that dies within 10 s of its start is restarted after a growing
+# delay (1 s, doubling up to 30 s), so a process that cannot start (a broken TLS key,
 # say) does not spin; one that ran longer is restarted at once.
-_STABLE_AFTER = 10.0
-_MAX_BACKOFF = 30.0
+_RESTARTS = Restarts(stable_after=10.0, first_backoff=1.0, max_backoff=30.0)
 
 
 def prepare_data_dir(config: Config) -> None:
@@ -75,7 +74,7 @@ def _run_receiver_process(
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     configure_logging(log_format, log_level)
     plog = get_logger(__name__, pid=os.getpid(), receiver_process=index)
-    parent = os.getppid()
+    parent = ParentWatch()
 
     cfg = _process_receiver_config(config.receiver, port)
     engine = create_db_engine(config.database_url, config.database.busy_timeout_ms)
@@ -96,7 +95,7 @@ def _run_receiver_process(
         while not stop.wait(0.5):
             # If the parent was killed outright, nobody would ever stop us: an orphan
             # would hold the port and the database.
-            if os.getppid() != parent:
+            if parent.gone():
                 plog.warning("receiver_parent_gone")
                 break
     finally:
@@ -104,20 +103,6 @@ def _run_receiver_process(
         recorder.close()
         engine.dispose()
         plog.info("receiver_stopped")
-
-
-@dataclass
-class _Slot:
-    """One receiver process and when it may be restarted."""
-
-    index: int
-    process: SpawnProcess | None = None
-    started_at: float = 0.0
-    backoff: float = 0.0
-    restart_at: float | None = None
-    # Held until the process is replaced: a spawned child unpickles it after start(),
-    # and the semaphore behind it is unlinked once the parent drops the last reference.
-    ready: Any = None
 
 
 class ReceiverProcesses:
@@ -158,24 +143,22 @@ class ReceiverProcesses:
                 "is another daemon running, or is receiver.port wrong?"
             ) from err
         self.port = int(self._socket.getsockname()[1])
-        self._slots = [_Slot(i) for i in range(cfg.processes)]
-        self._stopping = False
+        self._count = cfg.processes
+        # Held until the process is replaced: a spawned child unpickles it after start(),
+        # and the semaphore behind it is unlinked once the parent drops the last reference.
+        self._ready: dict[int, Any] = {}
+        self._supervisor = Supervisor("receiver", self._spawn, _RESTARTS)
 
-    def _spawn(self, slot: _Slot) -> Any:
-        if slot.process is not None:
-            slot.process.close()  # reaped already: it was seen dead
+    def _spawn(self, index: int) -> SpawnProcess:
         ready = self._ctx.Event()
         process = self._ctx.Process(
             target=_run_receiver_process,
-            args=(self._config, self.port, slot.index, self._log_format, self._log_level, ready),
-            name=f"triage-receiver-{slot.index}",
+            args=(self._config, self.port, index, self._log_format, self._log_level, ready),
+            name=f"triage-receiver-{index}",
         )
         process.start()
-        slot.ready = ready
-        slot.process = process
-        slot.started_at = time.monotonic()
-        slot.restart_at = None
-        return ready
+        self._ready[index] = ready
+        return process
 
     def start(self) -> None:
         """Start every receiver process and wait until each listens.
@@ -185,67 +168,30 @@ class ReceiverProcesses:
         TriageError
             If a receiver process exits or hangs before it listens.
         """
-        waiting = [(slot, self._spawn(slot)) for slot in self._slots]
+        processes = self._supervisor.start(self._count)
         deadline = time.monotonic() + _START_TIMEOUT
-        for slot, ready in waiting:
-            assert slot.process is not None
-            while not ready.wait(0.1):
-                if not slot.process.is_alive() or time.monotonic() > deadline:
+        for index, process in enumerate(processes):
+            while not self._ready[index].wait(0.1):
+                if not process.is_alive() or time.monotonic() > deadline:
                     self.stop()
                     raise TriageError(
-                        f"receiver process {slot.index} did not start "
-                        f"(exit code {slot.process.exitcode}); its log lines above say why"
+                        f"receiver process {index} did not start "
+                        f"(exit code {process.exitcode}); its log lines above say why"
                     )
 
     def check(self) -> None:
         """Restart any receiver process that has died; called periodically by the parent."""
-        if self._stopping:
-            return
-        now = time.monotonic()
-        for slot in self._slots:
-            process = slot.process
-            if process is None or process.is_alive():
-                continue
-            if slot.restart_at is None:
-                lived = now - slot.started_at
-                slot.backoff = (
-                    0.0 if lived >= _STABLE_AFTER else min(_MAX_BACKOFF, max(1.0, 2 * slot.backoff))
-                )
-                slot.restart_at = now + slot.backoff
-                log.error(
-                    "receiver_process_died",
-                    receiver_process=slot.index,
-                    pid=process.pid,
-                    exitcode=process.exitcode,
-                    restart_in_seconds=slot.backoff,
-                )
-            if now >= slot.restart_at:
-                self._spawn(slot)
-                log.info("receiver_process_restarted", receiver_process=slot.index)
+        self._supervisor.check()
 
     def pids(self) -> list[int]:
         """The live receiver processes' ids."""
-        return [
-            s.process.pid
-            for s in self._slots
-            if s.process is not None and s.process.pid is not None and s.process.is_alive()
-        ]
+        return self._supervisor.pids()
 
     def stop(self) -> None:
         """SIGTERM every receiver process; each lets its associations finish first."""
-        self._stopping = True
-        live = [s.process for s in self._slots if s.process is not None and s.process.is_alive()]
-        for process in live:
-            process.terminate()
         # Each child waits up to shutdown_timeout for its associations, then aborts
         # them; the margin covers closing its database engine.
-        deadline = time.monotonic() + self._config.receiver.shutdown_timeout + 10.0
-        for process in live:
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
-                log.error("receiver_process_killed", pid=process.pid)
-                process.kill()
-                process.join()
+        self._supervisor.stop(self._config.receiver.shutdown_timeout + 10.0)
         self._socket.close()
 
 
@@ -335,9 +281,8 @@ def _serve(
         return handler
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, request(reload_requested))
-    # A worker sends SIGUSR1 when it has stored a result with deliveries.
-    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, request(dispatch_requested))
+    previous[RELOAD] = signal.signal(RELOAD, request(reload_requested))
+    previous[DELIVERIES_STORED] = signal.signal(DELIVERIES_STORED, request(dispatch_requested))
     pid_path = pid_file(config)
     write_pid_file(pid_path)
     web: WebServer | None = None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from triage.config import Config, load_config
 from triage.db.models import AuditEvent
 from triage.errors import ConfigError, TriageError
 from triage.logs import get_logger
+from triage.supervisor import RELOAD
 
 log = get_logger(__name__)
 
@@ -164,7 +164,7 @@ def request_reload(
     pid = _running_pid(pid_file(config))
     with sessions() as session:
         last = session.scalar(select(func.max(AuditEvent.id))) or 0
-    os.kill(pid, signal.SIGHUP)
+    os.kill(pid, RELOAD)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with sessions() as session:

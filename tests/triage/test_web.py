@@ -14,16 +14,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import make_config
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
+from support import make_config, open_db
 
 from triage.analyse.lease import beat
-from triage.analyse.processes import WorkerSupervision
 from triage.config import Config
-from triage.db import create_db_engine, migrate, session_factory
 from triage.db.models import (
     Decision,
     Delivery,
@@ -38,6 +36,7 @@ from triage.db.models import (
     WorkerHeartbeat,
     utcnow,
 )
+from triage.supervisor import Supervision
 from triage.web import WebError, create_app, start_web, worklist_rows
 from triage.web.auth import COOKIE_NAME, cookie_value
 from triage.web.health import check_health
@@ -276,12 +275,6 @@ def populate(sessions: sessionmaker[Session]) -> None:
                 31.0,
             ),
         )
-
-
-def open_db(url: str) -> sessionmaker[Session]:
-    engine = create_db_engine(url)
-    migrate(engine)
-    return session_factory(engine)
 
 
 @pytest.fixture
@@ -641,14 +634,14 @@ def test_healthz_gives_a_starting_worker_time_before_503(
 @pytest.mark.parametrize(
     ("supervision", "code", "status"),
     [
-        (WorkerSupervision(expected=2, up=2, restarts=0), 200, "ok"),
-        (WorkerSupervision(expected=2, up=2, restarts=5), 200, "ok"),  # steady since
-        (WorkerSupervision(expected=1, up=0, restarts=0), 503, "degraded"),
-        (WorkerSupervision(expected=2, up=1, restarts=3), 503, "degraded"),
+        (Supervision(expected=2, up=2, restarts=0), 200, "ok"),
+        (Supervision(expected=2, up=2, restarts=5), 200, "ok"),  # steady since
+        (Supervision(expected=1, up=0, restarts=0), 503, "degraded"),
+        (Supervision(expected=2, up=1, restarts=3), 503, "degraded"),
     ],
 )
 def test_healthz_is_degraded_while_a_supervised_worker_is_down(
-    sqlite_sessions: sessionmaker[Session], supervision: WorkerSupervision, code: int, status: str
+    sqlite_sessions: sessionmaker[Session], supervision: Supervision, code: int, status: str
 ) -> None:
     health = check_health(sqlite_sessions, 90.0, supervision)
     assert (health.status_code, health.body["status"]) == (code, status)

@@ -27,7 +27,7 @@ from triage.web.page import CSS, SCRIPT, render_worklist
 from triage.web.worklist import WorklistRow, worklist_rows
 
 if TYPE_CHECKING:
-    from triage.analyse.processes import WorkerSupervision
+    from triage.supervisor import Supervision
 
 log = get_logger(__name__)
 
@@ -76,7 +76,7 @@ def worker_alive_seconds(config: Config) -> float:
 def create_app(
     config: Config,
     sessions: sessionmaker[Session],
-    worker_supervision: Callable[[], WorkerSupervision | None] | None = None,
+    worker_supervision: Callable[[], Supervision | None] | None = None,
 ) -> Starlette:
     """Build the ASGI application.
 
