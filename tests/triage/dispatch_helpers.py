@@ -28,8 +28,9 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import UnifiedProcedureStepPush  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
+from support import make_config
 
-from triage.config import Config, parse_config
+from triage.config import Config
 from triage.db import (
     Decision,
     Delivery,
@@ -46,22 +47,12 @@ SHA = "0123456789abcdef" * 4
 PROBABILITY = 0.8764
 
 
-def make_config(
+def dispatch_config(
     tmp_path: Path, db_url: str, destinations: list[dict[str, Any]], **dispatch: Any
 ) -> Config:
-    """A validated config with these destinations and dispatch settings."""
-    data: dict[str, Any] = {
-        "data_dir": str(tmp_path / "var"),
-        "database": {"url": db_url},
-        "destinations": destinations,
-        "dispatch": {
-            "max_attempts": 4,
-            "backoff_seconds": 10,
-            "max_backoff_seconds": 25,
-            **dispatch,
-        },
-    }
-    return parse_config(data, tmp_path)
+    """:func:`support.make_config` with these destinations and a short retry policy."""
+    policy = {"max_attempts": 4, "backoff_seconds": 10, "max_backoff_seconds": 25, **dispatch}
+    return make_config(tmp_path, db_url, destinations=destinations, dispatch=policy)
 
 
 @dataclass

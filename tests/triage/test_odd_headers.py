@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_config, open_db
 from dispatch_helpers import MLLPListener, Received, segments, start_store_scp
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
@@ -24,7 +23,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
-from support import dcmtk
+from support import dcmtk, make_config, open_db
 from test_worker import SELECTION, _spool_and_queue, _synthetic_series
 from untrained import load_untrained_predictor
 

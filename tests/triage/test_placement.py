@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from support import make_config
 
 from model.backend import BackendError
 from triage.analyse.placement import worker_device

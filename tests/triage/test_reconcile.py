@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dicom_factory import ct_slice
 from sqlalchemy import select
+from support import open_db
 
 from triage.db import (
     Instance,
@@ -11,9 +12,6 @@ from triage.db import (
     JobState,
     Series,
     SeriesState,
-    create_db_engine,
-    migrate,
-    session_factory,
 )
 from triage.storage.reconcile import reconcile
 from triage.storage.spool import instance_path, write_durably
@@ -21,9 +19,7 @@ from triage.storage.spool import instance_path, write_durably
 
 def test_reconcile_repairs_every_kind_of_disagreement(tmp_path, db_url: str) -> None:
     spool = tmp_path / "spool"
-    engine = create_db_engine(db_url)
-    migrate(engine)
-    sessions = session_factory(engine)
+    sessions = open_db(db_url)
 
     # Two instances whose rows exist, via the normal path.
     from triage.receive.header import ReceivedInstance, parse_header

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from conftest import make_config, open_db
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from support import make_config, open_db
 
 from triage.config import Config
 from triage.db import (

@@ -7,8 +7,8 @@ import ast
 from datetime import timedelta
 from pathlib import Path
 
-from conftest import make_config, open_db
 from sqlalchemy.orm import Session, sessionmaker
+from support import make_config, open_db
 
 from triage.db.models import (
     Decision,

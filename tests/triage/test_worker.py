@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import make_config, open_db
 from daemon_proc import Daemon
 from dicom_factory import write_series
 from pydicom import dcmread
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
+from support import make_config, open_db
 
 from triage.analyse import reports as report_building
 from triage.analyse import store
