@@ -13,7 +13,6 @@ log and need a restart.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -106,7 +105,7 @@ def apply_reload(config_path: Path, current: Config, sessions: sessionmaker[Sess
         "pid": os.getpid(),
     }
     with sessions() as session:
-        session.add(AuditEvent(kind=AUDIT_KIND, detail=json.dumps(detail)))
+        session.add(AuditEvent(kind=AUDIT_KIND, detail=detail))
         session.commit()
     restart = _sections_needing_restart(current, new)
     log.info("thresholds_reloaded", changed=changes, old=detail["old"], new=detail["new"])
@@ -174,8 +173,7 @@ def request_reload(
                 .order_by(AuditEvent.id)
             ).first()
         if event is not None:
-            detail = json.loads(event.detail)
-            return ReloadOutcome(detail["old"], detail["new"], detail["changed"])
+            return ReloadOutcome(event.detail["old"], event.detail["new"], event.detail["changed"])
         time.sleep(0.2)
     raise TriageError(
         f"the daemon (pid {pid}) did not confirm the reload within {timeout:g} s; its log says why"

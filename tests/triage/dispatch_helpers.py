@@ -6,7 +6,6 @@ Push SCP, an MLLP listener and an HTTP server, each recording what it received.
 
 from __future__ import annotations
 
-import json
 import socketserver
 import ssl
 import threading
@@ -99,7 +98,7 @@ def seed_result(
             series_id=series.id,
             decision=Decision(decision),
             stack_probability=PROBABILITY if decision == "present" else 0.03,
-            flagged_sop_instance_uids=json.dumps(flagged if decision == "present" else []),
+            flagged_sop_instance_uids=flagged if decision == "present" else [],
             bundle_name="pe-ctpa-bundle",
             bundle_version="2.1.0",
             bundle_sha256=SHA,

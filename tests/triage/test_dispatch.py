@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import socket
 import ssl
@@ -167,7 +166,7 @@ def test_pacs_down_retries_with_growing_backoff_then_dead_then_retry_resends_sam
         (event,) = session.scalars(
             select(AuditEvent).where(AuditEvent.kind == "deliveries_retried")
         ).all()
-        assert json.loads(event.detail)["delivery_ids"] == [delivery_id]
+        assert event.detail["delivery_ids"] == [delivery_id]
 
 
 def test_a_resend_after_success_carries_the_same_uids(tmp_path: Path) -> None:

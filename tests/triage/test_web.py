@@ -132,7 +132,7 @@ def add_study(
             series_id=series.id,
             decision=out.decision,
             stack_probability=out.probability,
-            flagged_sop_instance_uids=json.dumps([_uid() for _ in range(out.flagged)]),
+            flagged_sop_instance_uids=[_uid() for _ in range(out.flagged)],
             reason=out.reason,
             created_at=completed + timedelta(seconds=out.latency_s),
         )

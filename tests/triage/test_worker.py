@@ -275,19 +275,17 @@ def test_positive_job_stores_result_reports_and_a_delivery_per_destination(
     (result,) = _results(sessions, job_id)
     assert result.decision.value == "present"
     assert 0.0 <= (result.stack_probability or -1) <= 1.0
-    slices = json.loads(result.slice_probabilities)
+    slices = result.slice_probabilities
     source_sops = {dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in study_files}
     assert slices and set(slices) <= source_sops
-    flagged = json.loads(result.flagged_sop_instance_uids)
+    flagged = result.flagged_sop_instance_uids
     assert len(flagged) == min(2, len(slices))  # every slice passes 0.0; capped at 2
     assert [slices[u] for u in flagged] == sorted((slices[u] for u in flagged), reverse=True)
     assert (result.threshold_stack, result.threshold_slice) == (0.0, 0.0)
     assert result.threshold_source == "config"
     assert result.bundle_sha256 == predictor.bundle.manifest_sha256
     assert result.bundle_version == "0" and result.bundle_name == predictor.bundle.name
-    assert {"read", "preprocess", "cnn", "sequence", "total", "report"} <= set(
-        json.loads(result.timings)
-    )
+    assert {"read", "preprocess", "cnn", "sequence", "total", "report"} <= set(result.timings)
     # Positives reach every destination: the PACS gets SR and KOS, the RIS its ORU.
     assert _deliveries(sessions, result.id) == ["pacs", "ris"]
 
@@ -669,7 +667,7 @@ def test_serve_analyses_a_received_series_and_reload_applies_new_thresholds(
     with sessions() as session:
         events = list(session.scalars(select(AuditEvent)))
     assert [e.kind for e in events] == ["thresholds_reloaded"]
-    detail = json.loads(events[0].detail)
+    detail = events[0].detail
     assert detail["old"]["stack"] == 1.0 and detail["new"]["stack"] == 0.0
 
     # The worker process applies the new thresholds to the next job.

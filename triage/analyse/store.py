@@ -6,7 +6,6 @@ written into the outbox before the commit; see :mod:`triage.storage.outbox`.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Sequence
@@ -88,8 +87,8 @@ def store_result(
             series_id=series.id,
             decision=outcome.decision,
             stack_probability=outcome.stack_probability,
-            slice_probabilities=json.dumps(outcome.slice_probabilities or {}),
-            flagged_sop_instance_uids=json.dumps(outcome.flagged or []),
+            slice_probabilities=outcome.slice_probabilities or {},
+            flagged_sop_instance_uids=outcome.flagged or [],
             threshold_stack=outcome.thresholds.stack,
             threshold_slice=outcome.thresholds.slice,
             threshold_source=outcome.thresholds.source,
@@ -97,7 +96,7 @@ def store_result(
             bundle_version=bundle.version,
             bundle_sha256=bundle.manifest_sha256,
             reason=outcome.reason,
-            timings=json.dumps(outcome.timings or {}),
+            timings=outcome.timings or {},
         )
         session.add(result)
         session.flush()
@@ -106,7 +105,7 @@ def store_result(
             _write_outbox(reports, partial_dir(config.data_dir, result_id), result)
         timings = dict(outcome.timings or {})
         timings["report"] = time.perf_counter() - report_started
-        result.timings = json.dumps(timings)
+        result.timings = timings
         destinations = destinations_for(outcome.decision, reports, config.destinations)
         for name in destinations:
             session.add(Delivery(result_id=result_id, destination=name))

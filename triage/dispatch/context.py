@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -101,7 +100,7 @@ def load_context(
         result_id=result.id,
         decision=Decision(result.decision),
         stack_probability=result.stack_probability,
-        flagged_slice_count=len(json.loads(result.flagged_sop_instance_uids or "[]")),
+        flagged_slice_count=len(result.flagged_sop_instance_uids or []),
         study_instance_uid=study.study_instance_uid,
         series_instance_uid=series.series_instance_uid,
         sr_path=outbox / SR_FILE,

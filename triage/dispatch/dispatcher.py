@@ -18,7 +18,6 @@ Everything lives in the row, so a restart resumes where it was.
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 from collections.abc import Callable
@@ -293,9 +292,7 @@ def retry_dead(sessions: sessionmaker[Session], destination: str | None = None) 
         session.add(
             AuditEvent(
                 kind="deliveries_retried",
-                detail=json.dumps(
-                    {"destination": destination, "count": len(ids), "delivery_ids": ids}
-                ),
+                detail={"destination": destination, "count": len(ids), "delivery_ids": ids},
                 created_at=now,
             )
         )
