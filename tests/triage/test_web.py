@@ -765,3 +765,19 @@ def test_a_taken_port_is_an_error_that_says_so(
         config = make_config(tmp_path, web={"port": port})
         with pytest.raises(WebError, match=f"cannot listen on 127.0.0.1 port {port}"):
             start_web(config, sqlite_sessions)
+
+
+def test_the_stylesheet_and_script_are_static_files_revalidated_on_every_load(
+    tmp_path: Path, sqlite_sessions: sessionmaker[Session]
+) -> None:
+    client = _client(tmp_path, sqlite_sessions)
+    static = Path(__file__).parents[2] / "triage" / "web" / "static"
+    for name, media_type in (("worklist.css", "text/css"), ("worklist.js", "text/javascript")):
+        response = client.get(f"/static/{name}")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith(media_type)
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.text == (static / name).read_text()
+        again = client.get(f"/static/{name}", headers={"If-None-Match": response.headers["etag"]})
+        assert again.status_code == 304
+    assert client.get("/static/../app.py").status_code == 404
