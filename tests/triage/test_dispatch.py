@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from dicom_factory import ct_slice
 from dispatch_helpers import (
     MLLPListener,
     Received,
@@ -412,3 +413,35 @@ def test_a_frozen_pacs_does_not_hold_back_the_ris_flag(tmp_path: Path) -> None:
     # The PACS deliveries that were attempted wait for a retry; none was lost.
     states = {delivery(sessions, s.deliveries["pacs"]).state for s in [*earlier, first, second]}
     assert states <= {DeliveryState.RETRYING, DeliveryState.PENDING}
+
+
+def test_the_chunked_send_switch_is_set_once_and_triage_send_still_sends_every_syntax(
+    tmp_path: Path, start_receiver: Any
+) -> None:
+    # Importing the DICOM senders sets pynetdicom's process-wide switch once; `triage
+    # send` in the same process then streams files too, and must still deliver each
+    # file in its own transfer syntax.
+    from pydicom import dcmread
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import _config as pynetdicom_config
+
+    import triage.dispatch._dimse  # noqa: F401
+    from triage.send import send_files
+
+    assert pynetdicom_config.STORE_SEND_CHUNKED_DATASET is True
+    running = start_receiver()
+    sent = []
+    for index, syntax in enumerate((ExplicitVRLittleEndian, ImplicitVRLittleEndian)):
+        ds = ct_slice("1.2.826.0.1.7", "1.2.826.0.1.7.1", index)
+        ds.file_meta.TransferSyntaxUID = syntax
+        path = tmp_path / f"{index}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        sent.append(ds)
+    result = send_files([tmp_path / "0.dcm", tmp_path / "1.dcm"], "127.0.0.1", running.port)
+    assert (result.sent, result.failures) == (2, [])
+    for ds in sent:
+        stored = dcmread(
+            running.spool / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        )
+        assert stored.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+        assert stored.PixelData == ds.PixelData
