@@ -23,6 +23,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
 from triage.analyse.processes import WorkerProcesses
 from triage.config import Config, ReceiverConfig
 from triage.db import create_db_engine, migrate, session_factory
@@ -235,14 +239,92 @@ def _listen_error(what: str, host: str, port: int, err: OSError) -> TriageError:
     )
 
 
-def _serve(
-    config: Config,
-    ready: threading.Event | None,
-    *,
-    log_format: str | None,
-    log_level: str | None,
-    config_path: Path | None,
-) -> int:
+class _Requests:
+    """What signals ask of the main loop. The handlers only set flags: what they ask
+    for reads files and writes the database, which a signal handler must not do in the
+    middle of whatever the main thread was doing. The main loop waits on ``wake``."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.reload = threading.Event()
+        self.dispatch = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """SIGTERM and SIGINT stop; :data:`RELOAD` reloads the thresholds; a worker's
+        :data:`DELIVERIES_STORED` dispatches at once."""
+
+        def on_stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("stop_requested", signal=signal.Signals(signum).name)
+            self.stop.set()
+            self.wake.set()
+
+        def asking(flag: threading.Event) -> Callable[[int, FrameType | None], None]:
+            def handler(_signum: int, _frame: FrameType | None) -> None:
+                flag.set()
+                self.wake.set()
+
+            return handler
+
+        handlers = {
+            signal.SIGTERM: on_stop,
+            signal.SIGINT: on_stop,
+            RELOAD: asking(self.reload),
+            DELIVERIES_STORED: asking(self.dispatch),
+        }
+        self._previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before :meth:`install`."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _Receiving:
+    """The DICOM receiver: in this process, or in ``receiver.processes`` children."""
+
+    def __init__(
+        self, config: Config, sessions: sessionmaker[Session], log_format: str, log_level: str
+    ) -> None:
+        self.recorder: InstanceRecorder | None = None
+        self.receiver: Receiver | None = None
+        self.children: ReceiverProcesses | None = None
+        if config.receiver.processes > 1:
+            self.children = ReceiverProcesses(config, log_format, log_level)
+            self.children.start()
+            self.port = self.children.port
+            return
+        self.recorder = InstanceRecorder(sessions)
+        try:
+            self.receiver = Receiver(
+                config.receiver,
+                StoreTarget(config.spool_dir, config.receiver.min_free_disk_mb, self.recorder),
+            )
+        except OSError as err:
+            self.recorder.close()
+            cfg = config.receiver
+            raise _listen_error("DICOM (receiver)", cfg.host, cfg.port, err) from err
+        self.port = self.receiver.port
+
+    def check(self) -> None:
+        """Restart receiver processes that died."""
+        if self.children is not None:
+            self.children.check()
+
+    def stop(self) -> None:
+        """Stop receiving; associations in flight finish first."""
+        if self.receiver is not None:
+            self.receiver.stop()
+        if self.children is not None:
+            self.children.stop()
+        if self.recorder is not None:
+            self.recorder.close()
+
+
+def _open_database(config: Config) -> tuple[Engine, sessionmaker[Session]]:
+    """Make data_dir, migrate the schema, and settle what a crash left (the spool's
+    rows and files, running jobs, outbox folders)."""
     try:
         prepare_data_dir(config)
     except OSError as err:
@@ -254,59 +336,33 @@ def _serve(
     sessions = session_factory(engine)
     reconcile(sessions, config.spool_dir)
     recover_outbox(sessions, config.data_dir, config.worker.lease_seconds)
+    return engine, sessions
 
+
+def _serve(
+    config: Config,
+    ready: threading.Event | None,
+    *,
+    log_format: str | None,
+    log_level: str | None,
+    config_path: Path | None,
+) -> int:
+    engine, sessions = _open_database(config)
     workers: WorkerProcesses | None = None
     dispatcher = Dispatcher(sessions, config)
     scheduler = build_scheduler(
         sessions, config, lambda: workers.wake() if workers else None, dispatcher
     )
-    stop = threading.Event()
-    # The main loop waits on `wake`; the handlers only set flags: what they ask for reads
-    # files and writes the database, which a signal handler must not do in the middle of
-    # whatever the main thread was doing.
-    wake = threading.Event()
-    reload_requested = threading.Event()
-    dispatch_requested = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("stop_requested", signal=signal.Signals(signum).name)
-        stop.set()
-        wake.set()
-
-    def request(flag: threading.Event) -> Callable[[int, FrameType | None], None]:
-        def handler(_signum: int, _frame: FrameType | None) -> None:
-            flag.set()
-            wake.set()
-
-        return handler
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    previous[RELOAD] = signal.signal(RELOAD, request(reload_requested))
-    previous[DELIVERIES_STORED] = signal.signal(DELIVERIES_STORED, request(dispatch_requested))
+    requests = _Requests()
+    requests.install()
     pid_path = pid_file(config)
     write_pid_file(pid_path)
     web: WebServer | None = None
-    recorder: InstanceRecorder | None = None
-    receiver: Receiver | None = None
-    children: ReceiverProcesses | None = None
+    receiving: _Receiving | None = None
     try:
-        if config.receiver.processes > 1:
-            children = ReceiverProcesses(
-                config, log_format or config.logging.format, log_level or config.logging.level
-            )
-            children.start()
-            port = children.port
-        else:
-            recorder = InstanceRecorder(sessions)
-            try:
-                receiver = Receiver(
-                    config.receiver,
-                    StoreTarget(config.spool_dir, config.receiver.min_free_disk_mb, recorder),
-                )
-            except OSError as err:
-                cfg = config.receiver
-                raise _listen_error("DICOM (receiver)", cfg.host, cfg.port, err) from err
-            port = receiver.port
+        receiving = _Receiving(
+            config, sessions, log_format or config.logging.format, log_level or config.logging.level
+        )
         scheduler.start()
         web = start_web(config, sessions, lambda: workers.supervision() if workers else None)
         if config_path is not None and config.worker.processes > 0:
@@ -323,7 +379,7 @@ def _serve(
             "serving",
             ae_title=config.receiver.ae_title,
             host=config.receiver.host,
-            port=port,
+            port=receiving.port,
             receiver_processes=config.receiver.processes,
             web=web.url,
             worker_processes=config.worker.processes if workers is not None else 0,
@@ -333,29 +389,10 @@ def _serve(
         )
         if ready is not None:
             ready.set()
-        while not stop.is_set():
-            wake.wait(0.5)
-            wake.clear()
-            if stop.is_set():
-                break
-            if dispatch_requested.is_set():
-                dispatch_requested.clear()
-                run_now(scheduler, "dispatch")
-            if children is not None:
-                children.check()
-            if workers is not None:
-                workers.check()
-            if reload_requested.is_set() and config_path is not None:
-                reload_requested.clear()
-                reloaded = apply_reload(config_path, config, sessions)
-                if reloaded is not config and workers is not None:
-                    workers.reload()
-                config = reloaded
+        _main_loop(requests, scheduler, receiving, workers, config, config_path, sessions)
     finally:
-        if receiver is not None:
-            receiver.stop()
-        if children is not None:
-            children.stop()
+        if receiving is not None:
+            receiving.stop()
         if workers is not None:
             workers.stop()
         if web is not None:
@@ -363,11 +400,38 @@ def _serve(
         if scheduler.running:
             scheduler.shutdown(wait=True)
         dispatcher.close()
-        if recorder is not None:
-            recorder.close()
         engine.dispose()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        requests.restore()
         remove_pid_file(pid_path)
         log.info("stopped")
     return 0
+
+
+def _main_loop(
+    requests: _Requests,
+    scheduler: BackgroundScheduler,
+    receiving: _Receiving,
+    workers: WorkerProcesses | None,
+    config: Config,
+    config_path: Path | None,
+    sessions: sessionmaker[Session],
+) -> None:
+    """Until a stop is asked for: dispatch, reload and restart dead children on request
+    or every half second."""
+    while not requests.stop.is_set():
+        requests.wake.wait(0.5)
+        requests.wake.clear()
+        if requests.stop.is_set():
+            break
+        if requests.dispatch.is_set():
+            requests.dispatch.clear()
+            run_now(scheduler, "dispatch")
+        receiving.check()
+        if workers is not None:
+            workers.check()
+        if requests.reload.is_set() and config_path is not None:
+            requests.reload.clear()
+            reloaded = apply_reload(config_path, config, sessions)
+            if reloaded is not config and workers is not None:
+                workers.reload()
+            config = reloaded
