@@ -20,7 +20,7 @@ import signal
 import threading
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -123,23 +123,7 @@ def run_worker(
             def on_deliveries() -> None:
                 notify(pid, DELIVERIES_STORED)
 
-        try:
-            warm_up_reports()
-        except Exception as err:  # only the first study's latency depends on it
-            log.warning("report_warm_up_failed", error=str(err))
-        # The model's millions of long-lived objects would make every full garbage
-        # collection scan them (a pause of tenths of a second in the middle of a study);
-        # they live as long as the process, so take them out of the collector's sight.
-        gc.collect()
-        gc.freeze()
-        if predictor.device == "CPU":
-            # Said once, in place of TensorFlow's "failed call to cuInit" error line.
-            log.info(
-                "worker_device",
-                worker_id=worker_id,
-                backend=predictor.backend,
-                message="no GPU, using the CPU",
-            )
+        _settle(predictor, worker_id)
         worker = Worker(config, sessions, predictor, worker_id, on_deliveries=on_deliveries)
         worker.start_heartbeat()
         log.info(
@@ -154,29 +138,64 @@ def run_worker(
         )
         parent = ParentWatch(parent_pid) if parent_pid is not None else None
         try:
-            while not stop_event.is_set():
-                if parent is not None and parent.gone():
-                    log.warning("worker_parent_gone", worker_id=worker_id)
-                    break
-                if reload_event is not None and reload_event.is_set():
-                    reload_event.clear()
-                    _reload_thresholds(worker, config_path)
-                try:
-                    busy = worker.run_once()
-                except Exception as err:  # the database may be briefly away; try again
-                    log.error("worker_loop_failed", error=str(err), exc_info=True)
-                    busy = False
-                if not busy:
-                    if wake_event is None:
-                        stop_event.wait(config.worker.poll_seconds)
-                    else:
-                        wake_event.wait(config.worker.poll_seconds)
-                        wake_event.clear()
+            _work(worker, config_path, stop_event, reload_event, wake_event, parent)
         finally:
             worker.stop_heartbeat()
             log.info("worker_stopped", worker_id=worker_id)
     finally:
         engine.dispose()
+
+
+def _settle(predictor: Any, worker_id: str) -> None:
+    """What a worker does once, after loading the model and before its first job."""
+    try:
+        warm_up_reports()
+    except Exception as err:  # only the first study's latency depends on it
+        log.warning("report_warm_up_failed", error=str(err))
+    # The model's millions of long-lived objects would make every full garbage
+    # collection scan them (a pause of tenths of a second in the middle of a study);
+    # they live as long as the process, so take them out of the collector's sight.
+    gc.collect()
+    gc.freeze()
+    if predictor.device == "CPU":
+        # Said once, in place of TensorFlow's "failed call to cuInit" error line.
+        log.info(
+            "worker_device",
+            worker_id=worker_id,
+            backend=predictor.backend,
+            message="no GPU, using the CPU",
+        )
+
+
+def _work(
+    worker: Worker,
+    config_path: Path,
+    stop_event: StopEvent,
+    reload_event: threading.Event | None,
+    wake_event: threading.Event | None,
+    parent: ParentWatch | None,
+) -> None:
+    """Take jobs until ``stop_event`` is set or the parent is gone; between jobs, apply
+    a reload, and wait for a wake-up or ``worker.poll_seconds`` when the queue is empty."""
+    poll = worker.config.worker.poll_seconds
+    while not stop_event.is_set():
+        if parent is not None and parent.gone():
+            log.warning("worker_parent_gone", worker_id=worker.worker_id)
+            break
+        if reload_event is not None and reload_event.is_set():
+            reload_event.clear()
+            _reload_thresholds(worker, config_path)
+        try:
+            busy = worker.run_once()
+        except Exception as err:  # the database may be briefly away; try again
+            log.error("worker_loop_failed", error=str(err), exc_info=True)
+            busy = False
+        if not busy:
+            if wake_event is None:
+                stop_event.wait(poll)
+            else:
+                wake_event.wait(poll)
+                wake_event.clear()
 
 
 def _reload_thresholds(worker: Worker, config_path: Path) -> None:
