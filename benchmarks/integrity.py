@@ -1,6 +1,6 @@
 """Cost of the receiver's integrity check per instance: prints figures, not pass/fail.
 
-The check (``triage.integrity.check_dataset``) runs on every C-STORE before Success. It
+The check (``triage.receive.integrity.check_dataset``) runs on every C-STORE before Success. It
 is timed here on the files of a synthetic CT series, next to the header parse that the
 receiver already does for each instance, in each transfer syntax asked for.
 
@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model.synthetic import StudyParams, WriteOptions, generate_study, write_study
-from triage.header import parse_header
-from triage.integrity import check_dataset, dataset_offset
+from triage.receive.header import parse_header
+from triage.receive.integrity import check_dataset, dataset_offset
 
 
 def _per_instance_us(blobs: list[bytes], run: Callable[[bytes], object], repeat: int) -> float:

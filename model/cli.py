@@ -1,7 +1,7 @@
-"""``triage-model``: the training-side command line (synthetic data now; more subcommands later).
+"""``triage-model``: the training-side command line.
 
-Each subcommand registers itself with :func:`_add_synth`-style functions in
-:data:`SUBCOMMANDS`, so adding ``train`` or ``evaluate`` is one function and one entry.
+synth, stats, init-bundle, predict, train, evaluate and compare. Each subcommand is one
+function in :data:`SUBCOMMANDS` that adds its parser and sets the runner.
 """
 
 from __future__ import annotations

@@ -1,16 +1,51 @@
-"""Helpers the tests import: dcmtk paths, free ports, waiting for servers."""
+"""The helpers the tests import: configs, databases, dcmtk paths, free ports, waiting for
+servers. (``conftest.py`` files hold fixtures only.)"""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from triage.config import Config, parse_config
+from triage.db import create_db_engine, migrate, session_factory
 
 # The product's own helpers, which triage demo and the benchmarks use too.
 from triage.demo import free_port, wait_for_port
 
-__all__ = ["dcmtk", "free_port", "make_test_pki", "wait_for_port"]
+__all__ = ["dcmtk", "free_port", "make_config", "make_test_pki", "open_db", "wait_for_port"]
 
 DCMTK_BIN = Path("/usr/bin")
+
+
+def make_config(tmp_path: Path, db_url: str | None = None, **sections: Any) -> Config:
+    """A validated Config with data_dir in ``tmp_path`` and the given section overrides.
+
+    The receiver listens on a free port and accepts studies whatever the free disk.
+    """
+    data: dict[str, Any] = {"data_dir": str(tmp_path / "var")}
+    if db_url:
+        data["database"] = {"url": db_url}
+    receiver = {"port": 0, "min_free_disk_mb": 0}
+    receiver.update(sections.pop("receiver", {}))
+    data["receiver"] = receiver
+    data.update(sections)
+    return parse_config(data, tmp_path)
+
+
+def open_db(config: Config | str) -> sessionmaker[Session]:
+    """The migrated database of ``config`` (its data folder made), or at a URL, and a
+    session factory."""
+    if isinstance(config, str):
+        url = config
+    else:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        url = config.database_url
+    engine = create_db_engine(url)
+    migrate(engine)
+    return session_factory(engine)
 
 
 def dcmtk(tool: str) -> str:

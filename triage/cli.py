@@ -1,4 +1,5 @@
-"""The ``triage`` command line: serve, worker, reload, check-config, status, send."""
+"""The ``triage`` command line: serve, worker, reload, check-config, status, send, migrate,
+demo and retry."""
 
 from __future__ import annotations
 
@@ -191,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
             config_path=args.config,
         )
     if args.command == "worker":
-        from triage.worker import run_workers
+        from triage.analyse.processes import run_workers
 
         return run_workers(
             args.config,

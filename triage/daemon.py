@@ -18,35 +18,39 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from triage.analyse.processes import WorkerProcesses
 from triage.config import Config, ReceiverConfig
 from triage.db import create_db_engine, migrate, session_factory
 from triage.dispatch import Dispatcher
 from triage.errors import TriageError
 from triage.lockfile import DataDirLock
 from triage.logs import configure_logging, get_logger
-from triage.reconcile import reconcile
-from triage.recorder import InstanceRecorder
+from triage.receive.recorder import InstanceRecorder
+from triage.receive.scp import Receiver, StoreTarget
 from triage.reload import apply_reload, pid_file, remove_pid_file, write_pid_file
 from triage.scheduler import build_scheduler, run_now
-from triage.scp import Receiver, StoreTarget
+from triage.storage.outbox import recover as recover_outbox
+from triage.storage.reconcile import reconcile
+from triage.supervisor import DELIVERIES_STORED, RELOAD, ParentWatch, Restarts, Supervisor
 from triage.web import WebServer, start_web
-from triage.worker import WorkerProcesses
 
 log = get_logger(__name__)
 
 # How long a receiver process may take to import, open the database and listen.
 _START_TIMEOUT = 60.0
-# A receiver process that dies sooner than this after its start is restarted after a
-# growing delay (up to _MAX_BACKOFF), so a process that cannot start (a broken TLS key,
+# A receiver process that dies within 10 s of its start is restarted after a growing
+# delay (1 s, doubling up to 30 s), so a process that cannot start (a broken TLS key,
 # say) does not spin; one that ran longer is restarted at once.
-_STABLE_AFTER = 10.0
-_MAX_BACKOFF = 30.0
+_RESTARTS = Restarts(stable_after=10.0, first_backoff=1.0, max_backoff=30.0)
 
 
 def prepare_data_dir(config: Config) -> None:
@@ -74,7 +78,7 @@ def _run_receiver_process(
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     configure_logging(log_format, log_level)
     plog = get_logger(__name__, pid=os.getpid(), receiver_process=index)
-    parent = os.getppid()
+    parent = ParentWatch()
 
     cfg = _process_receiver_config(config.receiver, port)
     engine = create_db_engine(config.database_url, config.database.busy_timeout_ms)
@@ -95,7 +99,7 @@ def _run_receiver_process(
         while not stop.wait(0.5):
             # If the parent was killed outright, nobody would ever stop us: an orphan
             # would hold the port and the database.
-            if os.getppid() != parent:
+            if parent.gone():
                 plog.warning("receiver_parent_gone")
                 break
     finally:
@@ -103,20 +107,6 @@ def _run_receiver_process(
         recorder.close()
         engine.dispose()
         plog.info("receiver_stopped")
-
-
-@dataclass
-class _Slot:
-    """One receiver process and when it may be restarted."""
-
-    index: int
-    process: SpawnProcess | None = None
-    started_at: float = 0.0
-    backoff: float = 0.0
-    restart_at: float | None = None
-    # Held until the process is replaced: a spawned child unpickles it after start(),
-    # and the semaphore behind it is unlinked once the parent drops the last reference.
-    ready: Any = None
 
 
 class ReceiverProcesses:
@@ -157,24 +147,22 @@ class ReceiverProcesses:
                 "is another daemon running, or is receiver.port wrong?"
             ) from err
         self.port = int(self._socket.getsockname()[1])
-        self._slots = [_Slot(i) for i in range(cfg.processes)]
-        self._stopping = False
+        self._count = cfg.processes
+        # Held until the process is replaced: a spawned child unpickles it after start(),
+        # and the semaphore behind it is unlinked once the parent drops the last reference.
+        self._ready: dict[int, Any] = {}
+        self._supervisor = Supervisor("receiver", self._spawn, _RESTARTS)
 
-    def _spawn(self, slot: _Slot) -> Any:
-        if slot.process is not None:
-            slot.process.close()  # reaped already: it was seen dead
+    def _spawn(self, index: int) -> SpawnProcess:
         ready = self._ctx.Event()
         process = self._ctx.Process(
             target=_run_receiver_process,
-            args=(self._config, self.port, slot.index, self._log_format, self._log_level, ready),
-            name=f"triage-receiver-{slot.index}",
+            args=(self._config, self.port, index, self._log_format, self._log_level, ready),
+            name=f"triage-receiver-{index}",
         )
         process.start()
-        slot.ready = ready
-        slot.process = process
-        slot.started_at = time.monotonic()
-        slot.restart_at = None
-        return ready
+        self._ready[index] = ready
+        return process
 
     def start(self) -> None:
         """Start every receiver process and wait until each listens.
@@ -184,67 +172,30 @@ class ReceiverProcesses:
         TriageError
             If a receiver process exits or hangs before it listens.
         """
-        waiting = [(slot, self._spawn(slot)) for slot in self._slots]
+        processes = self._supervisor.start(self._count)
         deadline = time.monotonic() + _START_TIMEOUT
-        for slot, ready in waiting:
-            assert slot.process is not None
-            while not ready.wait(0.1):
-                if not slot.process.is_alive() or time.monotonic() > deadline:
+        for index, process in enumerate(processes):
+            while not self._ready[index].wait(0.1):
+                if not process.is_alive() or time.monotonic() > deadline:
                     self.stop()
                     raise TriageError(
-                        f"receiver process {slot.index} did not start "
-                        f"(exit code {slot.process.exitcode}); its log lines above say why"
+                        f"receiver process {index} did not start "
+                        f"(exit code {process.exitcode}); its log lines above say why"
                     )
 
     def check(self) -> None:
         """Restart any receiver process that has died; called periodically by the parent."""
-        if self._stopping:
-            return
-        now = time.monotonic()
-        for slot in self._slots:
-            process = slot.process
-            if process is None or process.is_alive():
-                continue
-            if slot.restart_at is None:
-                lived = now - slot.started_at
-                slot.backoff = (
-                    0.0 if lived >= _STABLE_AFTER else min(_MAX_BACKOFF, max(1.0, 2 * slot.backoff))
-                )
-                slot.restart_at = now + slot.backoff
-                log.error(
-                    "receiver_process_died",
-                    receiver_process=slot.index,
-                    pid=process.pid,
-                    exitcode=process.exitcode,
-                    restart_in_seconds=slot.backoff,
-                )
-            if now >= slot.restart_at:
-                self._spawn(slot)
-                log.info("receiver_process_restarted", receiver_process=slot.index)
+        self._supervisor.check()
 
     def pids(self) -> list[int]:
         """The live receiver processes' ids."""
-        return [
-            s.process.pid
-            for s in self._slots
-            if s.process is not None and s.process.pid is not None and s.process.is_alive()
-        ]
+        return self._supervisor.pids()
 
     def stop(self) -> None:
         """SIGTERM every receiver process; each lets its associations finish first."""
-        self._stopping = True
-        live = [s.process for s in self._slots if s.process is not None and s.process.is_alive()]
-        for process in live:
-            process.terminate()
         # Each child waits up to shutdown_timeout for its associations, then aborts
         # them; the margin covers closing its database engine.
-        deadline = time.monotonic() + self._config.receiver.shutdown_timeout + 10.0
-        for process in live:
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
-                log.error("receiver_process_killed", pid=process.pid)
-                process.kill()
-                process.join()
+        self._supervisor.stop(self._config.receiver.shutdown_timeout + 10.0)
         self._socket.close()
 
 
@@ -288,14 +239,92 @@ def _listen_error(what: str, host: str, port: int, err: OSError) -> TriageError:
     )
 
 
-def _serve(
-    config: Config,
-    ready: threading.Event | None,
-    *,
-    log_format: str | None,
-    log_level: str | None,
-    config_path: Path | None,
-) -> int:
+class _Requests:
+    """What signals ask of the main loop. The handlers only set flags: what they ask
+    for reads files and writes the database, which a signal handler must not do in the
+    middle of whatever the main thread was doing. The main loop waits on ``wake``."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.reload = threading.Event()
+        self.dispatch = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """SIGTERM and SIGINT stop; :data:`RELOAD` reloads the thresholds; a worker's
+        :data:`DELIVERIES_STORED` dispatches at once."""
+
+        def on_stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("stop_requested", signal=signal.Signals(signum).name)
+            self.stop.set()
+            self.wake.set()
+
+        def asking(flag: threading.Event) -> Callable[[int, FrameType | None], None]:
+            def handler(_signum: int, _frame: FrameType | None) -> None:
+                flag.set()
+                self.wake.set()
+
+            return handler
+
+        handlers = {
+            signal.SIGTERM: on_stop,
+            signal.SIGINT: on_stop,
+            RELOAD: asking(self.reload),
+            DELIVERIES_STORED: asking(self.dispatch),
+        }
+        self._previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before :meth:`install`."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _Receiving:
+    """The DICOM receiver: in this process, or in ``receiver.processes`` children."""
+
+    def __init__(
+        self, config: Config, sessions: sessionmaker[Session], log_format: str, log_level: str
+    ) -> None:
+        self.recorder: InstanceRecorder | None = None
+        self.receiver: Receiver | None = None
+        self.children: ReceiverProcesses | None = None
+        if config.receiver.processes > 1:
+            self.children = ReceiverProcesses(config, log_format, log_level)
+            self.children.start()
+            self.port = self.children.port
+            return
+        self.recorder = InstanceRecorder(sessions)
+        try:
+            self.receiver = Receiver(
+                config.receiver,
+                StoreTarget(config.spool_dir, config.receiver.min_free_disk_mb, self.recorder),
+            )
+        except OSError as err:
+            self.recorder.close()
+            cfg = config.receiver
+            raise _listen_error("DICOM (receiver)", cfg.host, cfg.port, err) from err
+        self.port = self.receiver.port
+
+    def check(self) -> None:
+        """Restart receiver processes that died."""
+        if self.children is not None:
+            self.children.check()
+
+    def stop(self) -> None:
+        """Stop receiving; associations in flight finish first."""
+        if self.receiver is not None:
+            self.receiver.stop()
+        if self.children is not None:
+            self.children.stop()
+        if self.recorder is not None:
+            self.recorder.close()
+
+
+def _open_database(config: Config) -> tuple[Engine, sessionmaker[Session]]:
+    """Make data_dir, migrate the schema, and settle what a crash left (the spool's
+    rows and files, running jobs, outbox folders)."""
     try:
         prepare_data_dir(config)
     except OSError as err:
@@ -306,60 +335,34 @@ def _serve(
     migrate(engine)
     sessions = session_factory(engine)
     reconcile(sessions, config.spool_dir)
+    recover_outbox(sessions, config.data_dir, config.worker.lease_seconds)
+    return engine, sessions
 
+
+def _serve(
+    config: Config,
+    ready: threading.Event | None,
+    *,
+    log_format: str | None,
+    log_level: str | None,
+    config_path: Path | None,
+) -> int:
+    engine, sessions = _open_database(config)
     workers: WorkerProcesses | None = None
     dispatcher = Dispatcher(sessions, config)
     scheduler = build_scheduler(
         sessions, config, lambda: workers.wake() if workers else None, dispatcher
     )
-    stop = threading.Event()
-    # The main loop waits on `wake`; the handlers only set flags: what they ask for reads
-    # files and writes the database, which a signal handler must not do in the middle of
-    # whatever the main thread was doing.
-    wake = threading.Event()
-    reload_requested = threading.Event()
-    dispatch_requested = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("stop_requested", signal=signal.Signals(signum).name)
-        stop.set()
-        wake.set()
-
-    def request(flag: threading.Event) -> Callable[[int, FrameType | None], None]:
-        def handler(_signum: int, _frame: FrameType | None) -> None:
-            flag.set()
-            wake.set()
-
-        return handler
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, request(reload_requested))
-    # A worker sends SIGUSR1 when it has stored a result with deliveries.
-    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, request(dispatch_requested))
+    requests = _Requests()
+    requests.install()
     pid_path = pid_file(config)
     write_pid_file(pid_path)
     web: WebServer | None = None
-    recorder: InstanceRecorder | None = None
-    receiver: Receiver | None = None
-    children: ReceiverProcesses | None = None
+    receiving: _Receiving | None = None
     try:
-        if config.receiver.processes > 1:
-            children = ReceiverProcesses(
-                config, log_format or config.logging.format, log_level or config.logging.level
-            )
-            children.start()
-            port = children.port
-        else:
-            recorder = InstanceRecorder(sessions)
-            try:
-                receiver = Receiver(
-                    config.receiver,
-                    StoreTarget(config.spool_dir, config.receiver.min_free_disk_mb, recorder),
-                )
-            except OSError as err:
-                cfg = config.receiver
-                raise _listen_error("DICOM (receiver)", cfg.host, cfg.port, err) from err
-            port = receiver.port
+        receiving = _Receiving(
+            config, sessions, log_format or config.logging.format, log_level or config.logging.level
+        )
         scheduler.start()
         web = start_web(config, sessions, lambda: workers.supervision() if workers else None)
         if config_path is not None and config.worker.processes > 0:
@@ -376,7 +379,7 @@ def _serve(
             "serving",
             ae_title=config.receiver.ae_title,
             host=config.receiver.host,
-            port=port,
+            port=receiving.port,
             receiver_processes=config.receiver.processes,
             web=web.url,
             worker_processes=config.worker.processes if workers is not None else 0,
@@ -386,29 +389,10 @@ def _serve(
         )
         if ready is not None:
             ready.set()
-        while not stop.is_set():
-            wake.wait(0.5)
-            wake.clear()
-            if stop.is_set():
-                break
-            if dispatch_requested.is_set():
-                dispatch_requested.clear()
-                run_now(scheduler, "dispatch")
-            if children is not None:
-                children.check()
-            if workers is not None:
-                workers.check()
-            if reload_requested.is_set() and config_path is not None:
-                reload_requested.clear()
-                reloaded = apply_reload(config_path, config, sessions)
-                if reloaded is not config and workers is not None:
-                    workers.reload()
-                config = reloaded
+        _main_loop(requests, scheduler, receiving, workers, config, config_path, sessions)
     finally:
-        if receiver is not None:
-            receiver.stop()
-        if children is not None:
-            children.stop()
+        if receiving is not None:
+            receiving.stop()
         if workers is not None:
             workers.stop()
         if web is not None:
@@ -416,11 +400,38 @@ def _serve(
         if scheduler.running:
             scheduler.shutdown(wait=True)
         dispatcher.close()
-        if recorder is not None:
-            recorder.close()
         engine.dispose()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        requests.restore()
         remove_pid_file(pid_path)
         log.info("stopped")
     return 0
+
+
+def _main_loop(
+    requests: _Requests,
+    scheduler: BackgroundScheduler,
+    receiving: _Receiving,
+    workers: WorkerProcesses | None,
+    config: Config,
+    config_path: Path | None,
+    sessions: sessionmaker[Session],
+) -> None:
+    """Until a stop is asked for: dispatch, reload and restart dead children on request
+    or every half second."""
+    while not requests.stop.is_set():
+        requests.wake.wait(0.5)
+        requests.wake.clear()
+        if requests.stop.is_set():
+            break
+        if requests.dispatch.is_set():
+            requests.dispatch.clear()
+            run_now(scheduler, "dispatch")
+        receiving.check()
+        if workers is not None:
+            workers.check()
+        if requests.reload.is_set() and config_path is not None:
+            requests.reload.clear()
+            reloaded = apply_reload(config_path, config, sessions)
+            if reloaded is not config and workers is not None:
+                workers.reload()
+            config = reloaded

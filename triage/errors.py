@@ -27,10 +27,6 @@ class InvalidUIDError(TriageError, ValueError):
     """A UID does not follow the DICOM UID grammar and must not become part of a path."""
 
 
-class SpoolError(TriageError):
-    """The spool folder cannot accept a file (full disk, permissions)."""
-
-
 class DatabaseError(TriageError):
     """The database cannot be reached or its schema is not what this version expects."""
 

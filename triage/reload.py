@@ -13,9 +13,7 @@ log and need a restart.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from triage.config import Config, load_config
 from triage.db.models import AuditEvent
 from triage.errors import ConfigError, TriageError
 from triage.logs import get_logger
+from triage.supervisor import RELOAD
 
 log = get_logger(__name__)
 
@@ -106,7 +105,7 @@ def apply_reload(config_path: Path, current: Config, sessions: sessionmaker[Sess
         "pid": os.getpid(),
     }
     with sessions() as session:
-        session.add(AuditEvent(kind=AUDIT_KIND, detail=json.dumps(detail)))
+        session.add(AuditEvent(kind=AUDIT_KIND, detail=detail))
         session.commit()
     restart = _sections_needing_restart(current, new)
     log.info("thresholds_reloaded", changed=changes, old=detail["old"], new=detail["new"])
@@ -164,7 +163,7 @@ def request_reload(
     pid = _running_pid(pid_file(config))
     with sessions() as session:
         last = session.scalar(select(func.max(AuditEvent.id))) or 0
-    os.kill(pid, signal.SIGHUP)
+    os.kill(pid, RELOAD)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with sessions() as session:
@@ -174,8 +173,7 @@ def request_reload(
                 .order_by(AuditEvent.id)
             ).first()
         if event is not None:
-            detail = json.loads(event.detail)
-            return ReloadOutcome(detail["old"], detail["new"], detail["changed"])
+            return ReloadOutcome(event.detail["old"], event.detail["new"], event.detail["changed"])
         time.sleep(0.2)
     raise TriageError(
         f"the daemon (pid {pid}) did not confirm the reload within {timeout:g} s; its log says why"

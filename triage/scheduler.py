@@ -16,12 +16,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage.completeness import next_series_due, sweep_series
+from triage.analyse.completeness import next_series_due, sweep_series
 from triage.config import Config
 from triage.dispatch import Dispatcher
-from triage.jobs import requeue_expired_leases
 from triage.logs import get_logger
-from triage.retention import sweep_retention
+from triage.states.job import requeue_expired_leases
+from triage.storage.retention import sweep_retention
 
 log = get_logger(__name__)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy import func, select
@@ -25,7 +24,7 @@ def _result(result: Result | None) -> dict[str, Any] | None:
         "threshold_stack": result.threshold_stack,
         "threshold_slice": result.threshold_slice,
         "threshold_source": result.threshold_source,
-        "flagged_slices": len(json.loads(result.flagged_sop_instance_uids or "[]")),
+        "flagged_slices": len(result.flagged_sop_instance_uids or []),
         "reason": result.reason,
         "bundle": f"{result.bundle_name} {result.bundle_version}",
         "bundle_sha256": result.bundle_sha256,

@@ -2,7 +2,8 @@
 not hold back the RIS flag of a positive result, and gets its SR and KOS once it thaws.
 
 The result is put in the running daemon's database as a worker leaves it, and the daemon
-is told with SIGUSR1, as a worker tells it; everything after that is the daemon's own.
+is told with DELIVERIES_STORED (SIGUSR2), as a worker tells it; everything after that is
+the daemon's own.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from test_pacs_round_trip import ORTHANC, Orthanc, _wait
 
 from triage.config import load_config
 from triage.db import DeliveryState, create_db_engine, session_factory
+from triage.supervisor import DELIVERIES_STORED
 
 
 @pytest.mark.timeout(300)
@@ -59,7 +61,7 @@ def test_a_frozen_pacs_does_not_delay_the_oru(tmp_path: Path) -> None:
         # The PACS delivery is the older row: a serial dispatcher would send it first
         # and wait out its 30 s association timeout before the ORU.
         seeded = seed_result(sessions, config, ["pacs", "ris"])
-        os.kill(daemon.proc.pid, signal.SIGUSR1)
+        os.kill(daemon.proc.pid, DELIVERIES_STORED)
         _wait(lambda: ris.messages, 10, "the ORU while the PACS is frozen")
         assert segments(ris.messages[0])["MSH"][0][9].startswith("ORU^R01")
         assert delivery(sessions, seeded.deliveries["ris"]).state == DeliveryState.SENT
@@ -68,15 +70,15 @@ def test_a_frozen_pacs_does_not_delay_the_oru(tmp_path: Path) -> None:
 
         # A second positive while the PACS is still frozen is flagged at once too.
         second = seed_result(sessions, config, ["pacs", "ris"])
-        os.kill(daemon.proc.pid, signal.SIGUSR1)
+        os.kill(daemon.proc.pid, DELIVERIES_STORED)
         _wait(lambda: len(ris.messages) == 2, 10, "the second ORU")
 
         # The PACS thaws: its SRs and the KOSes arrive, nothing was lost.
         os.kill(orthanc.proc.pid, signal.SIGCONT)
-        os.kill(daemon.proc.pid, signal.SIGUSR1)
+        os.kill(daemon.proc.pid, DELIVERIES_STORED)
 
         def all_in_pacs() -> bool:
-            os.kill(daemon.proc.pid, signal.SIGUSR1)  # no waiting for the 60 s sweep
+            os.kill(daemon.proc.pid, DELIVERIES_STORED)  # no waiting for the 60 s sweep
             return all(
                 delivery(sessions, s.deliveries["pacs"]).state == DeliveryState.SENT
                 for s in (seeded, second)

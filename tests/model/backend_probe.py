@@ -3,7 +3,7 @@
 ``python tests/model/backend_probe.py SERIES BUNDLE [BUNDLE ...]`` runs each bundle
 on the backend in ``KERAS_BACKEND``. ``python tests/model/backend_probe.py SERIES_DIR
 --config CONFIG.yaml`` instead loads the configured bundle as a daemon worker process
-does (:func:`triage.placement.load_predictor`, which sets the backend from
+does (:func:`triage.analyse.placement.load_predictor`, which sets the backend from
 ``model.backend``), after importing the worker's modules.
 
 It prints one JSON object: a list of predictions (probabilities, backend, device) and
@@ -22,10 +22,8 @@ from typing import Any
 
 def _load(target: str, config: bool) -> Any:
     if config:
-        import triage.inference
-        import triage.worker  # noqa: F401
+        from triage.analyse.placement import load_predictor
         from triage.config import load_config
-        from triage.placement import load_predictor
 
         return load_predictor(load_config(Path(target)))
     from model.quiet import quiet_keras_backend

@@ -9,31 +9,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
+from support import make_config, open_db
 
-from triage.config import Config, parse_config
-from triage.db import create_db_engine, migrate, session_factory
-from triage.recorder import InstanceRecorder
-from triage.scp import Receiver, StoreTarget
-
-
-def make_config(tmp_path: Path, db_url: str | None = None, **sections: Any) -> Config:
-    """A validated Config with data_dir in ``tmp_path`` and the given section overrides."""
-    data: dict[str, Any] = {"data_dir": str(tmp_path / "var")}
-    if db_url:
-        data["database"] = {"url": db_url}
-    receiver = {"port": 0, "min_free_disk_mb": 0}
-    receiver.update(sections.pop("receiver", {}))
-    data["receiver"] = receiver
-    data.update(sections)
-    return parse_config(data, tmp_path)
-
-
-def open_db(config: Config) -> sessionmaker[Session]:
-    """The migrated database of ``config`` (its data folder made) and a session factory."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_db_engine(config.database_url)
-    migrate(engine)
-    return session_factory(engine)
+from triage.config import Config
+from triage.receive.recorder import InstanceRecorder
+from triage.receive.scp import Receiver, StoreTarget
 
 
 @dataclass
@@ -59,9 +39,7 @@ def start_receiver(tmp_path: Path) -> Iterator[Callable[..., RunningReceiver]]:
     def start(db_url: str | None = None, **sections: Any) -> RunningReceiver:
         config = make_config(tmp_path, db_url, **sections)
         config.spool_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_db_engine(config.database_url)
-        migrate(engine)
-        sessions = session_factory(engine)
+        sessions = open_db(config)
         recorder = InstanceRecorder(sessions)
         receiver = Receiver(
             config.receiver,

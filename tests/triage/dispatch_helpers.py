@@ -6,7 +6,6 @@ Push SCP, an MLLP listener and an HTTP server, each recording what it received.
 
 from __future__ import annotations
 
-import json
 import socketserver
 import ssl
 import threading
@@ -28,8 +27,9 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import UnifiedProcedureStepPush  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
+from support import make_config
 
-from triage.config import Config, parse_config
+from triage.config import Config
 from triage.db import (
     Decision,
     Delivery,
@@ -39,29 +39,19 @@ from triage.db import (
     Series,
     Study,
 )
-from triage.dispatch import outbox_dir
 from triage.report import AnalysisResult, build_kos, build_sr
+from triage.storage.outbox import outbox_dir
 
 SHA = "0123456789abcdef" * 4
 PROBABILITY = 0.8764
 
 
-def make_config(
+def dispatch_config(
     tmp_path: Path, db_url: str, destinations: list[dict[str, Any]], **dispatch: Any
 ) -> Config:
-    """A validated config with these destinations and dispatch settings."""
-    data: dict[str, Any] = {
-        "data_dir": str(tmp_path / "var"),
-        "database": {"url": db_url},
-        "destinations": destinations,
-        "dispatch": {
-            "max_attempts": 4,
-            "backoff_seconds": 10,
-            "max_backoff_seconds": 25,
-            **dispatch,
-        },
-    }
-    return parse_config(data, tmp_path)
+    """:func:`support.make_config` with these destinations and a short retry policy."""
+    policy = {"max_attempts": 4, "backoff_seconds": 10, "max_backoff_seconds": 25, **dispatch}
+    return make_config(tmp_path, db_url, destinations=destinations, dispatch=policy)
 
 
 @dataclass
@@ -108,7 +98,7 @@ def seed_result(
             series_id=series.id,
             decision=Decision(decision),
             stack_probability=PROBABILITY if decision == "present" else 0.03,
-            flagged_sop_instance_uids=json.dumps(flagged if decision == "present" else []),
+            flagged_sop_instance_uids=flagged if decision == "present" else [],
             bundle_name="pe-ctpa-bundle",
             bundle_version="2.1.0",
             bundle_sha256=SHA,

@@ -11,7 +11,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from sqlalchemy import select
 
-from triage.completeness import sweep_series
+from triage.analyse.completeness import sweep_series
 from triage.db import Job, JobState, Series, SeriesState
 from triage.db.models import utcnow
 

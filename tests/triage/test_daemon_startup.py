@@ -12,14 +12,13 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import open_db
 from daemon_proc import Daemon
 from sqlalchemy import select
-from support import dcmtk, free_port
+from support import dcmtk, free_port, open_db
 
 from triage.config import load_config
 from triage.db import Job, JobState, Series, Study
-from triage.spool import TEMP_SUFFIX
+from triage.storage.spool import TEMP_SUFFIX
 
 
 def _serve(config_path: Path) -> subprocess.CompletedProcess[str]:

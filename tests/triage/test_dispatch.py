@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import socket
 import ssl
@@ -15,12 +14,12 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import open_db
+from dicom_factory import ct_slice
 from dispatch_helpers import (
     MLLPListener,
     Received,
     delivery,
-    make_config,
+    dispatch_config,
     seed_result,
     start_store_scp,
 )
@@ -31,7 +30,7 @@ from pydicom.uid import (
     KeyObjectSelectionDocumentStorage,
 )
 from sqlalchemy import select
-from support import free_port, make_test_pki
+from support import free_port, make_test_pki, open_db
 
 from triage.cli import main
 from triage.config import DispatchConfig
@@ -62,7 +61,7 @@ def test_positive_sends_sr_and_kos_proposing_only_their_contexts(tmp_path: Path)
     received = Received()
     scp = start_store_scp(0, received)
     try:
-        config = make_config(
+        config = dispatch_config(
             tmp_path, f"sqlite:///{tmp_path / 't.db'}", [pacs(scp.server_address[1])]
         )
         sessions = open_db(config)
@@ -99,7 +98,7 @@ def test_a_pacs_that_takes_only_implicit_vr_gets_the_reports_converted(tmp_path:
     received = Received()
     scp = start_store_scp(0, received, transfer_syntaxes=(ImplicitVRLittleEndian,))
     try:
-        config = make_config(
+        config = dispatch_config(
             tmp_path, f"sqlite:///{tmp_path / 't.db'}", [pacs(scp.server_address[1])]
         )
         sessions = open_db(config)
@@ -121,7 +120,7 @@ def test_pacs_down_retries_with_growing_backoff_then_dead_then_retry_resends_sam
     tmp_path: Path, db_url: str
 ) -> None:
     port = free_port()
-    config = make_config(tmp_path, db_url, [pacs(port)], max_attempts=3)
+    config = dispatch_config(tmp_path, db_url, [pacs(port)], max_attempts=3)
     sessions = open_db(config)
     seeded = seed_result(sessions, config, ["pacs"])
     delivery_id = seeded.deliveries["pacs"]
@@ -168,14 +167,14 @@ def test_pacs_down_retries_with_growing_backoff_then_dead_then_retry_resends_sam
         (event,) = session.scalars(
             select(AuditEvent).where(AuditEvent.kind == "deliveries_retried")
         ).all()
-        assert json.loads(event.detail)["delivery_ids"] == [delivery_id]
+        assert event.detail["delivery_ids"] == [delivery_id]
 
 
 def test_a_resend_after_success_carries_the_same_uids(tmp_path: Path) -> None:
     received = Received()
     scp = start_store_scp(0, received)
     try:
-        config = make_config(
+        config = dispatch_config(
             tmp_path, f"sqlite:///{tmp_path / 't.db'}", [pacs(scp.server_address[1])]
         )
         sessions = open_db(config)
@@ -202,7 +201,7 @@ def test_backoff_doubles_up_to_the_maximum_with_jitter_never_past_it() -> None:
 
 
 def test_destination_missing_from_config_is_dead_at_once(tmp_path: Path) -> None:
-    config = make_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [])
+    config = dispatch_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [])
     sessions = open_db(config)
     seeded = seed_result(sessions, config, ["old-pacs"])
     assert dispatch_due(sessions, config) == 1
@@ -212,7 +211,7 @@ def test_destination_missing_from_config_is_dead_at_once(tmp_path: Path) -> None
 
 
 def test_missing_outbox_file_is_retried(tmp_path: Path) -> None:
-    config = make_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [pacs(free_port())])
+    config = dispatch_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [pacs(free_port())])
     sessions = open_db(config)
     seeded = seed_result(sessions, config, ["pacs"], write_files=False)
     dispatch_due(sessions, config)
@@ -222,7 +221,7 @@ def test_missing_outbox_file_is_retried(tmp_path: Path) -> None:
 
 
 def test_a_crashing_sender_is_retried_and_the_queue_goes_on(tmp_path: Path) -> None:
-    config = make_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [pacs(1)])
+    config = dispatch_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [pacs(1)])
     sessions = open_db(config)
     first = seed_result(sessions, config, ["pacs"], decision="absent")
     second = seed_result(sessions, config, ["pacs"], decision="absent")
@@ -243,7 +242,7 @@ def test_a_crashing_sender_is_retried_and_the_queue_goes_on(tmp_path: Path) -> N
 
 
 def test_permanent_error_goes_straight_to_dead(tmp_path: Path) -> None:
-    config = make_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [pacs(1)])
+    config = dispatch_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [pacs(1)])
     sessions = open_db(config)
     seeded = seed_result(sessions, config, ["pacs"])
 
@@ -259,7 +258,7 @@ def test_permanent_error_goes_straight_to_dead(tmp_path: Path) -> None:
 def test_two_dispatchers_on_postgresql_never_send_one_delivery_twice(
     tmp_path: Path, db_url: str
 ) -> None:
-    config = make_config(tmp_path, db_url, [pacs(1)])
+    config = dispatch_config(tmp_path, db_url, [pacs(1)])
     sessions = open_db(config)
     ids = [
         seed_result(sessions, config, ["pacs"], decision="absent").deliveries["pacs"]
@@ -290,7 +289,7 @@ def test_two_dispatchers_on_postgresql_never_send_one_delivery_twice(
 def test_cli_retry_requeues_dead_deliveries_of_one_destination(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = make_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [])
+    config = dispatch_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [])
     sessions = open_db(config)
     seeded = seed_result(sessions, config, ["pacs", "ris"])
     dispatch_due(sessions, config)  # neither is configured: both dead
@@ -323,7 +322,7 @@ def test_dicom_over_tls_verifies_the_pacs_against_the_ca(tmp_path: Path) -> None
             pacs(port, tls=True, ca_certificate=str(d / "ca.pem")),
             pacs(port, name="untrusted", tls=True),  # the system CAs do not know ours
         ]
-        config = make_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", destinations)
+        config = dispatch_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", destinations)
         sessions = open_db(config)
         seeded = seed_result(sessions, config, ["pacs", "untrusted"], decision="absent")
         assert dispatch_due(sessions, config) == 2
@@ -378,7 +377,7 @@ def test_a_frozen_pacs_does_not_hold_back_the_ris_flag(tmp_path: Path) -> None:
             pacs(frozen.port),
             {"name": "ris", "type": "hl7", "host": "127.0.0.1", "port": ris.port},
         ]
-        config = make_config(
+        config = dispatch_config(
             tmp_path, f"sqlite:///{tmp_path / 't.db'}", destinations, max_concurrent_sends=2
         )
         sessions = open_db(config)
@@ -414,3 +413,35 @@ def test_a_frozen_pacs_does_not_hold_back_the_ris_flag(tmp_path: Path) -> None:
     # The PACS deliveries that were attempted wait for a retry; none was lost.
     states = {delivery(sessions, s.deliveries["pacs"]).state for s in [*earlier, first, second]}
     assert states <= {DeliveryState.RETRYING, DeliveryState.PENDING}
+
+
+def test_the_chunked_send_switch_is_set_once_and_triage_send_still_sends_every_syntax(
+    tmp_path: Path, start_receiver: Any
+) -> None:
+    # Importing the DICOM senders sets pynetdicom's process-wide switch once; `triage
+    # send` in the same process then streams files too, and must still deliver each
+    # file in its own transfer syntax.
+    from pydicom import dcmread
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import _config as pynetdicom_config
+
+    import triage.dispatch._dimse  # noqa: F401
+    from triage.send import send_files
+
+    assert pynetdicom_config.STORE_SEND_CHUNKED_DATASET is True
+    running = start_receiver()
+    sent = []
+    for index, syntax in enumerate((ExplicitVRLittleEndian, ImplicitVRLittleEndian)):
+        ds = ct_slice("1.2.826.0.1.7", "1.2.826.0.1.7.1", index)
+        ds.file_meta.TransferSyntaxUID = syntax
+        path = tmp_path / f"{index}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        sent.append(ds)
+    result = send_files([tmp_path / "0.dcm", tmp_path / "1.dcm"], "127.0.0.1", running.port)
+    assert (result.sent, result.failures) == (2, [])
+    for ds in sent:
+        stored = dcmread(
+            running.spool / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        )
+        assert stored.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+        assert stored.PixelData == ds.PixelData

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import open_db
 from dicom_factory import ACCESSION, BIRTH_DATE, PATIENT_ID, PATIENT_NAME
-from dispatch_helpers import MLLPListener, delivery, make_config, seed_result, segments
+from dispatch_helpers import MLLPListener, delivery, dispatch_config, seed_result, segments
+from support import open_db
 
 from triage.db import DeliveryState
 from triage.dispatch import dispatch_due
@@ -39,7 +39,7 @@ def listener() -> Iterator[MLLPListener]:
 def test_one_oru_per_positive_keyed_on_the_accession_with_status_p_and_flag_a(
     tmp_path: Path, listener: MLLPListener, db_url: str
 ) -> None:
-    config = make_config(
+    config = dispatch_config(
         tmp_path, db_url, [ris(listener.port, receiving_application="PowerScribe")]
     )
     sessions = open_db(config)
@@ -79,7 +79,7 @@ def test_one_oru_per_positive_keyed_on_the_accession_with_status_p_and_flag_a(
 def test_negatives_get_no_oru(tmp_path: Path, listener: MLLPListener) -> None:
     # The worker creates no HL7 delivery for a negative; if one appears anyway, the RIS
     # still hears nothing.
-    config = make_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [ris(listener.port)])
+    config = dispatch_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [ris(listener.port)])
     sessions = open_db(config)
     seeded = seed_result(sessions, config, ["ris"], decision="absent")
     dispatch_due(sessions, config)
@@ -89,7 +89,7 @@ def test_negatives_get_no_oru(tmp_path: Path, listener: MLLPListener) -> None:
 
 def test_ae_is_retried_with_its_reason(tmp_path: Path, listener: MLLPListener) -> None:
     listener.code, listener.text = "AE", "Database busy"
-    config = make_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [ris(listener.port)])
+    config = dispatch_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [ris(listener.port)])
     sessions = open_db(config)
     seeded = seed_result(sessions, config, ["ris"])
     dispatch_due(sessions, config)
@@ -106,7 +106,7 @@ def test_ar_is_dead_with_the_reason_and_no_identifiers(
         "AR",
         f"Unknown order {ACCESSION} for {family}, {BIRTH_DATE}; {given.lower()} id {PATIENT_ID}",
     )
-    config = make_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [ris(listener.port)])
+    config = dispatch_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [ris(listener.port)])
     sessions = open_db(config)
     seeded = seed_result(sessions, config, ["ris"])
     dispatch_due(sessions, config)
@@ -124,7 +124,7 @@ def test_ar_is_dead_with_the_reason_and_no_identifiers(
 def test_a_study_without_accession_cannot_be_matched_and_is_dead(
     tmp_path: Path, listener: MLLPListener
 ) -> None:
-    config = make_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [ris(listener.port)])
+    config = dispatch_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [ris(listener.port)])
     sessions = open_db(config)
     seeded = seed_result(sessions, config, ["ris"], accession=None)
     dispatch_due(sessions, config)
@@ -138,7 +138,7 @@ def test_a_silent_listener_times_out_and_is_retried(tmp_path: Path) -> None:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        config = make_config(
+        config = dispatch_config(
             tmp_path,
             f"sqlite:///{tmp_path / 't.db'}",
             [ris(silent.getsockname()[1], ack_timeout_seconds=0.3)],

@@ -6,18 +6,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conftest import open_db
 from dicom_factory import ACCESSION, PATIENT_ID, PATIENT_NAME
 from dispatch_helpers import (
     PROBABILITY,
     Received,
     WebhookServer,
     delivery,
-    make_config,
+    dispatch_config,
     seed_result,
     start_ups_scp,
 )
 from pydicom.uid import Comprehensive3DSRStorage, KeyObjectSelectionDocumentStorage
+from support import open_db
 
 from triage.db import Delivery, DeliveryState
 from triage.dispatch import dispatch_due, retry_dead
@@ -37,7 +37,7 @@ def test_ups_push_creates_a_high_priority_workitem_once_per_delivery(tmp_path: P
     received = Received()
     scp = start_ups_scp(received)
     try:
-        config = make_config(
+        config = dispatch_config(
             tmp_path, f"sqlite:///{tmp_path / 't.db'}", [worklist(scp.server_address[1])]
         )
         sessions = open_db(config)
@@ -79,7 +79,7 @@ def _dispatch_to_ups_answering(status: int, tmp_path: Path) -> Delivery:
     """Send one result to a UPS SCP that answers N-CREATE with ``status``; the row after."""
     scp = start_ups_scp(Received(), status=status)
     try:
-        config = make_config(
+        config = dispatch_config(
             tmp_path, f"sqlite:///{tmp_path / 't.db'}", [worklist(scp.server_address[1])]
         )
         sessions = open_db(config)
@@ -104,7 +104,7 @@ def test_webhook_posts_the_finding_without_patient_identity(tmp_path: Path) -> N
     server = WebhookServer()
     try:
         hook = {"name": "chat", "type": "webhook", "url": server.url, "token": "s3cret"}
-        config = make_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [hook])
+        config = dispatch_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", [hook])
         sessions = open_db(config)
         seeded = seed_result(sessions, config, ["chat"])
         assert dispatch_due(sessions, config) == 1
@@ -132,7 +132,7 @@ def test_webhook_server_error_is_retried_and_client_error_is_dead(tmp_path: Path
         hooks = [
             {"name": "chat", "type": "webhook", "url": server.url},
         ]
-        config = make_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", hooks)
+        config = dispatch_config(tmp_path, f"sqlite:///{tmp_path / 't.db'}", hooks)
         sessions = open_db(config)
         busy = seed_result(sessions, config, ["chat"])
         dispatch_due(sessions, config)
@@ -153,7 +153,7 @@ def test_a_non_conformant_accession_number_is_left_empty_in_the_workitem(
     received = Received()
     scp = start_ups_scp(received)
     try:
-        config = make_config(
+        config = dispatch_config(
             tmp_path, f"sqlite:///{tmp_path / 't.db'}", [worklist(scp.server_address[1])]
         )
         sessions = open_db(config)

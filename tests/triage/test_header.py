@@ -16,9 +16,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-import triage.header as header_module
-from triage.header import InstanceHeader, UnreadableDatasetError, parse_header
-from triage.part10 import file_header
+import triage.receive.header as header_module
+from triage.receive.header import InstanceHeader, UnreadableDatasetError, parse_header
+from triage.receive.part10 import file_header
 
 SOP = "1.2.3.4.5"
 

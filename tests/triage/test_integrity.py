@@ -20,7 +20,7 @@ from pydicom.uid import (
 )
 from test_report_sr import headers, make_result
 
-from triage.integrity import IncompleteDatasetError, check_dataset, dataset_offset
+from triage.receive.integrity import IncompleteDatasetError, check_dataset, dataset_offset
 from triage.report import build_sr
 
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import yaml
-from conftest import open_db
+from support import open_db
 
 from triage.config import load_config
 

@@ -36,16 +36,16 @@ from support import dcmtk
 from test_worker import SELECTION, _synthetic_series
 from untrained import load_untrained_predictor
 
-from triage.completeness import sweep_series
+from triage.analyse.completeness import sweep_series
+from triage.analyse.worker import Worker
 from triage.config import Config, load_config
 from triage.db import Job, JobState, create_db_engine, migrate, session_factory
 from triage.db.models import Base, utcnow
 from triage.dispatch import dispatch_due
 from triage.logs import configure_logging
-from triage.recorder import InstanceRecorder
-from triage.scp import Receiver, StoreTarget
+from triage.receive.recorder import InstanceRecorder
+from triage.receive.scp import Receiver, StoreTarget
 from triage.web import create_app
-from triage.worker import Worker
 
 FAMILY, GIVEN = "ZZFAMPHI", "ZZGIVENPHI"
 NAME = f"{FAMILY} {GIVEN}"  # no caret: highdicom warns, quoting it

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from support import make_config
 
 from model.backend import BackendError
-from triage.placement import worker_device
+from triage.analyse.placement import worker_device
 
 
 def test_workers_spread_over_the_visible_gpus(

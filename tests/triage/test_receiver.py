@@ -141,14 +141,14 @@ def _file_bytes(ds) -> bytes:
 
 
 def _target(rx):
-    from triage.recorder import InstanceRecorder
-    from triage.scp import StoreTarget
+    from triage.receive.recorder import InstanceRecorder
+    from triage.receive.scp import StoreTarget
 
     return StoreTarget(rx.spool, 0, InstanceRecorder(rx.sessions))
 
 
 def test_sop_instance_mismatch_is_refused(start_receiver) -> None:
-    from triage.scp import handle_store
+    from triage.receive.scp import handle_store
 
     rx = start_receiver()
     ds = ct_slice("1.2.3.4", "1.2.3.4.8", 0)
@@ -161,7 +161,7 @@ def test_sop_instance_mismatch_is_refused(start_receiver) -> None:
 
 
 def test_unparseable_dataset_is_refused(start_receiver) -> None:
-    from triage.scp import handle_store
+    from triage.receive.scp import handle_store
 
     rx = start_receiver()
     ds = ct_slice("1.2.3.4", "1.2.3.4.9", 0)
@@ -192,14 +192,14 @@ def test_low_disk_space_is_refused_with_out_of_resources(start_receiver) -> None
 def test_write_failure_is_refused_with_out_of_resources(start_receiver, monkeypatch) -> None:
     import errno
 
-    import triage.spool
+    import triage.storage.spool
 
     rx = start_receiver()
 
     def full(*_a: object, **_k: object) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(triage.spool.os, "write", full)
+    monkeypatch.setattr(triage.storage.spool.os, "write", full)
     assoc = _assoc(rx.port)
     status = assoc.send_c_store(ct_slice("1.2.3.4", "1.2.3.4.11", 0))
     monkeypatch.undo()
@@ -340,7 +340,7 @@ def _send_raw(
 
     from pynetdicom import _config
 
-    from triage.part10 import file_header
+    from triage.receive.part10 import file_header
 
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     path = tmp_path / "outgoing.dcm"

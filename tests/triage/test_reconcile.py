@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dicom_factory import ct_slice
 from sqlalchemy import select
+from support import open_db
 
 from triage.db import (
     Instance,
@@ -11,23 +12,18 @@ from triage.db import (
     JobState,
     Series,
     SeriesState,
-    create_db_engine,
-    migrate,
-    session_factory,
 )
-from triage.reconcile import reconcile
-from triage.spool import instance_path, write_durably
+from triage.storage.reconcile import reconcile
+from triage.storage.spool import instance_path, write_durably
 
 
 def test_reconcile_repairs_every_kind_of_disagreement(tmp_path, db_url: str) -> None:
     spool = tmp_path / "spool"
-    engine = create_db_engine(db_url)
-    migrate(engine)
-    sessions = session_factory(engine)
+    sessions = open_db(db_url)
 
     # Two instances whose rows exist, via the normal path.
-    from triage.header import ReceivedInstance, parse_header
-    from triage.queue import record_instances
+    from triage.receive.header import ReceivedInstance, parse_header
+    from triage.receive.ingest import record_instances
 
     kept, lost = (ct_slice("1.2.9", "1.2.9.1", i) for i in range(2))
     for ds in (kept, lost):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from conftest import make_config, open_db
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from support import make_config, open_db
 
 from triage.config import Config
 from triage.db import (
@@ -22,10 +22,10 @@ from triage.db import (
     SeriesState,
     Study,
 )
-from triage.dispatch import outbox_dir
-from triage.retention import sweep_retention
 from triage.scheduler import build_scheduler
 from triage.status import collect_status
+from triage.storage.outbox import outbox_dir
+from triage.storage.retention import sweep_retention
 
 NOW = datetime(2026, 6, 1, 12, 0, 0)
 OLD = NOW - timedelta(days=8)  # past the default 7 days

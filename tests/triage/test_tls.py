@@ -86,7 +86,7 @@ def test_client_certificate_required(start_receiver, pki: Path) -> None:
 def test_bad_tls_files_give_a_clear_error(tmp_path: Path) -> None:
     from triage.config import ReceiverConfig, TLSConfig
     from triage.errors import TriageError
-    from triage.scp import build_ssl_context
+    from triage.receive.scp import build_ssl_context
 
     cfg = ReceiverConfig(
         tls=TLSConfig(
@@ -105,7 +105,7 @@ def test_worklist_over_https_with_a_real_tls_client(tmp_path: Path, pki: Path) -
     import json
     import urllib.request
 
-    from conftest import make_config, open_db
+    from support import make_config, open_db
 
     from triage.web import start_web
 
@@ -150,7 +150,7 @@ def test_worklist_over_https_with_a_real_tls_client(tmp_path: Path, pki: Path) -
 
 
 def test_bad_web_tls_files_give_a_clear_error(tmp_path: Path, pki: Path) -> None:
-    from conftest import make_config, open_db
+    from support import make_config, open_db
 
     from triage.web import WebError, start_web
 

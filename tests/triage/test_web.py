@@ -14,14 +14,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import make_config
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
+from support import make_config, open_db
 
+from triage.analyse.lease import beat
 from triage.config import Config
-from triage.db import create_db_engine, migrate, session_factory
 from triage.db.models import (
     Decision,
     Delivery,
@@ -36,11 +36,10 @@ from triage.db.models import (
     WorkerHeartbeat,
     utcnow,
 )
-from triage.jobs import beat
+from triage.supervisor import Supervision
 from triage.web import WebError, create_app, start_web, worklist_rows
 from triage.web.auth import COOKIE_NAME, cookie_value
 from triage.web.health import check_health
-from triage.worker import WorkerSupervision
 
 MALICIOUS = "<script>alert(1)</script>"
 T0 = datetime(2024, 5, 1, 8, 0, 0)
@@ -133,7 +132,7 @@ def add_study(
             series_id=series.id,
             decision=out.decision,
             stack_probability=out.probability,
-            flagged_sop_instance_uids=json.dumps([_uid() for _ in range(out.flagged)]),
+            flagged_sop_instance_uids=[_uid() for _ in range(out.flagged)],
             reason=out.reason,
             created_at=completed + timedelta(seconds=out.latency_s),
         )
@@ -276,12 +275,6 @@ def populate(sessions: sessionmaker[Session]) -> None:
                 31.0,
             ),
         )
-
-
-def open_db(url: str) -> sessionmaker[Session]:
-    engine = create_db_engine(url)
-    migrate(engine)
-    return session_factory(engine)
 
 
 @pytest.fixture
@@ -641,14 +634,14 @@ def test_healthz_gives_a_starting_worker_time_before_503(
 @pytest.mark.parametrize(
     ("supervision", "code", "status"),
     [
-        (WorkerSupervision(expected=2, up=2, restarts=0), 200, "ok"),
-        (WorkerSupervision(expected=2, up=2, restarts=5), 200, "ok"),  # steady since
-        (WorkerSupervision(expected=1, up=0, restarts=0), 503, "degraded"),
-        (WorkerSupervision(expected=2, up=1, restarts=3), 503, "degraded"),
+        (Supervision(expected=2, up=2, restarts=0), 200, "ok"),
+        (Supervision(expected=2, up=2, restarts=5), 200, "ok"),  # steady since
+        (Supervision(expected=1, up=0, restarts=0), 503, "degraded"),
+        (Supervision(expected=2, up=1, restarts=3), 503, "degraded"),
     ],
 )
 def test_healthz_is_degraded_while_a_supervised_worker_is_down(
-    sqlite_sessions: sessionmaker[Session], supervision: WorkerSupervision, code: int, status: str
+    sqlite_sessions: sessionmaker[Session], supervision: Supervision, code: int, status: str
 ) -> None:
     health = check_health(sqlite_sessions, 90.0, supervision)
     assert (health.status_code, health.body["status"]) == (code, status)
@@ -772,3 +765,19 @@ def test_a_taken_port_is_an_error_that_says_so(
         config = make_config(tmp_path, web={"port": port})
         with pytest.raises(WebError, match=f"cannot listen on 127.0.0.1 port {port}"):
             start_web(config, sqlite_sessions)
+
+
+def test_the_stylesheet_and_script_are_static_files_revalidated_on_every_load(
+    tmp_path: Path, sqlite_sessions: sessionmaker[Session]
+) -> None:
+    client = _client(tmp_path, sqlite_sessions)
+    static = Path(__file__).parents[2] / "triage" / "web" / "static"
+    for name, media_type in (("worklist.css", "text/css"), ("worklist.js", "text/javascript")):
+        response = client.get(f"/static/{name}")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith(media_type)
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.text == (static / name).read_text()
+        again = client.get(f"/static/{name}", headers={"If-None-Match": response.headers["etag"]})
+        assert again.status_code == 304
+    assert client.get("/static/../app.py").status_code == 404

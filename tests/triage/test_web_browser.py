@@ -13,8 +13,8 @@ from pathlib import Path
 
 import playwright.sync_api as playwright_api
 import pytest
-from conftest import make_config
-from test_web import EXPECTED_ORDER, open_db, populate
+from support import make_config, open_db
+from test_web import EXPECTED_ORDER, populate
 
 from triage.web import WebServer, start_web
 

@@ -4,6 +4,7 @@ undetermined series, retries, thresholds and their reload, and ``triage serve`` 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,15 +17,18 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import make_config, open_db
 from daemon_proc import Daemon
 from dicom_factory import write_series
 from pydicom import dcmread
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
+from support import make_config, open_db
 
-from triage import inference
-from triage.completeness import sweep_series
+from triage.analyse import reports as report_building
+from triage.analyse import store
+from triage.analyse.completeness import sweep_series
+from triage.analyse.decide import flag_slices
+from triage.analyse.worker import Worker
 from triage.config import Config
 from triage.db import (
     AuditEvent,
@@ -40,9 +44,10 @@ from triage.db import (
     session_factory,
 )
 from triage.db.models import utcnow
-from triage.jobs import claim_job, release_worker_jobs, requeue_expired_leases
-from triage.reconcile import reconcile
-from triage.worker import Worker, flag_slices
+from triage.states.job import claim_job, release_worker_jobs, requeue_expired_leases
+from triage.storage.outbox import OutboxRecovery
+from triage.storage.outbox import recover as recover_outbox
+from triage.storage.reconcile import reconcile
 
 SELECTION = {
     "min_slices": 3,
@@ -237,7 +242,8 @@ def test_jobs_of_a_dead_worker_are_released_and_a_shutdown_costs_no_attempt(
 def test_the_daemon_modules_do_not_import_tensorflow() -> None:
     # The receiver must start in about a second and survive a crash in TensorFlow.
     code = (
-        "import sys, triage.cli, triage.daemon, triage.worker\nprint('tensorflow' in sys.modules)"
+        "import sys, triage.cli, triage.daemon, triage.analyse.processes\n"
+        "print('tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
@@ -269,19 +275,17 @@ def test_positive_job_stores_result_reports_and_a_delivery_per_destination(
     (result,) = _results(sessions, job_id)
     assert result.decision.value == "present"
     assert 0.0 <= (result.stack_probability or -1) <= 1.0
-    slices = json.loads(result.slice_probabilities)
+    slices = result.slice_probabilities
     source_sops = {dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in study_files}
     assert slices and set(slices) <= source_sops
-    flagged = json.loads(result.flagged_sop_instance_uids)
+    flagged = result.flagged_sop_instance_uids
     assert len(flagged) == min(2, len(slices))  # every slice passes 0.0; capped at 2
     assert [slices[u] for u in flagged] == sorted((slices[u] for u in flagged), reverse=True)
     assert (result.threshold_stack, result.threshold_slice) == (0.0, 0.0)
     assert result.threshold_source == "config"
     assert result.bundle_sha256 == predictor.bundle.manifest_sha256
     assert result.bundle_version == "0" and result.bundle_name == predictor.bundle.name
-    assert {"read", "preprocess", "cnn", "sequence", "total", "report"} <= set(
-        json.loads(result.timings)
-    )
+    assert {"read", "preprocess", "cnn", "sequence", "total", "report"} <= set(result.timings)
     # Positives reach every destination: the PACS gets SR and KOS, the RIS its ORU.
     assert _deliveries(sessions, result.id) == ["pacs", "ris"]
 
@@ -338,14 +342,14 @@ def test_the_reports_are_built_while_others_can_write_to_theopen_db(
     job_id = _spool_and_queue(config, sessions, study_files)
     impatient = create_db_engine(config.database_url, busy_timeout_ms=0)
     writes = []
-    build_sr = inference.build_sr
+    build_sr = report_building.build_sr
 
     def build_sr_while_another_writes(*args: Any, **kwargs: Any) -> Any:
         with impatient.begin() as connection:  # "database is locked" if the lock is held
             writes.append(connection.execute(text("UPDATE studies SET study_date = '20260101'")))
         return build_sr(*args, **kwargs)
 
-    monkeypatch.setattr(inference, "build_sr", build_sr_while_another_writes)
+    monkeypatch.setattr(report_building, "build_sr", build_sr_while_another_writes)
     assert Worker(config, sessions, predictor).run_once()
     assert len(writes) == 1
     assert _job(sessions, job_id).state == JobState.DONE
@@ -488,6 +492,100 @@ def test_a_series_reopened_during_analysis_gets_no_stale_result(
     assert not (config.data_dir / "outbox").exists()
 
 
+class _Crash(BaseException):
+    """Stands for the process dying: no handler of the worker's catches it."""
+
+
+def _age(folder: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(folder, (then, then))
+
+
+def test_a_crash_before_the_commit_leaves_a_partial_outbox_that_start_up_removes(
+    tmp_path: Path,
+    db_url: str,
+    predictor: Any,
+    study_files: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = _config(tmp_path, db_url, thresholds={"stack": 0.0, "slice": 0.0})
+    sessions = open_db(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+
+    def crash(*args: Any) -> bool:
+        raise _Crash
+
+    monkeypatch.setattr(store.job_state, "finish_done", crash)
+    with pytest.raises(_Crash):
+        Worker(config, sessions, predictor).run_once()
+    monkeypatch.undo()
+    assert _results(sessions, job_id) == []
+    outbox = config.data_dir / "outbox"
+    (left,) = list(outbox.iterdir())
+    assert left.name.endswith(".partial") and (left / "sr.dcm").is_file()
+    # A worker on another host may be between its write and its commit: a young
+    # folder without a row stays; one older than a lease goes.
+    lease = config.worker.lease_seconds
+    assert recover_outbox(sessions, config.data_dir, lease) == OutboxRecovery(0, 0)
+    assert left.is_dir()
+    _age(left, lease + 1)
+    assert recover_outbox(sessions, config.data_dir, lease) == OutboxRecovery(0, 1)
+    assert list(outbox.iterdir()) == []
+    # The job was left running by the "dead" worker; start-up gives it back, and the
+    # next attempt stores the result with its files in place.
+    reconcile(sessions, config.spool_dir)
+    assert Worker(config, sessions, predictor).run_once()
+    (result,) = _results(sessions, job_id)
+    assert sorted(p.name for p in outbox.iterdir()) == [str(result.id)]
+    assert dcmread(outbox / str(result.id) / "sr.dcm").SOPInstanceUID == result.sr_sop_instance_uid
+
+
+def test_a_crash_after_the_commit_leaves_a_partial_outbox_that_start_up_publishes(
+    tmp_path: Path,
+    db_url: str,
+    predictor: Any,
+    study_files: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = _config(tmp_path, db_url, thresholds={"stack": 0.0, "slice": 0.0})
+    sessions = open_db(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+
+    def crash(*args: Any) -> bool:
+        raise _Crash
+
+    monkeypatch.setattr(store, "publish", crash)
+    with pytest.raises(_Crash):
+        Worker(config, sessions, predictor).run_once()
+    monkeypatch.undo()
+    (result,) = _results(sessions, job_id)
+    assert _job(sessions, job_id).state == JobState.DONE
+    outbox = config.data_dir / "outbox"
+    assert [p.name for p in outbox.iterdir()] == [f"{result.id}.partial"]
+    # The row exists, so the commit happened: the folder is renamed whatever its age.
+    assert recover_outbox(sessions, config.data_dir, 3600) == OutboxRecovery(1, 0)
+    assert [p.name for p in outbox.iterdir()] == [str(result.id)]
+    folder = outbox / str(result.id)
+    assert dcmread(folder / "sr.dcm").SOPInstanceUID == result.sr_sop_instance_uid
+    assert dcmread(folder / "kos.dcm").SOPInstanceUID == result.kos_sop_instance_uid
+    assert recover_outbox(sessions, config.data_dir, 0) == OutboxRecovery(0, 0)
+
+
+def test_an_outbox_folder_no_result_owns_is_removed_once_it_is_old(
+    tmp_path: Path, db_url: str
+) -> None:
+    # What the previous version left when it crashed between writing and committing.
+    config = _config(tmp_path, db_url)
+    sessions = open_db(config)
+    orphan = config.data_dir / "outbox" / "41"
+    orphan.mkdir(parents=True)
+    (orphan / "sr.dcm").write_bytes(b"not committed")
+    assert recover_outbox(sessions, config.data_dir, 60) == OutboxRecovery(0, 0)
+    _age(orphan, 61)
+    assert recover_outbox(sessions, config.data_dir, 60) == OutboxRecovery(0, 1)
+    assert not orphan.exists()
+
+
 # -- triage serve, reload --------------------------------------------------------------
 
 
@@ -569,7 +667,7 @@ def test_serve_analyses_a_received_series_and_reload_applies_new_thresholds(
     with sessions() as session:
         events = list(session.scalars(select(AuditEvent)))
     assert [e.kind for e in events] == ["thresholds_reloaded"]
-    detail = json.loads(events[0].detail)
+    detail = events[0].detail
     assert detail["old"]["stack"] == 1.0 and detail["new"]["stack"] == 0.0
 
     # The worker process applies the new thresholds to the next job.

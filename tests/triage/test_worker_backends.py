@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import open_db
 from sqlalchemy import select
+from support import open_db
 
 from triage.config import load_config
 from triage.db.models import WorkerHeartbeat

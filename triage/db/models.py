@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     DateTime,
     Float,
@@ -185,9 +187,9 @@ class Result(Base):
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
     decision: Mapped[Decision] = mapped_column(_enum(Decision, "decision"))
     stack_probability: Mapped[float | None] = mapped_column(Float)
-    # JSON text: {sop_instance_uid: probability}, and the flagged SOP Instance UIDs in order.
-    slice_probabilities: Mapped[str] = mapped_column(Text, default="{}")
-    flagged_sop_instance_uids: Mapped[str] = mapped_column(Text, default="[]")
+    # {sop_instance_uid: probability}, and the flagged SOP Instance UIDs in order.
+    slice_probabilities: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    flagged_sop_instance_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
     threshold_stack: Mapped[float | None] = mapped_column(Float)
     threshold_slice: Mapped[float | None] = mapped_column(Float)
     threshold_source: Mapped[str | None] = mapped_column(String(64))
@@ -195,7 +197,8 @@ class Result(Base):
     bundle_version: Mapped[str | None] = mapped_column(String(64))
     bundle_sha256: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)
-    timings: Mapped[str] = mapped_column(Text, default="{}")
+    # Seconds per stage: read, preprocess, cnn, sequence, total, report.
+    timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     # The output objects' UIDs, fixed once so every retry resends the same instances.
     sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     kos_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
@@ -232,7 +235,7 @@ class AuditEvent(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(64))
-    detail: Mapped[str] = mapped_column(Text, default="{}")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

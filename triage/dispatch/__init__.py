@@ -8,7 +8,7 @@ One module per destination type: :mod:`~triage.dispatch.dicom` (C-STORE, optiona
 :mod:`~triage.dispatch.ups` (UPS Push N-CREATE) and :mod:`~triage.dispatch.webhook`.
 """
 
-from triage.dispatch.context import DeliveryContext, DeliveryError, load_context, outbox_dir
+from triage.dispatch.context import DeliveryContext, DeliveryError, load_context
 from triage.dispatch.dispatcher import Dispatcher, backoff_seconds, dispatch_due, retry_dead
 
 __all__ = [
@@ -18,6 +18,5 @@ __all__ = [
     "backoff_seconds",
     "dispatch_due",
     "load_context",
-    "outbox_dir",
     "retry_dead",
 ]

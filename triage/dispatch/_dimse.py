@@ -16,6 +16,13 @@ from pynetdicom.presentation import PresentationContext
 
 from triage.dispatch.context import DeliveryError
 
+# pynetdicom has one switch, process-wide, for sending a file as it lies on disk rather
+# than decoding and encoding it again; set once, here, by the module every DICOM sender
+# of the daemon imports (not on every send). Every C-STORE of a file path in this
+# process then streams the file, which needs an accepted context in the file's own
+# transfer syntax: the senders here propose exactly that, and so does `triage send`.
+pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+
 # Generous for a PACS under load, short enough that one dead peer does not hold its
 # destination's sends (the others have their own threads) for minutes.
 CONNECTION_TIMEOUT = 10.0
@@ -102,7 +109,6 @@ def store_file(assoc: Association, path: Path) -> Dataset | None:
     pynetdicom encodes it again element by element, which takes ~0.1 s for an SR's
     nested content tree; streamed from the file it takes a millisecond.
     """
-    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     return assoc.send_c_store(path)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -11,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from triage.db.models import Decision, Delivery, Result, Series
 from triage.errors import TriageError
+from triage.storage.outbox import KOS_FILE, SR_FILE, outbox_dir
 
 
 class DeliveryError(TriageError):
@@ -63,11 +63,6 @@ class DeliveryContext:
         return self.decision == Decision.PRESENT
 
 
-def outbox_dir(data_dir: Path, result_id: int) -> Path:
-    """The folder where the worker writes one result's SR and KOS."""
-    return data_dir / "outbox" / str(result_id)
-
-
 def load_context(
     session: Session, delivery: Delivery, data_dir: Path, attempt: int
 ) -> DeliveryContext:
@@ -105,13 +100,13 @@ def load_context(
         result_id=result.id,
         decision=Decision(result.decision),
         stack_probability=result.stack_probability,
-        flagged_slice_count=len(json.loads(result.flagged_sop_instance_uids or "[]")),
+        flagged_slice_count=len(result.flagged_sop_instance_uids or []),
         study_instance_uid=study.study_instance_uid,
         series_instance_uid=series.series_instance_uid,
-        sr_path=outbox / "sr.dcm",
+        sr_path=outbox / SR_FILE,
         # Only positives with flagged slices have a KOS (the worker records its UID when it
         # writes one); a negative that somehow has one is not sent it.
-        kos_path=outbox / "kos.dcm" if positive and result.kos_sop_instance_uid else None,
+        kos_path=outbox / KOS_FILE if positive and result.kos_sop_instance_uid else None,
         sr_sop_instance_uid=result.sr_sop_instance_uid,
         kos_sop_instance_uid=result.kos_sop_instance_uid,
         bundle_name=result.bundle_name,

@@ -1,10 +1,12 @@
-"""The delivery state machine: claim due rows, send them, and record what happened.
+"""Dispatching: claim due deliveries, send them, and record what happened.
 
 A delivery goes ``pending → sent``, or ``retrying`` with an exponentially growing,
 jittered ``next_attempt_at``, and ``dead`` with its last error after
 ``dispatch.max_attempts`` attempts. Errors that a retry cannot fix (an HL7 AR, a study
 without an accession number, a destination no longer in the configuration) go to
 ``dead`` at once; ``triage retry`` puts dead deliveries back in the queue.
+
+The transitions themselves are in :mod:`triage.states.delivery`.
 
 Destinations are sent independently (:class:`Dispatcher`): each has its own threads, so
 one that hangs delays only its own deliveries. Each delivery is sent inside its own
@@ -16,7 +18,6 @@ Everything lives in the row, so a restart resumes where it was.
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 from collections.abc import Callable
@@ -24,20 +25,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.config import Config, DispatchConfig
 from triage.db.models import AuditEvent, Delivery, DeliveryState, utcnow
 from triage.dispatch.context import DeliveryContext, DeliveryError, load_context
 from triage.logs import describe_error, error_frames, get_logger
+from triage.states import delivery as delivery_state
 
 log = get_logger(__name__)
 
 Sender = Callable[[Any, DeliveryContext], None]
-
-_DUE = (DeliveryState.PENDING, DeliveryState.RETRYING)
-_MAX_ERROR = 2000  # characters of last_error kept: the reason, not a whole traceback
 
 
 def _senders() -> dict[str, Sender]:
@@ -120,7 +119,7 @@ class Dispatcher:
         with self._sessions() as session:
             due = session.execute(
                 select(Delivery.id, Delivery.destination)
-                .where(Delivery.state.in_(_DUE), Delivery.next_attempt_at <= now)
+                .where(delivery_state.due(now))
                 .order_by(Delivery.next_attempt_at, Delivery.id)
             ).all()
         futures = []
@@ -156,11 +155,7 @@ class Dispatcher:
                 # the lock goes with its connection, so the row is still due.
                 delivery = session.scalars(
                     select(Delivery)
-                    .where(
-                        Delivery.id == delivery_id,
-                        Delivery.state.in_(_DUE),
-                        Delivery.next_attempt_at <= now,
-                    )
+                    .where(Delivery.id == delivery_id, delivery_state.due(now))
                     .with_for_update(skip_locked=True)
                 ).first()
                 if delivery is None:
@@ -233,23 +228,23 @@ def _attempt(
         bound = bound.bind(study_instance_uid=context.study_instance_uid)
         senders[destination.type](destination, context)
     except DeliveryError as err:
-        _failed(delivery, attempt, str(err), err.permanent, config.dispatch, now, rng, bound)
+        _failed(
+            session, delivery, attempt, str(err), err.permanent, config.dispatch, now, rng, bound
+        )
     except Exception as err:  # a bug in one sender must not stall the whole queue
         # By class and place: the message of a library's error can quote a value from
         # the report (a name, an accession number), and last_error is shown.
         error = describe_error(err)
         bound.error("delivery_error_unexpected", error=error, frames=error_frames(err))
         message = f"unexpected {error}"
-        _failed(delivery, attempt, message, False, config.dispatch, now, rng, bound)
+        _failed(session, delivery, attempt, message, False, config.dispatch, now, rng, bound)
     else:
-        delivery.attempts = attempt
-        delivery.state = DeliveryState.SENT
-        delivery.sent_at = utcnow()
-        delivery.last_error = None
+        delivery_state.sent(session, delivery.id, attempt)
         bound.info("delivery_sent")
 
 
 def _failed(
+    session: Session,
     delivery: Delivery,
     attempt: int,
     message: str,
@@ -259,15 +254,14 @@ def _failed(
     rng: random.Random,
     bound: Any,
 ) -> None:
-    delivery.attempts = attempt
-    delivery.last_error = message[:_MAX_ERROR]
     if permanent or attempt >= cfg.max_attempts:
-        delivery.state = DeliveryState.DEAD
+        delivery_state.give_up(session, delivery.id, attempt, message)
         bound.error("delivery_dead", error=message, permanent=permanent)
         return
     delay = backoff_seconds(attempt, cfg, rng)
-    delivery.state = DeliveryState.RETRYING
-    delivery.next_attempt_at = now + timedelta(seconds=delay)
+    delivery_state.retry_later(
+        session, delivery.id, attempt, message, now + timedelta(seconds=delay)
+    )
     bound.warning("delivery_retrying", error=message, retry_in_seconds=round(delay, 1))
 
 
@@ -294,20 +288,11 @@ def retry_dead(sessions: sessionmaker[Session], destination: str | None = None) 
             stmt = stmt.where(Delivery.destination == destination)
         ids = list(session.scalars(stmt.with_for_update(skip_locked=True)))
         if ids:
-            # last_error stays until the next attempt, so status still says why it died.
-            session.execute(
-                update(Delivery)
-                .where(Delivery.id.in_(ids), Delivery.state == DeliveryState.DEAD)
-                .values(
-                    state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, updated_at=now
-                )
-            )
+            delivery_state.revive(session, ids, now)
         session.add(
             AuditEvent(
                 kind="deliveries_retried",
-                detail=json.dumps(
-                    {"destination": destination, "count": len(ids), "delivery_ids": ids}
-                ),
+                detail={"destination": destination, "count": len(ids), "delivery_ids": ids},
                 created_at=now,
             )
         )

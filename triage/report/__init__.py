@@ -1,7 +1,8 @@
 """Report objects for one analysis: a Comprehensive 3D SR and, for positives, a KOS.
 
 Both are built only with highdicom, in the analysed study and new series, with UIDs
-derived from the result so that a retried delivery resends the same objects.
+derived from :attr:`AnalysisResult.result_id` (a retried delivery resends the outbox
+file, so it keeps them).
 
 - :class:`AnalysisResult` is what the worker hands over.
 - :func:`build_sr` builds the TID 1500 Measurement Report.

@@ -30,9 +30,10 @@ class AnalysisResult:
     Parameters
     ----------
     result_id : str
-        Unique per result (for example ``"job-12-attempt-1"``). It seeds the UIDs of
-        the SR and KOS, so building the reports twice from the same result gives the
-        same SOP Instance UIDs and a retried delivery stays idempotent.
+        Unique per analysis (the worker uses ``"job-<id>-<random hex>"``). It seeds the
+        UIDs of the SR and KOS: building twice from the same object gives the same
+        UIDs. A retried delivery stays idempotent because it resends the outbox file,
+        not a rebuild.
     decision : {"present", "absent", "undetermined"}
         The study-level call. ``"undetermined"`` means the model could not give one
         (for example, the series was too short); ``undetermined_reason`` says why.

@@ -34,8 +34,8 @@ def derive_uid(prefix: str, *parts: str) -> str:
 class ReportUIDs:
     """The series and SOP Instance UIDs of the SR and KOS built for one result.
 
-    The worker can compute these before building anything, for example to record
-    the deliveries first.
+    :func:`~triage.report.build_sr` and :func:`~triage.report.build_kos` take them
+    from here; a caller can compute them to know a report's UIDs in advance.
     """
 
     sr_series_instance_uid: str

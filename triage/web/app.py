@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
@@ -13,8 +13,9 @@ from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from triage.config import Config
@@ -23,11 +24,11 @@ from triage.logs import get_logger
 from triage.web.auth import TokenGate
 from triage.web.health import check_health
 from triage.web.metrics import metrics_registry, render_metrics
-from triage.web.page import CSS, SCRIPT, render_worklist
+from triage.web.page import STATIC_DIR, templates, worklist_context
 from triage.web.worklist import WorklistRow, worklist_rows
 
 if TYPE_CHECKING:
-    from triage.worker import WorkerSupervision
+    from triage.supervisor import Supervision
 
 log = get_logger(__name__)
 
@@ -68,6 +69,17 @@ class NoFraming:
         await self._app(scope, receive, send_denying_frames)
 
 
+class _Revalidated(StaticFiles):
+    """The static files, revalidated on every load (``no-cache`` with their ETag), so
+    that an upgrade's new stylesheet and script apply at once."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        """The file, as :class:`StaticFiles` answers it, marked ``no-cache``."""
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 def worker_alive_seconds(config: Config) -> float:
     """How old a worker's heartbeat may be before it counts as dead: three missed beats."""
     return 3 * config.worker.heartbeat_seconds
@@ -76,7 +88,7 @@ def worker_alive_seconds(config: Config) -> float:
 def create_app(
     config: Config,
     sessions: sessionmaker[Session],
-    worker_supervision: Callable[[], WorkerSupervision | None] | None = None,
+    worker_supervision: Callable[[], Supervision | None] | None = None,
 ) -> Starlette:
     """Build the ASGI application.
 
@@ -107,17 +119,16 @@ def create_app(
         since = utcnow() - timedelta(hours=window) if window is not None else None
         return worklist_rows(sessions, since)
 
-    def worklist_page(_request: Request) -> Response:
-        html = render_worklist(
+    def worklist_page(request: Request) -> Response:
+        context = worklist_context(
             listed_rows(), refresh_seconds=refresh, now=utcnow(), window_hours=window
         )
-        return HTMLResponse(html, headers={**_PRIVATE, "Content-Security-Policy": _CSP})
-
-    def stylesheet(_request: Request) -> Response:
-        return Response(CSS, media_type="text/css", headers={"Cache-Control": "no-cache"})
-
-    def script(_request: Request) -> Response:
-        return Response(SCRIPT, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+        return templates.TemplateResponse(
+            request,
+            "worklist.html",
+            context,
+            headers={**_PRIVATE, "Content-Security-Policy": _CSP},
+        )
 
     def worklist_json(_request: Request) -> Response:
         rows = listed_rows()
@@ -162,8 +173,7 @@ def create_app(
     return Starlette(
         routes=[
             Route("/", worklist_page),
-            Route("/static/worklist.css", stylesheet),
-            Route("/static/worklist.js", script),
+            Mount("/static", _Revalidated(directory=STATIC_DIR), name="static"),
             Route("/api/worklist", worklist_json),
             Route("/healthz", healthz),
             Route("/metrics", metrics),

@@ -28,7 +28,7 @@ from triage.db.models import Job, JobState, WorkerHeartbeat, utcnow
 from triage.logs import get_logger
 
 if TYPE_CHECKING:
-    from triage.worker import WorkerSupervision
+    from triage.supervisor import Supervision
 
 log = get_logger(__name__)
 
@@ -44,7 +44,7 @@ class Health:
 def check_health(
     sessions: sessionmaker[Session],
     worker_alive_seconds: float,
-    supervision: WorkerSupervision | None = None,
+    supervision: Supervision | None = None,
 ) -> Health:
     """Check the database, the worker processes, their heartbeats and the queue.
 
@@ -54,7 +54,7 @@ def check_health(
         The process's session factory.
     worker_alive_seconds : float
         A worker whose last heartbeat is older than this is reported as not alive.
-    supervision : WorkerSupervision, optional
+    supervision : Supervision, optional
         What this process's worker supervisor knows; None when it runs no workers.
 
     Returns

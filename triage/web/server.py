@@ -18,7 +18,7 @@ from triage.logs import get_logger
 from triage.web.app import create_app
 
 if TYPE_CHECKING:
-    from triage.worker import WorkerSupervision
+    from triage.supervisor import Supervision
 
 log = get_logger(__name__)
 
@@ -82,7 +82,7 @@ class WebServer:
         self,
         config: Config,
         sessions: sessionmaker[Session],
-        worker_supervision: Callable[[], WorkerSupervision | None] | None = None,
+        worker_supervision: Callable[[], Supervision | None] | None = None,
     ) -> None:
         tls = config.web.tls
         if tls.enabled:
@@ -146,7 +146,7 @@ class WebServer:
 def start_web(
     config: Config,
     sessions: sessionmaker[Session],
-    worker_supervision: Callable[[], WorkerSupervision | None] | None = None,
+    worker_supervision: Callable[[], Supervision | None] | None = None,
 ) -> WebServer:
     """Start the worklist server in a background thread.
 

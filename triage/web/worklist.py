@@ -8,7 +8,6 @@ go last, so they are visible without taking a reader's attention.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -212,10 +211,7 @@ def _shorten(text: str | None) -> str | None:
 def _flagged_count(result: Result | None) -> int:
     if result is None:
         return 0
-    try:
-        flagged = json.loads(result.flagged_sop_instance_uids or "[]")
-    except ValueError:
-        return 0
+    flagged = result.flagged_sop_instance_uids
     return len(flagged) if isinstance(flagged, list) else 0
 
 

@@ -21,8 +21,9 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from triage.db.models import Instance, Series, SeriesState, Study, utcnow
-from triage.header import ReceivedInstance
 from triage.logs import get_logger
+from triage.receive.header import ReceivedInstance
+from triage.states import series as series_state
 
 log = get_logger(__name__)
 
@@ -121,7 +122,6 @@ def _series_ids(
                 .values(
                     study_id=study_ids[h.study_instance_uid],
                     series_instance_uid=uid,
-                    state=SeriesState.RECEIVING,
                     instance_count=0,
                     first_received_at=merged.first.received_at,
                     last_received_at=now,
@@ -132,16 +132,18 @@ def _series_ids(
             ids[uid] = int(result.scalar_one())
             continue
         ids[uid] = int(row.id)
-        values: dict[str, Any] = {"last_received_at": now, **merged.fields}
-        if row.state != SeriesState.RECEIVING:
+        session.execute(
+            update(_series)
+            .where(_series.c.id == row.id)
+            .values(last_received_at=now, **merged.fields)
+        )
+        if row.state != SeriesState.RECEIVING and series_state.reopen(session, row.id):
             log.info(
                 "series_reopened",
                 study_instance_uid=h.study_instance_uid,
                 series_instance_uid=uid,
                 previous_state=str(row.state),
             )
-            values.update(state=SeriesState.RECEIVING, skip_reason=None, completed_at=None)
-        session.execute(update(_series).where(_series.c.id == row.id).values(**values))
     return ids
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage.db.models import Instance, Job, JobState
-from triage.header import ReceivedInstance, UnreadableDatasetError, parse_header
+from triage.db.models import Instance
 from triage.logs import get_logger
-from triage.queue import record_instances
-from triage.spool import TEMP_SUFFIX
+from triage.receive.header import ReceivedInstance, UnreadableDatasetError, parse_header
+from triage.receive.ingest import record_instances
+from triage.states import job as job_state
+from triage.storage.spool import TEMP_SUFFIX
 
 log = get_logger(__name__)
 
@@ -108,12 +109,7 @@ def reconcile(sessions: sessionmaker[Session], spool: Path) -> ReconcileReport:
             record_instances(session, pending)
             report.files_indexed += len(pending)
 
-        result = session.execute(
-            update(Job)
-            .where(Job.state == JobState.RUNNING)
-            .values(state=JobState.QUEUED, worker_id=None, lease_expires_at=None)
-        )
-        report.jobs_requeued = int(result.rowcount or 0)  # type: ignore[attr-defined]
+        report.jobs_requeued = job_state.requeue_all_running(session)
         session.commit()
     log.info("reconciled", **vars(report))
     return report

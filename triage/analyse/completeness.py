@@ -1,7 +1,8 @@
 """The completeness sweep: a series is complete after ``stable_seconds`` of quiet.
 
 A complete series then passes the selection rules and gets a queued job, or is skipped
-with its reason. Run periodically by the scheduler.
+with its reason. Run periodically by the scheduler. The transitions themselves are in
+:mod:`triage.states.series` and :mod:`triage.states.job`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from triage.analyse.selection import skip_reason
 from triage.config import SeriesConfig
-from triage.db.models import Instance, Job, JobState, Series, SeriesState, utcnow
+from triage.db.models import Instance, Job, Series, SeriesState, utcnow
 from triage.logs import get_logger
-from triage.selection import skip_reason
+from triage.states import job as job_state
+from triage.states import series as series_state
 
 log = get_logger(__name__)
 
@@ -25,6 +28,7 @@ def sweep_series(
     """Complete every quiet series, then queue or skip it. Returns how many were completed."""
     now = now or utcnow()
     cutoff = now - timedelta(seconds=cfg.stable_seconds)
+    completed = 0
     with sessions() as session:
         quiet = session.scalars(
             select(Series)
@@ -34,8 +38,9 @@ def sweep_series(
             .with_for_update(skip_locked=True)
         ).all()
         for series in quiet:
-            series.state = SeriesState.COMPLETE
-            series.completed_at = now
+            if not series_state.complete(session, series.id, cutoff, now):
+                continue
+            completed += 1
             instances = session.scalars(
                 select(Instance).where(Instance.series_id == series.id)
             ).all()
@@ -45,28 +50,20 @@ def sweep_series(
                 series_instance_uid=series.series_instance_uid,
             )
             if reason is not None:
-                series.state = SeriesState.SKIPPED
-                series.skip_reason = reason
+                series_state.skip(session, series.id, reason)
                 bound.info("series_skipped", reason=reason, instances=len(instances))
                 continue
-            series.state = SeriesState.QUEUED
-            job = series.job
-            if job is None:
-                job = Job(series=series, state=JobState.QUEUED, attempts=0)
-                session.add(job)
-                session.flush()
-                bound.info("job_queued", job_id=job.id, instances=len(instances))
+            series_state.queue(session, series.id)
+            job_id = session.scalar(select(Job.id).where(Job.series_id == series.id))
+            if job_id is None:
+                job_id = job_state.enqueue(session, series.id)
+                bound.info("job_queued", job_id=job_id, instances=len(instances))
             else:
                 # Reopened by late instances: analyse the whole series again.
-                job.state = JobState.QUEUED
-                job.reason = None
-                job.error = None
-                job.attempts = 0
-                job.worker_id = None
-                job.lease_expires_at = None
-                bound.info("job_requeued", job_id=job.id, instances=len(instances))
+                job_state.requeue_for_series(session, job_id)
+                bound.info("job_requeued", job_id=job_id, instances=len(instances))
         session.commit()
-        return len(quiet)
+        return completed
 
 
 def next_series_due(sessions: sessionmaker[Session], cfg: SeriesConfig) -> datetime | None:

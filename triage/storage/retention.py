@@ -31,8 +31,9 @@ from triage.db.models import (
     SeriesState,
     utcnow,
 )
-from triage.dispatch.context import outbox_dir
 from triage.logs import get_logger
+from triage.storage.outbox import outbox_dir
+from triage.storage.outbox import recover as recover_outbox
 
 log = get_logger(__name__)
 
@@ -71,6 +72,9 @@ def sweep_retention(
     now = now or utcnow()
     cfg = config.retention
     report = RetentionReport()
+    # What a crash between a worker's write and its commit (or rename) left: settled
+    # here too, as a worker on another host may crash while this daemon runs.
+    recover_outbox(sessions, config.data_dir, config.worker.lease_seconds)
     if cfg.spool_days is not None:
         _expire_spool(sessions, config.spool_dir, now - timedelta(days=cfg.spool_days), report)
     if cfg.outbox_days is not None:

@@ -1,7 +1,7 @@
-"""The job queue's SQL: claim a job, hold its lease, give it back, sweep dead leases.
+"""The job state machine: ``queued → running → done | undetermined | failed``.
 
-Every step is one conditional statement, so two workers (threads, processes or hosts on
-one PostgreSQL) never both hold a job:
+Every transition is one conditional statement, so two workers (threads, processes or
+hosts on one PostgreSQL) never both hold a job:
 
 - SQLite serialises writers, so ``UPDATE ... WHERE id = (SELECT ... LIMIT 1) AND
   state = 'queued'`` claims atomically.
@@ -20,11 +20,12 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, delete, select, update
+from sqlalchemy import ColumnElement, and_, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage.db.models import Job, JobState, Series, SeriesState, WorkerHeartbeat, utcnow
+from triage.db.models import Job, JobState, Series, SeriesState, utcnow
 from triage.logs import get_logger
+from triage.states import changed
 
 log = get_logger(__name__)
 
@@ -274,41 +275,105 @@ def release_worker_jobs(
     return len(changed)
 
 
-def beat(
-    sessions: sessionmaker[Session],
-    worker_id: str,
-    device: str | None,
-    now: datetime | None = None,
-    backend: str | None = None,
-) -> None:
-    """Insert or refresh this worker's :class:`WorkerHeartbeat` row for ``/healthz``."""
-    now = now or utcnow()
-    hostname, _, pid = worker_id.rpartition(":")
-    with sessions() as session:
-        # Only this worker writes its row, so update-then-insert cannot race.
-        result = session.execute(
-            update(WorkerHeartbeat)
-            .where(WorkerHeartbeat.worker_id == worker_id)
-            .values(last_seen_at=now, device=device, backend=backend)
+def enqueue(session: Session, series_id: int) -> int:
+    """Queue the first analysis of a series: a new job in ``queued``; returns its id."""
+    return int(
+        session.execute(
+            insert(Job)
+            .values(series_id=series_id, state=JobState.QUEUED, attempts=0)
+            .returning(Job.id)
+        ).scalar_one()
+    )
+
+
+def requeue_for_series(session: Session, job_id: int) -> bool:
+    """Queue a job again, from any state, because its series was reopened and completed
+    again: the whole series is analysed afresh, with its attempts reset.
+
+    A worker still analysing the old content loses its claim (its attempts no longer
+    match), so its result is discarded.
+    """
+    return changed(
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                state=JobState.QUEUED,
+                reason=None,
+                error=None,
+                attempts=0,
+                worker_id=None,
+                lease_expires_at=None,
+            )
             .execution_options(synchronize_session=False)
         )
-        if not result.rowcount:  # type: ignore[attr-defined]
-            session.add(
-                WorkerHeartbeat(
-                    worker_id=worker_id,
-                    hostname=hostname or socket.gethostname(),
-                    pid=int(pid) if pid.isdigit() else os.getpid(),
-                    device=device,
-                    backend=backend,
-                    started_at=now,
-                    last_seen_at=now,
-                )
+    )
+
+
+def confirm_held(session: Session, claim: Claim) -> bool:
+    """Touch the claimed job inside ``session``'s transaction; ``False`` if it was lost.
+
+    A write, not a read: on SQLite it takes the database's write lock, so nothing read
+    after it in the same transaction can change before the commit.
+    """
+    return changed(
+        session.execute(
+            update(Job)
+            .where(held(claim))
+            .values(updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    )
+
+
+def return_unanalysed(session: Session, claim: Claim) -> bool:
+    """``running → queued`` without counting the attempt: the series changed under the
+    worker (new instances), so the completeness sweep will requeue it in full."""
+    return changed(
+        session.execute(
+            update(Job)
+            .where(held(claim))
+            .values(
+                state=JobState.QUEUED,
+                attempts=claim.attempts - 1,
+                worker_id=None,
+                lease_expires_at=None,
             )
-        session.commit()
+            .execution_options(synchronize_session=False)
+        )
+    )
 
 
-def forget_worker(sessions: sessionmaker[Session], worker_id: str) -> None:
-    """Remove a stopped worker's heartbeat row, so ``/healthz`` stops counting it."""
-    with sessions() as session:
-        session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.worker_id == worker_id))
-        session.commit()
+def finish_done(session: Session, claim: Claim) -> bool:
+    """``running → done``, inside the transaction that stores the result; ``False`` if
+    the claim was lost."""
+    return _finish(session, claim, JobState.DONE, None)
+
+
+def finish_undetermined(session: Session, claim: Claim, reason: str | None) -> bool:
+    """``running → undetermined(reason)``: the model could not decide, and retrying
+    cannot help (a series too short, a file without pixels)."""
+    return _finish(session, claim, JobState.UNDETERMINED, reason)
+
+
+def _finish(session: Session, claim: Claim, state: JobState, reason: str | None) -> bool:
+    return changed(
+        session.execute(
+            update(Job)
+            .where(held(claim))
+            .values(state=state, reason=reason, error=None, lease_expires_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    )
+
+
+def requeue_all_running(session: Session) -> int:
+    """``running → queued`` for every job, at start-up: no worker of ours is alive yet,
+    so whatever was running belongs to one that died with the previous process."""
+    result = session.execute(
+        update(Job)
+        .where(Job.state == JobState.RUNNING)
+        .values(state=JobState.QUEUED, worker_id=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

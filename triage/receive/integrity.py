@@ -18,7 +18,7 @@ import zlib
 from pydicom.datadict import DicomDictionary
 from pydicom.uid import UID
 
-from triage.header import UnreadableDatasetError
+from triage.receive.header import UnreadableDatasetError
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"

@@ -15,9 +15,9 @@ from concurrent.futures import Future
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage.header import ReceivedInstance
 from triage.logs import describe_db_error, get_logger
-from triage.queue import record_instances
+from triage.receive.header import ReceivedInstance
+from triage.receive.ingest import record_instances
 
 log = get_logger(__name__)
 

@@ -1,63 +1,52 @@
 """Inference worker processes: each loads the weight bundle once, then claims and runs jobs.
 
-- :func:`run_worker` is one worker's loop (see :class:`triage.inference.Worker`).
-- :func:`start_worker_processes` / :func:`stop_worker_processes` run them as spawned
-  children; :class:`WorkerProcesses` also restarts those that die, for ``triage serve``.
+- :func:`run_worker` is one worker's loop (see :class:`triage.analyse.worker.Worker`).
+- :class:`WorkerProcesses` runs them as spawned children, kept alive by a
+  :class:`triage.supervisor.Supervisor`, for ``triage serve``.
 - :func:`run_workers` is ``triage worker``: workers alone, for example on a GPU host.
 
 Keras and its backend (TensorFlow by default; JAX or PyTorch by ``model.backend``) are
-imported only inside a worker process (by :func:`triage.placement.load_predictor`), never
-when this module is imported: ``triage serve`` imports it to start workers, and its
+imported only inside a worker process (by :func:`triage.analyse.placement.load_predictor`),
+never when this module is imported: ``triage serve`` imports it to start workers, and its
 receiver must start in about a second and survive a crash in the backend.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import multiprocessing
 import os
 import signal
 import threading
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from triage.analyse.worker import Worker
 from triage.config import Config, load_config
 from triage.db import create_db_engine, session_factory
 from triage.errors import ConfigError
-from triage.inference import (
-    ALGORITHM_NAME,
-    AppliedThresholds,
-    Worker,
-    apply_thresholds,
-    flag_slices,
-    outbox_dir,
-)
-from triage.jobs import release_worker_jobs, requeue_expired_leases, worker_id_for
 from triage.logs import configure_logging, get_logger
 from triage.report import warm_up as warm_up_reports
+from triage.states.job import release_worker_jobs, worker_id_for
+from triage.supervisor import (
+    DELIVERIES_STORED,
+    JOBS_QUEUED,
+    RELOAD,
+    ParentWatch,
+    Restarts,
+    Supervision,
+    Supervisor,
+    notify,
+)
 
 __all__ = [
-    "ALGORITHM_NAME",
-    "AppliedThresholds",
     "StopEvent",
-    "Worker",
     "WorkerProcesses",
-    "apply_thresholds",
-    "flag_slices",
-    "outbox_dir",
-    "requeue_expired_leases",
     "run_worker",
     "run_workers",
-    "signal_worker_processes",
-    "start_worker_processes",
-    "stop_worker_processes",
 ]
 
 log = get_logger(__name__)
@@ -65,10 +54,9 @@ log = get_logger(__name__)
 #: How long a stopping worker may finish its job before it is killed (and its job
 #: requeued without counting the attempt against it).
 STOP_TIMEOUT = 30.0
-# A worker process that dies sooner than this after its start is restarted after a
-# growing delay (a bundle that cannot load must not make it spin).
-_STABLE_AFTER = 30.0
-_MAX_BACKOFF = 60.0
+# A worker process that dies within 30 s of its start is restarted after a growing
+# delay, from 2 s up to 60 s (a bundle that cannot load must not make it spin).
+_RESTARTS = Restarts(stable_after=30.0, first_backoff=2.0, max_backoff=60.0)
 
 
 class StopEvent(Protocol):
@@ -106,11 +94,13 @@ def run_worker(
     parent_pid : int, optional
         Stop when this process is no longer our parent (it was killed outright).
     wake_event : threading.Event, optional
-        Set (by SIGUSR1 from the daemon's completeness sweep) to look for a job now
-        rather than after ``worker.poll_seconds``; also set when stopping.
+        Set (on :data:`~triage.supervisor.JOBS_QUEUED` from the daemon's completeness
+        sweep) to look for a job now rather than after ``worker.poll_seconds``; also
+        set when stopping.
     notify_parent : bool
-        Send SIGUSR1 to ``parent_pid`` (``triage serve``) after each result with
-        deliveries, so that its dispatcher sends the report at once.
+        Send :data:`~triage.supervisor.DELIVERIES_STORED` to ``parent_pid``
+        (``triage serve``) after each result with deliveries, so that its dispatcher
+        sends the report at once.
     worker_index : int
         This worker's number among ``worker.processes``, from 0: with ``model.device:
         auto`` and several GPUs, it picks this worker's GPU.
@@ -119,7 +109,7 @@ def run_worker(
     configure_logging(log_format or config.logging.format, log_level or config.logging.level)
     # Warnings (an untrained bundle, a thread count it cannot set) come out as JSON
     # lines through configure_logging.
-    from triage.placement import load_predictor
+    from triage.analyse.placement import load_predictor
 
     engine = create_db_engine(config.database_url, config.database.busy_timeout_ms)
     sessions = session_factory(engine)
@@ -131,26 +121,9 @@ def run_worker(
             pid = parent_pid
 
             def on_deliveries() -> None:
-                with contextlib.suppress(ProcessLookupError):  # the daemon is going away
-                    os.kill(pid, signal.SIGUSR1)
+                notify(pid, DELIVERIES_STORED)
 
-        try:
-            warm_up_reports()
-        except Exception as err:  # only the first study's latency depends on it
-            log.warning("report_warm_up_failed", error=str(err))
-        # The model's millions of long-lived objects would make every full garbage
-        # collection scan them (a pause of tenths of a second in the middle of a study);
-        # they live as long as the process, so take them out of the collector's sight.
-        gc.collect()
-        gc.freeze()
-        if predictor.device == "CPU":
-            # Said once, in place of TensorFlow's "failed call to cuInit" error line.
-            log.info(
-                "worker_device",
-                worker_id=worker_id,
-                backend=predictor.backend,
-                message="no GPU, using the CPU",
-            )
+        _settle(predictor, worker_id)
         worker = Worker(config, sessions, predictor, worker_id, on_deliveries=on_deliveries)
         worker.start_heartbeat()
         log.info(
@@ -163,30 +136,66 @@ def run_worker(
             bundle_version=predictor.bundle.version,
             bundle_sha256=predictor.bundle.manifest_sha256,
         )
+        parent = ParentWatch(parent_pid) if parent_pid is not None else None
         try:
-            while not stop_event.is_set():
-                if parent_pid is not None and os.getppid() != parent_pid:
-                    log.warning("worker_parent_gone", worker_id=worker_id)
-                    break
-                if reload_event is not None and reload_event.is_set():
-                    reload_event.clear()
-                    _reload_thresholds(worker, config_path)
-                try:
-                    busy = worker.run_once()
-                except Exception as err:  # the database may be briefly away; try again
-                    log.error("worker_loop_failed", error=str(err), exc_info=True)
-                    busy = False
-                if not busy:
-                    if wake_event is None:
-                        stop_event.wait(config.worker.poll_seconds)
-                    else:
-                        wake_event.wait(config.worker.poll_seconds)
-                        wake_event.clear()
+            _work(worker, config_path, stop_event, reload_event, wake_event, parent)
         finally:
             worker.stop_heartbeat()
             log.info("worker_stopped", worker_id=worker_id)
     finally:
         engine.dispose()
+
+
+def _settle(predictor: Any, worker_id: str) -> None:
+    """What a worker does once, after loading the model and before its first job."""
+    try:
+        warm_up_reports()
+    except Exception as err:  # only the first study's latency depends on it
+        log.warning("report_warm_up_failed", error=str(err))
+    # The model's millions of long-lived objects would make every full garbage
+    # collection scan them (a pause of tenths of a second in the middle of a study);
+    # they live as long as the process, so take them out of the collector's sight.
+    gc.collect()
+    gc.freeze()
+    if predictor.device == "CPU":
+        # Said once, in place of TensorFlow's "failed call to cuInit" error line.
+        log.info(
+            "worker_device",
+            worker_id=worker_id,
+            backend=predictor.backend,
+            message="no GPU, using the CPU",
+        )
+
+
+def _work(
+    worker: Worker,
+    config_path: Path,
+    stop_event: StopEvent,
+    reload_event: threading.Event | None,
+    wake_event: threading.Event | None,
+    parent: ParentWatch | None,
+) -> None:
+    """Take jobs until ``stop_event`` is set or the parent is gone; between jobs, apply
+    a reload, and wait for a wake-up or ``worker.poll_seconds`` when the queue is empty."""
+    poll = worker.config.worker.poll_seconds
+    while not stop_event.is_set():
+        if parent is not None and parent.gone():
+            log.warning("worker_parent_gone", worker_id=worker.worker_id)
+            break
+        if reload_event is not None and reload_event.is_set():
+            reload_event.clear()
+            _reload_thresholds(worker, config_path)
+        try:
+            busy = worker.run_once()
+        except Exception as err:  # the database may be briefly away; try again
+            log.error("worker_loop_failed", error=str(err), exc_info=True)
+            busy = False
+        if not busy:
+            if wake_event is None:
+                stop_event.wait(poll)
+            else:
+                wake_event.wait(poll)
+                wake_event.clear()
 
 
 def _reload_thresholds(worker: Worker, config_path: Path) -> None:
@@ -216,8 +225,8 @@ def _worker_process_main(
 
     # Installed before anything slow: SIGHUP's and SIGUSR1's default actions would kill
     # the process.
-    signal.signal(signal.SIGHUP, lambda _s, _f: reload.set())
-    signal.signal(signal.SIGUSR1, lambda _s, _f: wake.set())
+    signal.signal(RELOAD, lambda _s, _f: reload.set())
+    signal.signal(JOBS_QUEUED, lambda _s, _f: wake.set())
     signal.signal(signal.SIGTERM, on_term)
     # Ctrl-C reaches the whole process group; the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -258,68 +267,14 @@ def _spawn(
     return process
 
 
-def start_worker_processes(
-    config_path: Path, n: int, *, log_format: str | None = None, log_level: str | None = None
-) -> list[SpawnProcess]:
-    """Start ``n`` worker processes on the configuration file at ``config_path``."""
-    return [_spawn(config_path, i, log_format, log_level) for i in range(n)]
-
-
-def stop_worker_processes(
-    procs: Sequence[multiprocessing.process.BaseProcess], timeout: float = STOP_TIMEOUT
-) -> list[int]:
-    """SIGTERM the workers, wait up to ``timeout`` seconds for them, then kill the rest.
-
-    Returns
-    -------
-    list of int
-        The pids that had to be killed; their jobs are still ``running`` and should be
-        given back (:func:`triage.jobs.release_claim` or the lease-expiry sweep).
-    """
-    live = [p for p in procs if p.is_alive()]
-    for process in live:
-        process.terminate()
-    deadline = time.monotonic() + timeout
-    killed = []
-    for process in live:
-        process.join(max(0.0, deadline - time.monotonic()))
-        if process.is_alive():
-            log.error("worker_process_killed", pid=process.pid)
-            process.kill()
-            process.join()
-            if process.pid is not None:
-                killed.append(process.pid)
-    return killed
-
-
-def signal_worker_processes(
-    procs: Sequence[multiprocessing.process.BaseProcess], signum: int = signal.SIGHUP
-) -> None:
-    """Send ``signum`` (SIGHUP: re-read the thresholds) to every live worker."""
-    for process in procs:
-        if process.is_alive() and process.pid is not None:
-            with contextlib.suppress(ProcessLookupError):  # it just exited
-                os.kill(process.pid, signum)
-
-
-@dataclass(frozen=True)
-class WorkerSupervision:
-    """What the supervisor knows of its worker processes: how many should run, how many
-    are up, and how many restarts there have been since start-up."""
-
-    expected: int
-    up: int
-    restarts: int
-
-
 class WorkerProcesses:
     """``worker.processes`` workers kept alive by ``triage serve`` or ``triage worker``.
 
     A worker that dies is restarted (after a growing delay if it died young, so a bundle
     that cannot load does not spin), and its job is requeued at once instead of
     waiting out the lease. :meth:`wake` sends idle workers to the queue at once; with
-    ``notify_parent`` (``triage serve``), a worker sends this process SIGUSR1 after each
-    result with deliveries.
+    ``notify_parent`` (``triage serve``), a worker tells this process after each result
+    with deliveries (:data:`~triage.supervisor.DELIVERIES_STORED`).
     """
 
     def __init__(
@@ -338,21 +293,11 @@ class WorkerProcesses:
         self._sessions = sessions
         self._log_format = log_format
         self._log_level = log_level
-        self._procs: list[SpawnProcess | None] = []
-        self._started: list[float] = []
-        self._backoff: list[float] = []
-        self._restart_at: list[float | None] = []
-        self._restarts: list[int] = []
-        self._stopping = False
+        self._supervisor = Supervisor("worker", self._spawn, _RESTARTS, self._release)
 
     def start(self, n: int) -> None:
         """Start ``n`` workers (they load the bundle in the background)."""
-        for i in range(n):
-            self._procs.append(self._spawn(i))
-            self._started.append(time.monotonic())
-            self._backoff.append(0.0)
-            self._restart_at.append(None)
-            self._restarts.append(0)
+        self._supervisor.start(n)
 
     def _spawn(self, index: int) -> SpawnProcess:
         return _spawn(
@@ -361,80 +306,37 @@ class WorkerProcesses:
 
     def wake(self) -> None:
         """Ask idle workers to look for a job now (jobs were just queued)."""
-        signal_worker_processes([p for p in self._procs if p is not None], signal.SIGUSR1)
+        self._supervisor.signal(JOBS_QUEUED)
 
     def pids(self) -> list[int]:
         """The live workers' process ids."""
-        return [p.pid for p in self._procs if p is not None and p.pid and p.is_alive()]
+        return self._supervisor.pids()
 
     def check(self) -> None:
         """Restart dead workers and give back their jobs; called periodically."""
-        if self._stopping:
-            return
-        now = time.monotonic()
-        for i, process in enumerate(self._procs):
-            if process is None or process.is_alive():
-                continue
-            if self._restart_at[i] is None:
-                lived = now - self._started[i]
-                self._backoff[i] = (
-                    0.0
-                    if lived >= _STABLE_AFTER
-                    else min(_MAX_BACKOFF, max(2.0, 2 * self._backoff[i]))
-                )
-                self._restart_at[i] = now + self._backoff[i]
-                log.error(
-                    "worker_process_died",
-                    pid=process.pid,
-                    exitcode=process.exitcode,
-                    restart_in_seconds=self._backoff[i],
-                )
-                if process.pid is not None:
-                    self._release(process.pid)
-            restart_at = self._restart_at[i]
-            if restart_at is not None and now >= restart_at:
-                process.close()
-                self._procs[i] = self._spawn(i)
-                self._started[i] = now
-                self._restart_at[i] = None
-                self._restarts[i] += 1
-                log.info("worker_process_restarted", worker_process=i)
+        self._supervisor.check()
 
-    def supervision(self) -> WorkerSupervision:
-        """How many workers are up, for ``/healthz``; safe to call from another thread.
-
-        A worker is up when its process runs and, if it was restarted, has run for
-        ``_STABLE_AFTER`` seconds since: one that keeps dying (a bundle that cannot load,
-        a crash on every study) counts as down from its first death, not only once jobs
-        have piled up. Read from what :meth:`check` recorded, without waiting on any
-        process, so that this never races the main thread's reaping.
-        """
-        now = time.monotonic()
-        up = sum(
-            1
-            for i in range(len(self._procs))
-            if self._restart_at[i] is None
-            and (self._restarts[i] == 0 or now - self._started[i] >= _STABLE_AFTER)
-        )
-        return WorkerSupervision(expected=len(self._procs), up=up, restarts=sum(self._restarts))
+    def supervision(self) -> Supervision:
+        """How many workers are up, for ``/healthz`` (see :meth:`Supervisor.supervision`)."""
+        return self._supervisor.supervision()
 
     def reload(self) -> None:
         """Ask every worker to re-read its thresholds before its next job."""
-        signal_worker_processes([p for p in self._procs if p is not None])
+        self._supervisor.signal(RELOAD)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop every worker; a killed worker's job goes back to the queue uncounted."""
-        self._stopping = True
-        for pid in stop_worker_processes([p for p in self._procs if p is not None], timeout):
-            self._release(pid, count_attempt=False)
+        self._supervisor.stop(timeout)
 
-    def _release(self, pid: int, *, count_attempt: bool = True) -> None:
+    def _release(self, pid: int, killed: bool) -> None:
+        # Died on its own: the attempt counts (the job may be what killed it). Killed
+        # by us for being slow to stop: it does not.
         try:
             release_worker_jobs(
                 self._sessions,
                 worker_id_for(pid),
                 self._config.worker.max_attempts,
-                count_attempt=count_attempt,
+                count_attempt=not killed,
             )
         except Exception as err:  # the lease-expiry sweep catches what this misses
             log.error("worker_jobs_release_failed", pid=pid, error=str(err))

@@ -29,18 +29,18 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from triage.config import ReceiverConfig
 from triage.db.models import utcnow
 from triage.errors import InvalidUIDError, TriageError
-from triage.header import ReceivedInstance, UnreadableDatasetError, parse_header
-from triage.integrity import IncompleteDatasetError, check_dataset, dataset_offset
 from triage.logs import describe_db_error, get_logger
-from triage.part10 import file_header
-from triage.recorder import InstanceRecorder
-from triage.spool import free_disk_mb, instance_path, write_durably
-from triage.transport import (
+from triage.receive.header import ReceivedInstance, UnreadableDatasetError, parse_header
+from triage.receive.integrity import IncompleteDatasetError, check_dataset, dataset_offset
+from triage.receive.part10 import file_header
+from triage.receive.recorder import InstanceRecorder
+from triage.receive.transport import (
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     ConnectionLimits,
     GuardedAssociationServer,
     ReceiverAE,
 )
+from triage.storage.spool import free_disk_mb, instance_path, write_durably
 
 log = get_logger(__name__)
 
@@ -257,7 +257,7 @@ class Receiver:
         """Bind ``cfg.host:cfg.port`` and start accepting associations in a thread.
 
         ``reuse_port`` lets several receiver processes listen on the same port
-        (see :class:`triage.transport.GuardedAssociationServer`).
+        (see :class:`triage.receive.transport.GuardedAssociationServer`).
         """
         self.cfg = cfg
         self.ae = build_ae(cfg)

@@ -52,7 +52,8 @@ def instance_path(spool: Path, study_uid: str, series_uid: str, sop_uid: str) ->
     )
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the entries of the folder at ``path`` (a new file, a rename) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -72,7 +73,7 @@ def _make_dirs(path: Path) -> None:
         path.mkdir(mode=0o700)
     except FileExistsError:
         return
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_durably(path: Path, data: bytes | memoryview) -> int:
@@ -101,7 +102,7 @@ def write_durably(path: Path, data: bytes | memoryview) -> int:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return len(data)
 
 
