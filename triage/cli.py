@@ -129,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="send DICOM files with C-STORE",
         description="Send DICOM files and folders (recursively) to a Storage SCP. "
-        "Exits 1 if any instance failed, listing each failure.",
+        "Files that are not DICOM (a train.csv beside a study) are skipped with one note. "
+        "If the association cannot be made, the cause (connection refused, or rejected "
+        "with the peer's reason) is printed once. Exits 1 if any instance failed, listing "
+        "each failure.",
     )
     p.add_argument("--host", required=True)
     p.add_argument("--port", required=True, type=int)
@@ -192,8 +195,18 @@ def _run(args: argparse.Namespace) -> int:
         result = send_files(
             args.paths, args.host, args.port, args.calling_aet, args.called_aet, args.max_pdu
         )
-        for path, reason in result.failures:
+        for failure in result.association_failures:
+            count = len(failure.files)
+            print(
+                f"FAILED: {failure.cause}; {count} file{'' if count == 1 else 's'} not sent",
+                file=sys.stderr,
+            )
+        for path, reason in result.file_failures:
             print(f"FAILED {path}: {reason}", file=sys.stderr)
+        if result.skipped:
+            names = ", ".join(p.name for p in result.skipped[:3])
+            more = f" and {len(result.skipped) - 3} more" if len(result.skipped) > 3 else ""
+            print(f"skipped {len(result.skipped)} non-DICOM file(s): {names}{more}")
         print(f"sent {result.sent}, failed {len(result.failures)}")
         return 1 if result.failures else 0
 
