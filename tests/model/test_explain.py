@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -229,3 +233,41 @@ def test_heat_maps_cover_the_top_k_flagged_slices_on_the_source_grid(demo_case: 
     assert len(everything.heatmaps) == 5
     with pytest.raises(ExplainError, match="field_of_view"):
         explainer.explain(replace(series, field_of_view=None), probabilities)
+
+
+_BACKEND_PROBE = """
+import sys
+import numpy as np
+from model.explain import GradCAM
+from model.network import build_slice_cnn
+
+cnn = build_slice_cnn("compact", 96, 3, None, pooling="gem")
+cnn.load_weights(sys.argv[1])
+images = np.load(sys.argv[2])
+cams, probabilities = GradCAM(cnn)(images)
+np.save(sys.argv[3], cams)
+"""
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None, reason="JAX is not installed (pip install '.[jax]')"
+)
+def test_grad_cam_is_the_same_on_jax_as_on_tensorflow(tmp_path: Path) -> None:
+    cnn = build_slice_cnn("compact", 96, 3, None, seed=0, pooling="gem")
+    weights, images = tmp_path / "cnn.weights.h5", tmp_path / "images.npy"
+    cnn.save_weights(weights)
+    batch = np.random.default_rng(0).random((3, 96, 96, 3), dtype=np.float32)
+    np.save(images, batch)
+    reference, _ = GradCAM(cnn)(batch)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-c", _BACKEND_PROBE, str(weights), str(images), str(tmp_path / "jax")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    on_jax = np.load(tmp_path / "jax.npy")
+    assert reference.max() > 0
+    np.testing.assert_allclose(on_jax, reference, rtol=1e-4, atol=1e-6 * reference.max())
