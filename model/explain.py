@@ -13,7 +13,7 @@ pixel grid by inverting, exactly, the two geometric steps between them:
    :func:`model.preprocess.preprocess_volume` (:func:`source_coordinates`).
 
 Only the head (pooling and dense layers) is differentiated, never the backbone, so a heat
-map costs one backbone forward pass per explained slice and a few small matrix products.
+map costs one backbone forward pass per explained slice and a few interpolations.
 The gradient needs the backend's autodiff: TensorFlow's ``GradientTape`` or ``jax.grad``;
 on PyTorch :class:`Explainer` raises :class:`ExplainError`.
 """
