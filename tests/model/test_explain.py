@@ -93,6 +93,18 @@ def test_feature_geometry_is_where_each_cell_sees_on_the_input() -> None:
     assert (irv2.stride, irv2.offset, irv2.cells) == (32.0, 37.0, 1)
 
 
+def test_grad_cam_runs_on_the_inception_backbone_last_block() -> None:
+    """InceptionResNetV2's last block (conv_7b) at 107 px is a 2 x 2 grid."""
+    cnn = build_slice_cnn("inception_resnet_v2", 107, 3, None, seed=0)
+    images = np.random.default_rng(1).random((2, 107, 107, 3), dtype=np.float32)
+    cam = GradCAM(cnn)
+    maps, probabilities = cam(images)
+    assert maps.shape == (2, 2, 2) and np.isfinite(maps).all() and (maps >= 0).all()
+    assert (cam.geometry.stride, cam.geometry.offset) == (32.0, 37.0)
+    expected = np.asarray(cnn.predict(images, verbose=0))[:, 0]
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
+
+
 def _volume(phantom_seed: int, marker: tuple[int, int, int] | None) -> CTVolume:
     phantom = generate_study(phantom_seed, StudyParams(positive=False, n_slices=16, matrix=256))
     hu = phantom.hu.astype(np.float32)
