@@ -285,6 +285,11 @@ class Predictor:
         predictor.warmup()
         return predictor
 
+    @property
+    def slice_cnns(self) -> list[Any]:
+        """Each fold's slice CNN, the weights the predictor runs (for :mod:`model.explain`)."""
+        return [cnn for cnn, _ in self._models]
+
     def warmup(self) -> None:
         """Trace (and with XLA, compile) every fold's functions on blank input.
 

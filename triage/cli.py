@@ -1,17 +1,22 @@
-"""The ``triage`` command line: serve, worker, reload, check-config, status, send, migrate,
-demo and retry."""
+"""The ``triage`` command line: serve, worker, reload, check-config, status, monitor, send,
+migrate, demo and retry."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from triage import __version__
 from triage.config import Config, load_config
 from triage.errors import AlreadyRunningError, ConfigError, TriageError
 from triage.logs import configure_logging
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 def _common() -> argparse.ArgumentParser:
@@ -27,6 +32,13 @@ def _common() -> argparse.ArgumentParser:
         help="lowest level logged (default: logging.level from the config, else INFO)",
     )
     return common
+
+
+def _date(text: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date as YYYY-MM-DD") from err
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,11 +107,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     p = sub.add_parser(
+        "monitor",
+        parents=[common],
+        help="per week: flags, confirmed and rejected, and the PPV with its CI",
+        description="Post-deployment monitoring from the radiologists' feedback: per ISO week "
+        "(Monday to Sunday, UTC), the studies flagged positive, how many a radiologist "
+        "confirmed or rejected, how many are not reviewed yet, and the positive predictive "
+        "value (confirmed / reviewed) with its Wilson score interval with continuity "
+        "correction; then the whole period. Says so when there is no feedback yet.",
+    )
+    p.add_argument("--config", required=True, type=Path, help="the YAML configuration file")
+    p.add_argument(
+        "--since",
+        type=_date,
+        metavar="DATE",
+        help="only results made on or after this day (YYYY-MM-DD, UTC)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    p = sub.add_parser(
         "send",
         parents=[common],
         help="send DICOM files with C-STORE",
         description="Send DICOM files and folders (recursively) to a Storage SCP. "
-        "Exits 1 if any instance failed, listing each failure.",
+        "Files that are not DICOM (a train.csv beside a study) are skipped with one note. "
+        "If the association cannot be made, the cause (connection refused, or rejected "
+        "with the peer's reason) is printed once. Exits 1 if any instance failed, listing "
+        "each failure.",
     )
     p.add_argument("--host", required=True)
     p.add_argument("--port", required=True, type=int)
@@ -162,8 +196,18 @@ def _run(args: argparse.Namespace) -> int:
         result = send_files(
             args.paths, args.host, args.port, args.calling_aet, args.called_aet, args.max_pdu
         )
-        for path, reason in result.failures:
+        for failure in result.association_failures:
+            count = len(failure.files)
+            print(
+                f"FAILED: {failure.cause}; {count} file{'' if count == 1 else 's'} not sent",
+                file=sys.stderr,
+            )
+        for path, reason in result.file_failures:
             print(f"FAILED {path}: {reason}", file=sys.stderr)
+        if result.skipped:
+            names = ", ".join(p.name for p in result.skipped[:3])
+            more = f" and {len(result.skipped) - 3} more" if len(result.skipped) > 3 else ""
+            print(f"skipped {len(result.skipped)} non-DICOM file(s): {names}{more}")
         print(f"sent {result.sent}, failed {len(result.failures)}")
         return 1 if result.failures else 0
 
@@ -224,10 +268,35 @@ def _run(args: argparse.Namespace) -> int:
         for key, change in outcome.changed.items():
             print(f"thresholds.{key}: {change['old']} -> {change['new']}")
         return 0
+    if args.command == "monitor":
+        return _monitor(engine, args.since, args.json)
     from triage.status import collect_status, format_status
 
     status = collect_status(session_factory(engine))
     print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def _monitor(engine: Engine, since: datetime.date | None, as_json: bool) -> int:
+    from triage.monitor import format_weeks, read_records, weekly_ppv
+
+    records = read_records(engine)
+    if records is None:
+        message = "no feedback yet: this database has no feedback table"
+        print(json.dumps({"feedback": False, "message": message}) if as_json else message)
+        return 0
+    weeks, total = weekly_ppv(records, since)
+    if as_json:
+        report = {
+            "feedback": True,
+            "since": since.isoformat() if since else None,
+            "confidence": 0.95,
+            "weeks": [w.to_dict() for w in weeks],
+            "total": total.to_dict(),
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_weeks(weeks, total, 0.95))
     return 0
 
 

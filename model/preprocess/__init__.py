@@ -12,10 +12,16 @@
 from model.preprocess.config import PreprocessConfig
 from model.preprocess.reading import CTVolume, SeriesRejectedError, read_series
 from model.preprocess.segment import chest_mask_lowres, segment_chest
-from model.preprocess.transform import PreprocessedSeries, preprocess_series, preprocess_volume
+from model.preprocess.transform import (
+    FieldOfView,
+    PreprocessedSeries,
+    preprocess_series,
+    preprocess_volume,
+)
 
 __all__ = [
     "CTVolume",
+    "FieldOfView",
     "PreprocessConfig",
     "PreprocessedSeries",
     "SeriesRejectedError",

@@ -17,6 +17,23 @@ from model.preprocess.reading import CTVolume, read_series
 from model.preprocess.segment import chest_mask_lowres
 
 
+@dataclass(frozen=True)
+class FieldOfView:
+    """The part of every source slice that the model input shows, in source pixels.
+
+    The input is this ``height`` x ``width`` box of the ``rows`` x ``columns`` source grid,
+    resized to the input size with PIL's bilinear filter (pixel centres map to pixel
+    centres); :mod:`model.explain` inverts it to put a heat map back on the source slice.
+    """
+
+    top: int
+    left: int
+    height: int
+    width: int
+    rows: int
+    columns: int
+
+
 @dataclass
 class PreprocessedSeries:
     """Model input for one series, and where each of its slices came from.
@@ -43,6 +60,9 @@ class PreprocessedSeries:
         Position of each output slice along the cranially pointing normal; NaN for padding.
     headers : list of pydicom.Dataset
         The source slices' datasets without pixel data (see ``CTVolume.headers``).
+    field_of_view : FieldOfView or None
+        The box of the source slices that the input shows (the chest crop, or the whole
+        slice).
     """
 
     volume: NDArray[np.float32]
@@ -57,6 +77,7 @@ class PreprocessedSeries:
         default_factory=lambda: np.empty(0, dtype=np.float64)
     )
     headers: list[Dataset] = field(default_factory=list, repr=False)
+    field_of_view: FieldOfView | None = None
 
 
 def _select_slices(
@@ -242,6 +263,7 @@ def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> Preprocesse
         timings={"preprocess": time.perf_counter() - start},
         slice_positions_mm=out_positions,
         headers=volume.headers,
+        field_of_view=FieldOfView(top, left, side_r, side_c, rows, cols),
     )
 
 
