@@ -33,5 +33,3 @@ def test_augmentation_is_seeded() -> None:
     c = augment(img, np.random.default_rng(6))
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
-
-

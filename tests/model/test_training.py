@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
-import keras
 import yaml
 
 from model.cli import main
@@ -204,7 +204,6 @@ def test_train_then_evaluate(
     apart = _weights(tmp_path / "split")
     assert all(np.array_equal(apart[k], weights[k]) for k in weights)
     assert main([*split, "--fold", "2"]) == 2
-
 
     report_dir = tmp_path / "report"
     assert (
