@@ -11,9 +11,10 @@
 # triage-model; "python3 -m model" where the package is on PYTHONPATH but not installed).
 # WORKERS sets the processes that synthesise and preprocess (default: every CPU).
 #
-# Time: each stage prints its own. Measured for the shipped bundle on a 2-core CPU shared
-# with other jobs: synthesis of the training set 645 s, training 4,733 s, synthesis of the
-# held-out sets 3,118 s (one worker), evaluation 1,691 s: 2.8 hours in all.
+# Time: each stage prints its own. Measured on a 2-core CPU shared with other jobs:
+# synthesis of the training set 645 s and of the held-out sets 3,118 s (one worker; for
+# 0.3.0, reused for 0.4.0), training of 0.4.0 about 3,700 s, evaluation about 1,100 s:
+# about 2.4 hours in all, over the 2-hour goal.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 work="${1:?usage: reproduce.sh WORK_DIR [all|train|evaluate]}"
