@@ -1,10 +1,12 @@
 """Print inference seconds per stage and the CNN's achieved GFLOP/s against this CPU's peak.
 
 Run: ``python benchmarks/inference.py [--threads 2] [--studies 3] [--configs float32 bfloat16
-float32+xla bfloat16+xla] [--backbones inception_resnet_v2 small]``. Figures, not a test.
+float32+xla bfloat16+xla] [--backbones inception_resnet_v2 small] [--bundle model/bundles/demo]``.
+Figures, not a test.
 
 For each backbone it writes an untrained, seeded bundle (the production InceptionResNetV2 at
-386x386 and the compact ``small`` CNN at its demo size), synthetic 96-slice 512x512 studies,
+386x386 and the ``small`` CNN at its test size), plus any trained ``--bundle`` (the demo
+bundle's worker stage: its own backbone, size and windows), synthetic 96-slice 512x512 studies,
 and then, per precision / XLA setting, times read, preprocess, CNN and sequence on each
 study. The CNN's FLOPs are counted from the model's convolution and dense layers (multiply
 and add counted separately) and divided by its time. In the same process it times a large
@@ -101,13 +103,20 @@ def main() -> None:
         default=["float32", "bfloat16", "float32+xla", "bfloat16+xla"],
         help="precision, optionally +xla",
     )
-    parser.add_argument("--backbones", nargs="+", default=["inception_resnet_v2", "small"])
+    parser.add_argument("--backbones", nargs="*", default=["inception_resnet_v2", "small"])
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        action="append",
+        default=[],
+        help="also time this trained bundle (repeatable; e.g. model/bundles/demo)",
+    )
     args = parser.parse_args()
     # Before anything touches TensorFlow: the thread count cannot change afterwards.
     configure_threads(args.threads)
     import tensorflow as tf
 
-    from model.bundle import init_bundle
+    from model.bundle import init_bundle, load_bundle
     from model.network import slice_encoder
     from model.predict import Predictor, UntrainedBundleWarning
 
@@ -138,9 +147,13 @@ def main() -> None:
         )
         print(header)
         print("-" * len(header))
-        for backbone in args.backbones:
-            bundle_dir = root / f"bundle_{backbone}"
-            bundle = init_bundle(bundle_dir, backbone=backbone, num_slices=args.slices, seed=0)
+        runs = [(b, root / f"bundle_{b}", True) for b in args.backbones]
+        runs += [(path.name, path, False) for path in args.bundle]
+        for backbone, bundle_dir, untrained in runs:
+            if untrained:
+                bundle = init_bundle(bundle_dir, backbone=backbone, num_slices=args.slices, seed=0)
+            else:
+                bundle = load_bundle(bundle_dir)
             reference: list[float] | None = None
             flops = None
             for config in args.configs:
