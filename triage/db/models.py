@@ -239,6 +239,31 @@ class AuditEvent(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class Verdict(enum.StrEnum):
+    """A radiologist's verdict on a result: the flag was right, or there is no PE."""
+
+    CONFIRMED = "confirmed"
+    REJECTED = "rejected"
+
+
+class Feedback(Base):
+    """A radiologist's verdict on one result, from the study view; the latest one counts.
+
+    ``triage monitor`` reads ``result_id``, ``verdict`` and ``created_at`` for the
+    positive predictive value per week.
+    """
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id", ondelete="CASCADE"), index=True)
+    verdict: Mapped[Verdict] = mapped_column(_enum(Verdict, "verdict"))
+    comment: Mapped[str | None] = mapped_column(Text)
+    # The login or token name the verdict came with.
+    who: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class WorkerHeartbeat(Base):
     """A live inference worker, as /healthz reports it; refreshed every heartbeat."""
 

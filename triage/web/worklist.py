@@ -20,6 +20,7 @@ from triage.db.models import (
     Decision,
     Delivery,
     DeliveryState,
+    Feedback,
     Job,
     JobState,
     Result,
@@ -86,6 +87,8 @@ class WorklistRow:
         That series' description, which tells a reader which reconstruction was read.
     deliveries : list of DeliveryStatus
         Each destination's state, for the JSON API.
+    feedback : str or None
+        The latest radiologist's verdict on the result, ``confirmed`` or ``rejected``.
     """
 
     study_instance_uid: str
@@ -101,6 +104,7 @@ class WorklistRow:
     series_instance_uid: str | None
     series_description: str | None
     deliveries: list[DeliveryStatus] = field(default_factory=list)
+    feedback: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The row as the JSON API returns it; times are ISO 8601 UTC with a ``Z``."""
@@ -120,6 +124,7 @@ class WorklistRow:
             "detail": self.detail,
             "series_instance_uid": self.series_instance_uid,
             "series_description": self.series_description,
+            "feedback": self.feedback,
             "deliveries": [
                 {
                     "destination": d.destination,
@@ -258,7 +263,7 @@ def summarise_deliveries(deliveries: list[Delivery]) -> str:
     return "; ".join(parts)
 
 
-def _row(study: Study, views: list[_SeriesView]) -> WorklistRow:
+def _row(study: Study, views: list[_SeriesView], verdicts: dict[int, str]) -> WorklistRow:
     best = min(views, key=lambda v: (v.relevance(), v.series.id)) if views else None
     if best is None:
         # The study row exists before its first series row commits.
@@ -293,6 +298,7 @@ def _row(study: Study, views: list[_SeriesView]) -> WorklistRow:
             DeliveryStatus(d.destination, d.state.value, d.attempts, _shorten(d.last_error))
             for d in sorted(best.deliveries, key=lambda d: d.destination)
         ],
+        feedback=verdicts.get(best.result.id) if best.result is not None else None,
     )
 
 
@@ -372,6 +378,17 @@ def worklist_rows(
         for d in session.scalars(select(Delivery).where(Delivery.result_id.in_(latest_ids))):
             deliveries[d.result_id].append(d)
 
+        # Each shown result's newest verdict (a radiologist may change their mind).
+        newest_feedback = (
+            select(func.max(Feedback.id))
+            .where(Feedback.result_id.in_(latest_ids))
+            .group_by(Feedback.result_id)
+            .scalar_subquery()
+        )
+        verdicts = {
+            f.result_id: f.verdict.value
+            for f in session.scalars(select(Feedback).where(Feedback.id.in_(newest_feedback)))
+        }
         rows = []
         for study in studies:
             views = []
@@ -385,5 +402,5 @@ def worklist_rows(
                         deliveries=deliveries.get(result.id, []) if result else [],
                     )
                 )
-            rows.append(_row(study, views))
+            rows.append(_row(study, views, verdicts))
     return order_rows(rows)

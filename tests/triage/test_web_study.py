@@ -1,0 +1,252 @@
+"""The study view, its key images, and the verdict form with its CSRF guard."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.testclient import TestClient
+from support import make_config, open_db
+from test_web import Outcome, add_study
+
+from triage.config import Config
+from triage.db.models import (
+    AuditEvent,
+    Decision,
+    Feedback,
+    Instance,
+    JobState,
+    Result,
+    SeriesState,
+    utcnow,
+)
+from triage.monitor import read_records
+from triage.storage.outbox import outbox_dir
+from triage.web import create_app
+from triage.web.auth import COOKIE_NAME, cookie_value
+from triage.web.feedback import CSRF_COOKIE, CSRF_FIELD
+
+# A 1x1 PNG: the route serves bytes, it does not decode them.
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc000000301010018dd8db00000000049454e44ae426082"
+)
+
+
+def _setup(tmp_path: Path, **web: object) -> tuple[Config, sessionmaker[Session], TestClient]:
+    config = make_config(tmp_path, web={"port": 0, "worklist_hours": None, **web})
+    sessions = open_db(config)
+    return config, sessions, TestClient(create_app(config, sessions))
+
+
+def _positive(sessions: sessionmaker[Session], slices: int = 5) -> tuple[str, int]:
+    """A flagged study whose result has slice probabilities at known positions."""
+    with sessions.begin() as session:
+        study = add_study(
+            session,
+            "ACC-1",
+            utcnow(),
+            Outcome(SeriesState.QUEUED, JobState.DONE, Decision.PRESENT, 0.9, 2, instances=slices),
+        )
+        result = session.scalars(select(Result)).one()
+        instances = session.scalars(
+            select(Instance).where(Instance.series_id == result.series_id)
+        ).all()
+        probabilities = {}
+        for i, instance in enumerate(instances):
+            instance.image_position_patient = f"0\\0\\{-100 + 5 * i}"
+            probabilities[instance.sop_instance_uid] = 0.1 + 0.2 * i
+        result.slice_probabilities = probabilities
+        result.threshold_slice = 0.5
+        return study.study_instance_uid, result.id
+
+
+def _key_images(config: Config, result_id: int) -> Path:
+    folder = outbox_dir(config.data_dir, result_id) / "key_images"
+    folder.mkdir(parents=True)
+    for name in ("k0.png", "k0_lung.png", "k0_overlay.png"):
+        (folder / name).write_bytes(PNG)
+    index = {
+        "images": [
+            {
+                "image": "k0.png",
+                "lung": "k0_lung.png",
+                "overlay": "k0_overlay.png",
+                "sop_instance_uid": "1.2.3",
+                "instance_number": 42,
+                "position_mm": -87.5,
+                "probability": 0.93,
+            }
+        ],
+        "curve": {
+            "positions_mm": [-100, -95, -90],
+            "probabilities": [0.1, 0.9, 0.2],
+            "threshold": 0.6,
+        },
+    }
+    (folder / "key_images.json").write_text(json.dumps(index))
+    return folder
+
+
+def _csrf(client: TestClient, uid: str) -> str:
+    page = client.get(f"/study/{uid}")
+    assert page.status_code == 200
+    field = re.search(rf'name="{CSRF_FIELD}" value="([^"]+)"', page.text)
+    assert field is not None
+    assert client.cookies.get(CSRF_COOKIE) == field.group(1)
+    return field.group(1)
+
+
+def test_the_study_view_without_key_images_plots_the_result_rows_curve(tmp_path: Path) -> None:
+    _config, sessions, client = _setup(tmp_path)
+    uid, _ = _positive(sessions)
+    page = client.get(f"/study/{uid}")
+    assert page.status_code == 200
+    assert "form-action 'self'" in page.headers["content-security-policy"]
+    polyline = re.search(r'<polyline class="line" points="([^"]+)"', page.text)
+    assert polyline is not None and len(polyline.group(1).split()) == 5
+    assert 'id="threshold"' in page.text and "threshold 0.50" in page.text
+    assert "-100 mm" in page.text and "-80 mm" in page.text
+    assert 'id="no-images"' in page.text and "not available" in page.text
+    assert client.get("/study/1.2.3.4.5.6").status_code == 404
+
+
+def test_the_study_view_shows_the_key_images_with_captions_overlay_and_curve(
+    tmp_path: Path,
+) -> None:
+    config, sessions, client = _setup(tmp_path)
+    uid, result_id = _positive(sessions)
+    _key_images(config, result_id)
+    page = client.get(f"/study/{uid}").text
+    assert f'src="/study/{uid}/key-images/k0.png"' in page
+    assert f'data-lung="/study/{uid}/key-images/k0_lung.png"' in page
+    assert f'class="overlay" src="/study/{uid}/key-images/k0_overlay.png"' in page
+    assert "-87.5 mm" in page and "instance 42" in page and "93%" in page
+    assert 'id="opacity"' in page and 'id="lung-window"' in page
+    # The worker's curve (three points, its threshold) wins over the result row's.
+    polyline = re.search(r'<polyline class="line" points="([^"]+)"', page)
+    assert polyline is not None and len(polyline.group(1).split()) == 3
+    assert "threshold 0.60" in page
+    image = client.get(f"/study/{uid}/key-images/k0.png")
+    assert image.status_code == 200 and image.content == PNG
+    assert image.headers["content-type"] == "image/png"
+
+
+def test_an_undetermined_result_shows_its_reason(tmp_path: Path) -> None:
+    _config, sessions, client = _setup(tmp_path)
+    with sessions.begin() as session:
+        study = add_study(
+            session,
+            "ACC-U",
+            utcnow(),
+            Outcome(
+                SeriesState.QUEUED,
+                JobState.UNDETERMINED,
+                Decision.UNDETERMINED,
+                reason="slice spacing 7.5 mm is coarser than 3 mm",
+            ),
+        )
+        uid = study.study_instance_uid
+    page = client.get(f"/study/{uid}").text
+    assert "Undetermined" in page
+    assert "Reason: slice spacing 7.5 mm is coarser than 3 mm" in page
+    assert 'id="no-images"' in page and "(the model did not decide)" in page
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "..%2Fsr.dcm",
+        "..%2F..%2Foutside.png",
+        "%2e%2e",
+        "sr.dcm",
+        ".hidden.png",
+        "escape.png",
+        "key_images.json",
+        "missing.png",
+    ],
+)
+def test_key_images_serve_only_png_files_of_that_results_folder(tmp_path: Path, name: str) -> None:
+    config, sessions, client = _setup(tmp_path)
+    uid, result_id = _positive(sessions)
+    folder = _key_images(config, result_id)
+    (folder.parent / "sr.dcm").write_bytes(b"DICM secret")
+    (folder.parent.parent / "outside.png").write_bytes(PNG)
+    (folder / ".hidden.png").write_bytes(PNG)
+    # A link inside the folder that points out of it is not followed.
+    (folder / "escape.png").symlink_to(folder.parent.parent / "outside.png")
+    response = client.get(f"/study/{uid}/key-images/{name}")
+    assert response.status_code == 404
+    assert response.content != PNG and b"secret" not in response.content
+
+
+def test_a_verdict_is_recorded_with_who_and_an_audit_event_and_shows_on_the_worklist(
+    tmp_path: Path,
+) -> None:
+    _config, sessions, client = _setup(tmp_path)
+    uid, result_id = _positive(sessions)
+    token = _csrf(client, uid)
+    response = client.post(
+        f"/study/{uid}/feedback",
+        data={CSRF_FIELD: token, "verdict": "confirmed", "comment": "segmental, right lower lobe"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303 and response.headers["location"] == f"/study/{uid}"
+    with sessions() as session:
+        feedback = session.scalars(select(Feedback)).one()
+        assert (feedback.result_id, feedback.verdict.value, feedback.who) == (
+            result_id,
+            "confirmed",
+            "loopback (no token)",
+        )
+        assert feedback.comment == "segmental, right lower lobe"
+        audit = session.scalars(select(AuditEvent).where(AuditEvent.kind == "feedback")).one()
+        assert audit.detail["result_id"] == result_id and audit.detail["verdict"] == "confirmed"
+    assert "Confirmed PE" in client.get("/").text
+    assert client.get("/api/worklist").json()["rows"][0]["feedback"] == "confirmed"
+    page = client.get(f"/study/{uid}").text
+    assert "confirmed PE" in page and "segmental, right lower lobe" in page
+    # triage monitor reads the same table.
+    records = read_records(sessions.kw["bind"])
+    assert records is not None and [(r.flagged, r.verdict) for r in records] == [
+        (True, "confirmed")
+    ]
+    # A changed mind: the newest verdict shows.
+    client.post(f"/study/{uid}/feedback", data={CSRF_FIELD: token, "verdict": "rejected"})
+    assert "Rejected: no PE" in client.get("/").text
+    assert client.get("/api/worklist").json()["rows"][0]["feedback"] == "rejected"
+
+
+def test_a_post_without_the_matching_csrf_token_is_refused(tmp_path: Path) -> None:
+    _config, sessions, client = _setup(tmp_path)
+    uid, _ = _positive(sessions)
+    # No cookie and no field: what another site's form would send.
+    assert client.post(f"/study/{uid}/feedback", data={"verdict": "confirmed"}).status_code == 403
+    token = _csrf(client, uid)
+    # The cookie is there (the browser sends it) but the field is a guess.
+    refused = client.post(
+        f"/study/{uid}/feedback", data={CSRF_FIELD: token[:-2] + "xx", "verdict": "confirmed"}
+    )
+    assert refused.status_code == 403 and "CSRF" in refused.text
+    # A right token with a wrong verdict is a clear 400, and records nothing either.
+    bad = client.post(f"/study/{uid}/feedback", data={CSRF_FIELD: token, "verdict": "maybe"})
+    assert bad.status_code == 400 and "confirmed" in bad.text
+    with sessions() as session:
+        assert session.scalars(select(Feedback)).all() == []
+        assert session.scalars(select(AuditEvent)).all() == []
+
+
+def test_with_a_token_the_verdict_needs_it_and_records_the_token_as_who(tmp_path: Path) -> None:
+    _config, sessions, client = _setup(tmp_path, token="s3cret-token")
+    uid, _ = _positive(sessions)
+    assert client.get(f"/study/{uid}").status_code == 401
+    assert client.post(f"/study/{uid}/feedback", data={"verdict": "confirmed"}).status_code == 401
+    client.cookies.set(COOKIE_NAME, cookie_value("s3cret-token", int(utcnow().timestamp()) + 10**9))
+    token = _csrf(client, uid)
+    client.post(f"/study/{uid}/feedback", data={CSRF_FIELD: token, "verdict": "rejected"})
+    with sessions() as session:
+        assert session.scalars(select(Feedback.who)).one() == "web.token"
