@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from triage.config import Config
 from triage.db.models import (
     AuditEvent,
     Decision,
+    DeliveryState,
     Feedback,
     Instance,
     JobState,
@@ -24,6 +26,7 @@ from triage.db.models import (
     SeriesState,
     utcnow,
 )
+from triage.errors import ConfigError
 from triage.monitor import read_records
 from triage.storage.outbox import outbox_dir
 from triage.web import create_app
@@ -250,3 +253,99 @@ def test_with_a_token_the_verdict_needs_it_and_records_the_token_as_who(tmp_path
     client.post(f"/study/{uid}/feedback", data={CSRF_FIELD: token, "verdict": "rejected"})
     with sessions() as session:
         assert session.scalars(select(Feedback.who)).one() == "web.token"
+
+
+# --- the worklist's rows: identity, time since arrival, delivery meaning, viewer link ---
+
+
+NAME, PID = "DOE^JANE^IDENTITY", "PID-SECRET"
+
+
+def _named(sessions: sessionmaker[Session], minutes_ago: int = 14) -> str:
+    with sessions.begin() as session:
+        study = add_study(
+            session,
+            "ACC-N",
+            utcnow() - timedelta(minutes=minutes_ago, seconds=5),
+            Outcome(SeriesState.QUEUED, JobState.QUEUED),
+        )
+        study.patient_name = NAME
+        study.study_description = "CT PULMONARY ANGIOGRAM"
+        study.study_date = "20260301"
+        return study.study_instance_uid
+
+
+def test_without_a_token_patient_identity_is_hidden_by_default(tmp_path: Path) -> None:
+    _config, sessions, client = _setup(tmp_path)
+    uid = _named(sessions)
+    for response in (
+        client.get("/"),
+        client.get("/api/worklist"),
+        client.get("/metrics"),
+        client.get(f"/study/{uid}"),
+    ):
+        assert response.status_code == 200
+        assert NAME not in response.text and PID not in response.text
+    page = client.get("/").text
+    # Everything else of the row is there.
+    assert "CT PULMONARY ANGIOGRAM" in page and "2026-03-01" in page and "CTPA 1" in page
+    assert "14 min ago" in page
+    assert "nothing to send until the analysis ends" in page
+    assert f'href="/study/{uid}"' in page
+    assert "Viewer" not in page
+    row = client.get("/api/worklist").json()["rows"][0]
+    assert "patient_name" not in row and "patient_id" not in row
+    assert row["study_description"] == "CT PULMONARY ANGIOGRAM"
+
+
+def test_without_a_token_show_patient_identity_shows_it(tmp_path: Path) -> None:
+    _config, sessions, client = _setup(tmp_path, show_patient_identity=True)
+    uid = _named(sessions)
+    page = client.get("/").text
+    assert NAME in page and PID in page and "<th>Patient</th>" in page
+    assert NAME in client.get(f"/study/{uid}").text
+    row = client.get("/api/worklist").json()["rows"][0]
+    assert (row["patient_name"], row["patient_id"]) == (NAME, PID)
+    assert NAME not in client.get("/metrics").text
+
+
+def test_with_a_token_only_authenticated_readers_see_the_identity(tmp_path: Path) -> None:
+    _config, sessions, client = _setup(tmp_path, token="s3cret-token")
+    _named(sessions)
+    for path in ("/", "/api/worklist", "/metrics"):
+        refused = client.get(path)
+        assert refused.status_code == 401
+        assert NAME not in refused.text and PID not in refused.text
+    bearer = {"Authorization": "Bearer s3cret-token"}
+    assert NAME in client.get("/", headers=bearer).text
+    assert client.get("/api/worklist", headers=bearer).json()["rows"][0]["patient_id"] == PID
+    assert NAME not in client.get("/metrics", headers=bearer).text
+
+
+def test_the_viewer_link_fills_in_the_study_uid(tmp_path: Path) -> None:
+    template = "https://pacs.example/viewer?StudyInstanceUIDs={study_instance_uid}"
+    _config, sessions, client = _setup(tmp_path, viewer_url=template)
+    uid = _named(sessions)
+    assert f'href="https://pacs.example/viewer?StudyInstanceUIDs={uid}"' in client.get("/").text
+    with pytest.raises(ConfigError, match="only the placeholder"):
+        make_config(tmp_path, web={"viewer_url": "https://pacs/{patient_id}"})
+
+
+def test_a_sent_delivery_says_what_it_means(tmp_path: Path) -> None:
+    _config, sessions, client = _setup(tmp_path)
+    with sessions.begin() as session:
+        add_study(
+            session,
+            "ACC-S",
+            utcnow(),
+            Outcome(
+                SeriesState.QUEUED,
+                JobState.DONE,
+                Decision.ABSENT,
+                0.05,
+                deliveries=[("pacs", DeliveryState.DEAD, 5, "connection refused")],
+            ),
+        )
+    page = client.get("/").text
+    assert "dead (pacs: connection refused)" in page
+    assert "sending gave up; an admin resends with `triage retry`" in page

@@ -73,6 +73,8 @@ class Study(Base):
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     # Stored for the worklist only; never logged.
     patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(64))
+    study_description: Mapped[str | None] = mapped_column(String(64))
     accession_number: Mapped[str | None] = mapped_column(String(64))
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_time: Mapped[str | None] = mapped_column(String(16))

@@ -136,6 +136,9 @@ def create_app(
     registry = metrics_registry(sessions, alive)
 
     window = config.web.worklist_hours
+    # Patient name and ID: with a token every reader past the gate is authenticated;
+    # without one (loopback only) they show only when the site says so.
+    identity = bool(config.web.token) or config.web.show_patient_identity
 
     def listed_rows() -> list[WorklistRow]:
         since = utcnow() - timedelta(hours=window) if window is not None else None
@@ -143,7 +146,12 @@ def create_app(
 
     def worklist_page(request: Request) -> Response:
         context = worklist_context(
-            listed_rows(), refresh_seconds=refresh, now=utcnow(), window_hours=window
+            listed_rows(),
+            refresh_seconds=refresh,
+            now=utcnow(),
+            window_hours=window,
+            identity=identity,
+            viewer_url=config.web.viewer_url,
         )
         return templates.TemplateResponse(
             request,
@@ -157,7 +165,7 @@ def create_app(
         return JSONResponse(
             {
                 "generated_at": utcnow().isoformat(timespec="seconds") + "Z",
-                "rows": [r.to_json() for r in rows],
+                "rows": [r.to_json(identity) for r in rows],
             },
             headers=_PRIVATE,
         )
@@ -197,6 +205,7 @@ def create_app(
                 "study.html",
                 {
                     "view": view,
+                    "identity": identity,
                     "curve": curve_svg(view.curve),
                     "feedback": feedback.get(result.id) if result is not None else None,
                     "csrf_field": CSRF_FIELD,

@@ -89,6 +89,10 @@ class WorklistRow:
         Each destination's state, for the JSON API.
     feedback : str or None
         The latest radiologist's verdict on the result, ``confirmed`` or ``rejected``.
+    patient_name, patient_id : str or None
+        Shown only to readers allowed to see them (see :func:`WorklistRow.to_json`).
+    study_description, study_date : str or None
+        As the modality sent them (the date as DICOM ``YYYYMMDD``).
     """
 
     study_instance_uid: str
@@ -105,10 +109,23 @@ class WorklistRow:
     series_description: str | None
     deliveries: list[DeliveryStatus] = field(default_factory=list)
     feedback: str | None = None
+    patient_name: str | None = None
+    patient_id: str | None = None
+    study_description: str | None = None
+    study_date: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        """The row as the JSON API returns it; times are ISO 8601 UTC with a ``Z``."""
+    def to_json(self, identity: bool = False) -> dict[str, Any]:
+        """The row as the JSON API returns it; times are ISO 8601 UTC with a ``Z``.
+
+        ``patient_name`` and ``patient_id`` are in it only when ``identity`` is true.
+        """
+        identified = (
+            {"patient_name": self.patient_name, "patient_id": self.patient_id} if identity else {}
+        )
         return {
+            **identified,
+            "study_description": self.study_description,
+            "study_date": self.study_date,
             "study_instance_uid": self.study_instance_uid,
             "accession_number": self.accession_number,
             "arrived_at": self.arrived_at.isoformat(timespec="seconds") + "Z",
@@ -265,6 +282,7 @@ def summarise_deliveries(deliveries: list[Delivery]) -> str:
 
 def _row(study: Study, views: list[_SeriesView], verdicts: dict[int, str]) -> WorklistRow:
     best = min(views, key=lambda v: (v.relevance(), v.series.id)) if views else None
+
     if best is None:
         # The study row exists before its first series row commits.
         return WorklistRow(
@@ -280,6 +298,10 @@ def _row(study: Study, views: list[_SeriesView], verdicts: dict[int, str]) -> Wo
             detail=None,
             series_instance_uid=None,
             series_description=None,
+            patient_name=study.patient_name,
+            patient_id=study.patient_id,
+            study_description=study.study_description,
+            study_date=study.study_date,
         )
     return WorklistRow(
         study_instance_uid=study.study_instance_uid,
@@ -299,6 +321,10 @@ def _row(study: Study, views: list[_SeriesView], verdicts: dict[int, str]) -> Wo
             for d in sorted(best.deliveries, key=lambda d: d.destination)
         ],
         feedback=verdicts.get(best.result.id) if best.result is not None else None,
+        patient_name=study.patient_name,
+        patient_id=study.patient_id,
+        study_description=study.study_description,
+        study_date=study.study_date,
     )
 
 

@@ -1,4 +1,5 @@
-"""feedback: a radiologist's verdict on a result (confirmed or rejected), with who and when
+"""feedback: a radiologist's verdict on a result (confirmed or rejected), with who and
+when; studies.patient_name and studies.study_description, for the worklist
 
 Revision ID: 0006
 Revises: 0005
@@ -15,6 +16,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("studies", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("patient_name", sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column("study_description", sa.String(length=64), nullable=True))
     op.create_table(
         "feedback",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -38,3 +42,6 @@ def downgrade() -> None:
     with op.batch_alter_table("feedback", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_feedback_result_id"))
     op.drop_table("feedback")
+    with op.batch_alter_table("studies", schema=None) as batch_op:
+        batch_op.drop_column("study_description")
+        batch_op.drop_column("patient_name")
