@@ -271,8 +271,7 @@ class WebConfig(_Section):
             value.format(study_instance_uid="1.2.3")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(
-                "web.viewer_url may hold only the placeholder {study_instance_uid}, "
-                f"not {exc}"
+                f"web.viewer_url may hold only the placeholder {{study_instance_uid}}, not {exc}"
             ) from exc
         if not value.startswith(("https://", "http://")):
             raise ValueError("web.viewer_url must be an http:// or https:// address")

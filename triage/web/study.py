@@ -195,7 +195,7 @@ def curve_svg(curve: Curve, width: int = 720, height: int = 220) -> Markup:
             for x, p in zip(curve.positions_mm, curve.probabilities, strict=False)
         )
         parts.append(f'<polyline class="line" points="{points}"/>')
-        parts.append(f'<text class="tick" x="{left}" y="{height - 16}">{lo:.0f} mm</text>')
+        parts.append(f'<text class="tick start" x="{left}" y="{height - 16}">{lo:.0f} mm</text>')
         parts.append(
             f'<text class="tick end" x="{left + plot_w}" y="{height - 16}">{hi:.0f} mm</text>'
         )
