@@ -88,7 +88,7 @@ def test_worklist_in_headless_chromium(server: WebServer) -> None:
 
 
 def _key_image_pngs(folder: Path, slices: int = 3) -> list[dict[str, object]]:
-    """Key slice PNGs as the worker writes them: a window image, a lung-window image and
+    """Key slice PNGs and their entries as the worker writes them: a window image, a lung-window image and
     an RGBA heat map; drawn here (a chest-like disc and a hot spot), not from a model."""
     from PIL import Image, ImageDraw
 
@@ -107,9 +107,9 @@ def _key_image_pngs(folder: Path, slices: int = 3) -> list[dict[str, object]]:
         heat.save(folder / f"k{k}_overlay.png")
         entries.append(
             {
-                "image": f"k{k}.png",
-                "lung": f"k{k}_lung.png",
-                "overlay": f"k{k}_overlay.png",
+                "pe_window": f"k{k}.png",
+                "lung_window": f"k{k}_lung.png",
+                "heatmap": f"k{k}_overlay.png",
                 "sop_instance_uid": f"1.2.3.{k}",
                 "instance_number": 20 + k,
                 "position_mm": -120.0 + 2.5 * (20 + k),

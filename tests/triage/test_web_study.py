@@ -73,6 +73,36 @@ def _key_images(config: Config, result_id: int) -> Path:
     folder.mkdir(parents=True)
     for name in ("k0.png", "k0_lung.png", "k0_overlay.png"):
         (folder / name).write_bytes(PNG)
+    # key_images.json as the worker (triage.analyse.key_images) writes it.
+    index = {
+        "method": "grad-cam",
+        "threshold": 0.6,
+        "curve": [
+            {"sop_instance_uid": "1.2.1", "position_mm": -100.0, "probability": 0.1},
+            {"sop_instance_uid": "1.2.2", "position_mm": -95.0, "probability": 0.9},
+            {"sop_instance_uid": "1.2.3", "position_mm": -90.0, "probability": 0.2},
+        ],
+        "images": [
+            {
+                "sop_instance_uid": "1.2.3",
+                "instance_number": 42,
+                "position_mm": -87.5,
+                "probability": 0.93,
+                "pe_window": "k0.png",
+                "lung_window": "k0_lung.png",
+                "heatmap": "k0_overlay.png",
+            }
+        ],
+    }
+    (folder / "key_images.json").write_text(json.dumps(index))
+    return folder
+
+
+def _old_key_images(config: Config, result_id: int) -> Path:
+    folder = outbox_dir(config.data_dir, result_id) / "key_images"
+    folder.mkdir(parents=True)
+    for name in ("k0.png", "k0_lung.png", "k0_overlay.png"):
+        (folder / name).write_bytes(PNG)
     index = {
         "images": [
             {
@@ -118,12 +148,13 @@ def test_the_study_view_without_key_images_plots_the_result_rows_curve(tmp_path:
     assert client.get("/study/1.2.3.4.5.6").status_code == 404
 
 
+@pytest.mark.parametrize("layout", ["worker", "curve as a dict"])
 def test_the_study_view_shows_the_key_images_with_captions_overlay_and_curve(
-    tmp_path: Path,
+    tmp_path: Path, layout: str
 ) -> None:
     config, sessions, client = _setup(tmp_path)
     uid, result_id = _positive(sessions)
-    _key_images(config, result_id)
+    (_key_images if layout == "worker" else _old_key_images)(config, result_id)
     page = client.get(f"/study/{uid}").text
     assert f'src="/study/{uid}/key-images/k0.png"' in page
     assert f'data-lung="/study/{uid}/key-images/k0_lung.png"' in page

@@ -90,7 +90,7 @@ def read_key_images(data_dir: Path, result_id: int) -> tuple[list[KeyImage], Cur
     for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, dict):
             continue
-        image = _png(folder, _first(entry, "image", "file", "png", "mediastinal", "window"))
+        image = _png(folder, _first(entry, "pe_window", "image", "file", "png"))
         if image is None:
             continue
         number = _number(_first(entry, "instance_number", "InstanceNumber"))
@@ -109,14 +109,27 @@ def read_key_images(data_dir: Path, result_id: int) -> tuple[list[KeyImage], Cur
         )
     curve = None
     raw = _first(index, "curve", "slice_curve")
-    if isinstance(raw, dict):
+    threshold = _number(index.get("threshold"))
+    if isinstance(raw, list):
+        # The worker's form: one point per slice, {position_mm, probability, ...}.
+        points = [
+            (_number(p.get("position_mm")), _number(p.get("probability")))
+            for p in raw
+            if isinstance(p, dict)
+        ]
+        kept = sorted((x, p) for x, p in points if x is not None and p is not None)
+        curve = Curve([x for x, _ in kept], [p for _, p in kept], threshold)
+    elif isinstance(raw, dict):
         positions = _first(raw, "positions_mm", "position_mm", "positions")
         probabilities = _first(raw, "probabilities", "calibrated_probabilities")
         if isinstance(positions, list) and isinstance(probabilities, list):
             pairs = zip(positions, probabilities, strict=False)
             numbers = [(_number(x), _number(p)) for x, p in pairs]
             kept = [(x, p) for x, p in numbers if x is not None and p is not None]
-            curve = Curve([x for x, _ in kept], [p for _, p in kept], _number(raw.get("threshold")))
+            own = _number(raw.get("threshold"))
+            curve = Curve(
+                [x for x, _ in kept], [p for _, p in kept], own if own is not None else threshold
+            )
     return images, curve
 
 
