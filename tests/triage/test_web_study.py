@@ -191,6 +191,20 @@ def test_an_undetermined_result_shows_its_reason(tmp_path: Path) -> None:
     assert 'id="no-images"' in page and "(the model did not decide)" in page
 
 
+def test_an_undetermined_job_without_a_result_shows_its_reason(tmp_path: Path) -> None:
+    _config, sessions, client = _setup(tmp_path)
+    with sessions.begin() as session:
+        study = add_study(
+            session,
+            "ACC-J",
+            utcnow(),
+            Outcome(SeriesState.QUEUED, JobState.UNDETERMINED, reason="only 12 slices"),
+        )
+        uid = study.study_instance_uid
+    page = client.get(f"/study/{uid}").text
+    assert "Undetermined: only 12 slices" in page and "/feedback" not in page
+
+
 @pytest.mark.parametrize(
     "name",
     [

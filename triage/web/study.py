@@ -19,7 +19,7 @@ from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from triage.db.models import Instance, Result, Series, Study
+from triage.db.models import Instance, Job, JobState, Result, Series, SeriesState, Study
 from triage.storage.outbox import outbox_dir
 
 KEY_IMAGES_DIR = "key_images"
@@ -242,14 +242,40 @@ class StudyView:
     images: list[KeyImage]
     curve: Curve
     images_from_outbox: bool
+    # Before a result: where the study stands, and why (an undetermined job's reason).
+    status: str | None = None
 
 
 def study_view(session: Session, data_dir: Path, study: Study, result: Result | None) -> StudyView:
     """Gather the study view of ``study`` for its speaking ``result`` (None before one)."""
     if result is None:
-        return StudyView(study, None, None, [], Curve(), False)
+        return StudyView(study, None, None, [], Curve(), False, _status(session, study))
     images, curve = read_key_images(data_dir, result.id)
     if curve is None or not curve.positions_mm:
         curve = curve_from_result(session, result)
     series = session.get(Series, result.series_id)
     return StudyView(study, series, result, images, curve, bool(images))
+
+
+def _status(session: Session, study: Study) -> str:
+    """A study without a result: its most telling job's state and reason, in words."""
+    rows = session.execute(
+        select(Series.state, Series.skip_reason, Job.state, Job.reason, Job.error)
+        .outerjoin(Job, Job.series_id == Series.id)
+        .where(Series.study_id == study.id)
+    ).all()
+    for _series, _skip, job_state, reason, error in rows:
+        if job_state == JobState.UNDETERMINED:
+            return f"Undetermined: {reason or 'no reason recorded'}"
+        if job_state == JobState.FAILED:
+            text = " ".join((error or "no error recorded").split())[:200]
+            return f"The analysis failed: {text}"
+    for series_state, _skip, job_state, _reason, _error in rows:
+        if job_state in (JobState.QUEUED, JobState.RUNNING):
+            return "The analysis is queued or running."
+        if series_state == SeriesState.RECEIVING:
+            return "The series is still arriving."
+    skipped = [r for s, r, j, _, _ in rows if s == SeriesState.SKIPPED]
+    if rows and len(skipped) == len(rows):
+        return f"Nothing to analyse: {skipped[0] or 'every series was skipped'}"
+    return "This study has no result yet."
