@@ -88,8 +88,9 @@ def test_worklist_in_headless_chromium(server: WebServer) -> None:
 
 
 def _key_image_pngs(folder: Path, slices: int = 3) -> list[dict[str, object]]:
-    """Key slice PNGs and their entries as the worker writes them: a window image, a lung-window image and
-    an RGBA heat map; drawn here (a chest-like disc and a hot spot), not from a model."""
+    """Key slice PNGs and their entries as the worker writes them: a window image, a
+    lung-window image and an RGBA heat map; drawn here (a chest-like disc and a hot
+    spot), not by a model."""
     from PIL import Image, ImageDraw
 
     folder.mkdir(parents=True)
