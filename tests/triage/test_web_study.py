@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -394,3 +395,28 @@ def test_a_sent_delivery_says_what_it_means(tmp_path: Path) -> None:
     page = client.get("/").text
     assert "dead (pacs: connection refused)" in page
     assert "sending gave up; an admin resends with `triage retry`" in page
+
+
+def test_the_pages_log_no_identity_and_no_comment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    _config, sessions, client = _setup(tmp_path, token="s3cret-token")
+    uid = _named(sessions)
+    positive, _ = _positive(sessions)
+    client.headers["Authorization"] = "Bearer s3cret-token"
+    assert NAME in client.get("/").text
+    assert PID in client.get("/api/worklist").text
+    assert NAME in client.get(f"/study/{uid}").text
+    token = _csrf(client, positive)
+    sent = client.post(
+        f"/study/{positive}/feedback",
+        data={CSRF_FIELD: token, "verdict": "rejected", "comment": "COMMENT-SECRET"},
+        follow_redirects=False,
+    )
+    assert sent.status_code == 303
+    assert client.post(f"/study/{positive}/feedback", data={"verdict": "x"}).status_code == 403
+    logged = capsys.readouterr().out + capsys.readouterr().err + caplog.text
+    assert "web_feedback_recorded" in logged and "web_feedback_csrf_refused" in logged
+    for secret in (NAME, PID, "COMMENT-SECRET", "s3cret-token"):
+        assert secret not in logged, secret
