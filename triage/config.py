@@ -255,6 +255,27 @@ class WebConfig(_Section):
     # The worklist shows studies that received an instance in the last this many hours
     # (a month of studies would make every refresh read them all); null shows all.
     worklist_hours: float | None = Field(default=72, gt=0)
+    # Patient name and ID on the worklist and study view: always with web.token set
+    # (every reader is authenticated); without a token (loopback only) only when true.
+    show_patient_identity: bool = False
+    # A link per study to the hospital's viewer, e.g.
+    # https://pacs/viewer?StudyInstanceUIDs={study_instance_uid}
+    viewer_url: str | None = None
+
+    @field_validator("viewer_url")
+    @classmethod
+    def _viewer_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            value.format(study_instance_uid="1.2.3")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"web.viewer_url may hold only the placeholder {{study_instance_uid}}, not {exc}"
+            ) from exc
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("web.viewer_url must be an http:// or https:// address")
+        return value
 
     @field_validator("host")
     @classmethod

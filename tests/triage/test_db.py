@@ -16,7 +16,7 @@ def test_migrations_create_the_schema_and_are_idempotent(db_url: str) -> None:
     tables = set(inspect(engine).get_table_names())
     assert {"studies", "series", "instances", "jobs", "alembic_version"} <= tables
     with engine.connect() as conn:
-        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0005"
+        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0006"
     engine.dispose()
 
 
@@ -104,7 +104,7 @@ def test_the_json_columns_upgrade_keeps_the_rows_of_todays_schema(db_url: str) -
 
     migrate(engine)
     with engine.connect() as conn:
-        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0005"
+        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0006"
     if engine.dialect.name == "postgresql":
         types = {c["name"]: str(c["type"]) for c in inspect(engine).get_columns("results")}
         assert types["slice_probabilities"] == types["timings"] == "JSON"

@@ -10,11 +10,20 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import make_config, open_db
-from sqlalchemy import Column, DateTime, ForeignKey, Integer, MetaData, String, Table
+from sqlalchemy import Column, Integer, MetaData, Table
 
 from triage.cli import main
 from triage.db import create_db_engine
-from triage.db.models import Decision, Job, JobState, Result, Series, Study
+from triage.db.models import (
+    Decision,
+    Feedback,
+    Job,
+    JobState,
+    Result,
+    Series,
+    Study,
+    Verdict,
+)
 from triage.monitor import FlagRecord, read_records, weekly_ppv
 
 SHA = "ab" * 32
@@ -88,14 +97,24 @@ def _config_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_monitor_says_there_is_no_feedback_yet_without_a_feedback_table(
+def test_monitor_on_a_fresh_database_reports_no_flags_yet(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Migration 0006 makes the feedback table, so a fresh database has it, empty.
     config = _config_file(tmp_path)
     assert main(["monitor", "--config", str(config)]) == 0
-    assert capsys.readouterr().out.strip() == "no feedback yet: this database has no feedback table"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].split()[:5] == ["total", "0", "0", "0", "0"]
     assert main(["monitor", "--config", str(config), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["feedback"] is False
+    assert json.loads(capsys.readouterr().out)["feedback"] is True
+
+
+def test_read_records_is_none_on_a_database_without_a_feedback_table(tmp_path: Path) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    metadata = MetaData()
+    Table("results", metadata, Column("id", Integer, primary_key=True))
+    metadata.create_all(engine)
+    assert read_records(engine) is None
 
 
 def test_monitor_reads_the_latest_verdict_per_result_from_the_database(
@@ -122,31 +141,38 @@ def test_monitor_reads_the_latest_verdict_per_result_from_the_database(
                     created_at=at("2026-03-04"),
                 )
             )
-    engine = create_db_engine(config.database_url)
-    metadata = MetaData()
-    Table("results", metadata, autoload_with=engine)
-    # The table as the feedback issue will add it: one row per verdict, the latest counts.
-    feedback = Table(
-        "feedback",
-        metadata,
-        Column("id", Integer, primary_key=True),
-        Column("result_id", ForeignKey("results.id")),
-        Column("verdict", String(16)),
-        Column("created_at", DateTime),
-        Column("user", String(64)),
-    )
-    metadata.create_all(engine, tables=[feedback])
-    with engine.begin() as connection:
-        connection.execute(
-            feedback.insert(),
+    # The rows as the study view's verdict form records them (triage.web.feedback).
+    with sessions.begin() as session:
+        session.add_all(
             [
                 # Result 1 was first rejected, then confirmed: the later verdict counts.
-                {"result_id": 1, "verdict": "rejected", "created_at": at("2026-03-04", 13)},
-                {"result_id": 1, "verdict": "confirmed", "created_at": at("2026-03-04", 15)},
-                {"result_id": 2, "verdict": "rejected", "created_at": at("2026-03-05")},
-                {"result_id": 4, "verdict": "confirmed", "created_at": at("2026-03-05")},
-            ],
+                Feedback(
+                    result_id=1,
+                    verdict=Verdict.REJECTED,
+                    who="web.token",
+                    created_at=at("2026-03-04", 13),
+                ),
+                Feedback(
+                    result_id=1,
+                    verdict=Verdict.CONFIRMED,
+                    who="web.token",
+                    created_at=at("2026-03-04", 15),
+                ),
+                Feedback(
+                    result_id=2,
+                    verdict=Verdict.REJECTED,
+                    who="web.token",
+                    created_at=at("2026-03-05"),
+                ),
+                Feedback(
+                    result_id=4,
+                    verdict=Verdict.CONFIRMED,
+                    who="web.token",
+                    created_at=at("2026-03-05"),
+                ),
+            ]
         )
+    engine = create_db_engine(config.database_url)
     records = read_records(engine)
     assert records is not None
     assert sorted((r.flagged, r.verdict or "") for r in records) == [

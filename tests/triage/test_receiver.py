@@ -29,6 +29,7 @@ def _assoc(port: int, calling: str = "TESTSCU", contexts: list[str] | None = Non
 def test_store_writes_file_and_row_before_success(start_receiver, db_url: str) -> None:
     rx = start_receiver(db_url)
     ds = ct_slice("1.2.3.4", "1.2.3.4.5", 0)
+    ds.StudyDescription = "CT PULMONARY ANGIOGRAM"
     assoc = _assoc(rx.port)
     status = assoc.send_c_store(ds)
     assoc.release()
@@ -49,6 +50,8 @@ def test_store_writes_file_and_row_before_success(start_receiver, db_url: str) -
         study = s.scalar(select(Study))
         assert study is not None
         assert study.accession_number == ds.AccessionNumber  # kept for the worklist
+        assert study.patient_name == str(ds.PatientName) and study.patient_id == ds.PatientID
+        assert study.study_description == "CT PULMONARY ANGIOGRAM"
     # No temp file is left beside it.
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 

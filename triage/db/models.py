@@ -73,6 +73,8 @@ class Study(Base):
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     # Stored for the worklist only; never logged.
     patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(64))
+    study_description: Mapped[str | None] = mapped_column(String(64))
     accession_number: Mapped[str | None] = mapped_column(String(64))
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_time: Mapped[str | None] = mapped_column(String(16))
@@ -236,6 +238,31 @@ class AuditEvent(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Verdict(enum.StrEnum):
+    """A radiologist's verdict on a result: the flag was right, or there is no PE."""
+
+    CONFIRMED = "confirmed"
+    REJECTED = "rejected"
+
+
+class Feedback(Base):
+    """A radiologist's verdict on one result, from the study view; the latest one counts.
+
+    ``triage monitor`` reads ``result_id``, ``verdict`` and ``created_at`` for the
+    positive predictive value per week.
+    """
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id", ondelete="CASCADE"), index=True)
+    verdict: Mapped[Verdict] = mapped_column(_enum(Verdict, "verdict"))
+    comment: Mapped[str | None] = mapped_column(Text)
+    # The login or token name the verdict came with.
+    who: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -48,6 +48,8 @@ class InstanceHeader:
     columns: int | None
     # Kept for the worklist; never logged.
     patient_id: str | None
+    patient_name: str | None
+    study_description: str | None
     accession_number: str | None
     study_date: str | None
     study_time: str | None
@@ -207,6 +209,8 @@ def parse_header(source: bytes | BinaryIO | Path) -> InstanceHeader:
             rows=_int(ds, "Rows", vr="US"),
             columns=_int(ds, "Columns", vr="US"),
             patient_id=_text(ds, "PatientID"),
+            patient_name=_text(ds, "PatientName"),
+            study_description=_text(ds, "StudyDescription"),
             # Not cut to SH's 16 characters: a shortened accession number could match
             # another order in the RIS. The column holds 64.
             accession_number=_text(ds, "AccessionNumber", 64),

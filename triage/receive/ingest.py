@@ -166,6 +166,8 @@ def record_instances(session: Session, items: Sequence[ReceivedInstance]) -> Non
             item,
             {
                 "patient_id": h.patient_id,
+                "patient_name": h.patient_name,
+                "study_description": h.study_description,
                 "accession_number": h.accession_number,
                 "study_date": h.study_date,
                 "study_time": h.study_time,

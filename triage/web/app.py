@@ -7,24 +7,44 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from triage.config import Config
-from triage.db.models import utcnow
+from triage.db.models import Study, utcnow
 from triage.logs import get_logger
 from triage.web.auth import TokenGate
+from triage.web.feedback import (
+    CSRF_COOKIE,
+    CSRF_FIELD,
+    FeedbackError,
+    csrf_cookie,
+    csrf_matches,
+    latest_feedback,
+    new_csrf_token,
+    parse_form,
+    record_feedback,
+    study_result,
+)
 from triage.web.health import check_health
 from triage.web.metrics import metrics_registry, render_metrics
-from triage.web.page import STATIC_DIR, templates, worklist_context
+from triage.web.page import FOOTER, STATIC_DIR, templates, worklist_context
+from triage.web.study import curve_svg, key_image_path, study_view
 from triage.web.worklist import WorklistRow, worklist_rows
 
 if TYPE_CHECKING:
@@ -46,6 +66,8 @@ _CSP = (
     "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+# The study view posts its verdict form to itself.
+_STUDY_CSP = _CSP.replace("form-action 'none'", "form-action 'self'")
 
 
 class NoFraming:
@@ -114,6 +136,9 @@ def create_app(
     registry = metrics_registry(sessions, alive)
 
     window = config.web.worklist_hours
+    # Patient name and ID: with a token every reader past the gate is authenticated;
+    # without one (loopback only) they show only when the site says so.
+    identity = bool(config.web.token) or config.web.show_patient_identity
 
     def listed_rows() -> list[WorklistRow]:
         since = utcnow() - timedelta(hours=window) if window is not None else None
@@ -121,7 +146,12 @@ def create_app(
 
     def worklist_page(request: Request) -> Response:
         context = worklist_context(
-            listed_rows(), refresh_seconds=refresh, now=utcnow(), window_hours=window
+            listed_rows(),
+            refresh_seconds=refresh,
+            now=utcnow(),
+            window_hours=window,
+            identity=identity,
+            viewer_url=config.web.viewer_url,
         )
         return templates.TemplateResponse(
             request,
@@ -135,7 +165,7 @@ def create_app(
         return JSONResponse(
             {
                 "generated_at": utcnow().isoformat(timespec="seconds") + "Z",
-                "rows": [r.to_json() for r in rows],
+                "rows": [r.to_json(identity) for r in rows],
             },
             headers=_PRIVATE,
         )
@@ -154,6 +184,78 @@ def create_app(
             media_type=CONTENT_TYPE_LATEST,
             headers={"Cache-Control": "no-store"},
         )
+
+    def who(_request: Request) -> str:
+        # Every request past the token gate carries the token; without one the page is
+        # open on loopback only, so the verdict is the loopback user's.
+        return "web.token" if config.web.token else "loopback (no token)"
+
+    def study_page(request: Request) -> Response:
+        uid = request.path_params["uid"]
+        with sessions() as session:
+            study = session.scalars(select(Study).where(Study.study_instance_uid == uid)).first()
+            if study is None:
+                return PlainTextResponse("no such study\n", status_code=404, headers=_PRIVATE)
+            result = study_result(session, uid)
+            view = study_view(session, config.data_dir, study, result)
+            feedback = latest_feedback(session, [result.id]) if result is not None else {}
+            token = csrf_cookie(request.headers.get("cookie", "")) or new_csrf_token()
+            response = templates.TemplateResponse(
+                request,
+                "study.html",
+                {
+                    "view": view,
+                    "identity": identity,
+                    "curve": curve_svg(view.curve),
+                    "feedback": feedback.get(result.id) if result is not None else None,
+                    "csrf_field": CSRF_FIELD,
+                    "csrf_token": token,
+                    "error": request.query_params.get("error"),
+                    "footer": FOOTER,
+                },
+                headers={**_PRIVATE, "Content-Security-Policy": _STUDY_CSP},
+            )
+        response.set_cookie(
+            CSRF_COOKIE,
+            token,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/study",
+        )
+        return response
+
+    async def study_feedback(request: Request) -> Response:
+        uid = request.path_params["uid"]
+        try:
+            form = parse_form(await request.body())
+        except FeedbackError as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=400, headers=_PRIVATE)
+        if not csrf_matches(csrf_cookie(request.headers.get("cookie", "")), form.get(CSRF_FIELD)):
+            log.warning("web_feedback_csrf_refused")
+            return PlainTextResponse(
+                "the form's CSRF token does not match this browser's; reload the study "
+                "view and send it again\n",
+                status_code=403,
+                headers=_PRIVATE,
+            )
+        try:
+            result_id = record_feedback(
+                sessions, uid, form.get("verdict", ""), form.get("comment"), who(request)
+            )
+        except FeedbackError as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=400, headers=_PRIVATE)
+        log.info("web_feedback_recorded", result_id=result_id, verdict=form.get("verdict"))
+        return RedirectResponse(f"/study/{uid}", status_code=303, headers=_PRIVATE)
+
+    def key_image(request: Request) -> Response:
+        uid, name = request.path_params["uid"], request.path_params["name"]
+        with sessions() as session:
+            result = study_result(session, uid)
+        path = key_image_path(config.data_dir, result.id, name) if result is not None else None
+        if path is None:
+            return PlainTextResponse("no such image\n", status_code=404, headers=_PRIVATE)
+        return FileResponse(path, media_type="image/png", headers=_PRIVATE)
 
     def database_error(_request: Request, exc: Exception) -> Response:
         # Only the first line: driver messages can carry the failing statement's values.
@@ -175,6 +277,9 @@ def create_app(
             Route("/", worklist_page),
             Mount("/static", _Revalidated(directory=STATIC_DIR), name="static"),
             Route("/api/worklist", worklist_json),
+            Route("/study/{uid}", study_page),
+            Route("/study/{uid}/feedback", study_feedback, methods=["POST"]),
+            Route("/study/{uid}/key-images/{name}", key_image),
             Route("/healthz", healthz),
             Route("/metrics", metrics),
         ],

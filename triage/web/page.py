@@ -39,6 +39,53 @@ def _clock(value: datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _ago(value: datetime, now: datetime) -> str:
+    """How long ago ``value`` was, as a reader says it: "just now", "14 min ago"."""
+    seconds = (now - value).total_seconds()
+    if seconds < 60:
+        return "just now"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min ago"
+    hours = minutes // 60
+    if hours < 48:
+        return f"{hours} h {minutes % 60} min ago" if hours < 6 else f"{hours} h ago"
+    return f"{hours // 24} days ago"
+
+
+def _dicom_date(value: str | None) -> str:
+    """A DICOM DA (``YYYYMMDD``) as ``YYYY-MM-DD``; anything else as sent."""
+    if value and len(value) == 8 and value.isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    return value or ""
+
+
+#: What each delivery state means, for the cell's explanation.
+_DELIVERY_MEANINGS = {
+    "sent": "the report reached every destination",
+    "pending": "the report is queued to be sent",
+    "retrying": "a destination did not take the report; it is tried again",
+    "dead": "sending gave up; an admin resends with `triage retry`",
+}
+
+#: Why a row without deliveries has none, by its state.
+_NO_DELIVERY_MEANINGS = {
+    "receiving": "nothing to send: the series is still arriving",
+    "queued": "nothing to send until the analysis ends",
+    "analysing": "nothing to send until the analysis ends",
+    "done": "no destination is configured",
+    "undetermined": "no destination is configured",
+    "failed": "nothing sent: the analysis failed",
+    "skipped": "nothing to send: no series to analyse",
+}
+
+
+def _delivery_meaning(row: WorklistRow) -> str:
+    if not row.delivery:
+        return _NO_DELIVERY_MEANINGS.get(row.state, "nothing to send")
+    return _DELIVERY_MEANINGS[_worst_delivery_state(row)]
+
+
 def _worst_delivery_state(row: WorklistRow) -> str:
     """The state that colours a row's delivery summary: the worst of its deliveries."""
     return next(
@@ -55,6 +102,9 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["clock"] = _clock
     env.filters["worst_delivery_state"] = _worst_delivery_state
+    env.filters["delivery_meaning"] = _delivery_meaning
+    env.filters["dicom_date"] = _dicom_date
+    env.globals["ago"] = _ago
     return env
 
 
@@ -67,6 +117,8 @@ def worklist_context(
     refresh_seconds: int,
     now: datetime,
     window_hours: float | None = None,
+    identity: bool = False,
+    viewer_url: str | None = None,
 ) -> dict[str, Any]:
     """What ``worklist.html`` shows.
 
@@ -81,8 +133,14 @@ def worklist_context(
     window_hours : float, optional
         The list holds the studies of this many past hours (the page says so); all
         studies when ``None``.
+    identity : bool
+        Whether the reader may see patient names and IDs.
+    viewer_url : str, optional
+        ``web.viewer_url``: a link per study to the hospital's viewer.
     """
     return {
+        "identity": identity,
+        "viewer_url": viewer_url,
         "rows": rows,
         "refresh_seconds": int(refresh_seconds),
         "now": now,
@@ -100,10 +158,17 @@ def render_worklist(
     refresh_seconds: int,
     now: datetime,
     window_hours: float | None = None,
+    identity: bool = False,
+    viewer_url: str | None = None,
 ) -> str:
     """The whole worklist page as a string (the app answers with the same template)."""
     context = worklist_context(
-        rows, refresh_seconds=refresh_seconds, now=now, window_hours=window_hours
+        rows,
+        refresh_seconds=refresh_seconds,
+        now=now,
+        window_hours=window_hours,
+        identity=identity,
+        viewer_url=viewer_url,
     )
     return templates.get_template("worklist.html").render(context)
 

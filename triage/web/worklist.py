@@ -20,6 +20,7 @@ from triage.db.models import (
     Decision,
     Delivery,
     DeliveryState,
+    Feedback,
     Job,
     JobState,
     Result,
@@ -86,6 +87,12 @@ class WorklistRow:
         That series' description, which tells a reader which reconstruction was read.
     deliveries : list of DeliveryStatus
         Each destination's state, for the JSON API.
+    feedback : str or None
+        The latest radiologist's verdict on the result, ``confirmed`` or ``rejected``.
+    patient_name, patient_id : str or None
+        Shown only to readers allowed to see them (see :func:`WorklistRow.to_json`).
+    study_description, study_date : str or None
+        As the modality sent them (the date as DICOM ``YYYYMMDD``).
     """
 
     study_instance_uid: str
@@ -101,10 +108,24 @@ class WorklistRow:
     series_instance_uid: str | None
     series_description: str | None
     deliveries: list[DeliveryStatus] = field(default_factory=list)
+    feedback: str | None = None
+    patient_name: str | None = None
+    patient_id: str | None = None
+    study_description: str | None = None
+    study_date: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        """The row as the JSON API returns it; times are ISO 8601 UTC with a ``Z``."""
+    def to_json(self, identity: bool = False) -> dict[str, Any]:
+        """The row as the JSON API returns it; times are ISO 8601 UTC with a ``Z``.
+
+        ``patient_name`` and ``patient_id`` are in it only when ``identity`` is true.
+        """
+        identified = (
+            {"patient_name": self.patient_name, "patient_id": self.patient_id} if identity else {}
+        )
         return {
+            **identified,
+            "study_description": self.study_description,
+            "study_date": self.study_date,
             "study_instance_uid": self.study_instance_uid,
             "accession_number": self.accession_number,
             "arrived_at": self.arrived_at.isoformat(timespec="seconds") + "Z",
@@ -120,6 +141,7 @@ class WorklistRow:
             "detail": self.detail,
             "series_instance_uid": self.series_instance_uid,
             "series_description": self.series_description,
+            "feedback": self.feedback,
             "deliveries": [
                 {
                     "destination": d.destination,
@@ -258,8 +280,9 @@ def summarise_deliveries(deliveries: list[Delivery]) -> str:
     return "; ".join(parts)
 
 
-def _row(study: Study, views: list[_SeriesView]) -> WorklistRow:
+def _row(study: Study, views: list[_SeriesView], verdicts: dict[int, str]) -> WorklistRow:
     best = min(views, key=lambda v: (v.relevance(), v.series.id)) if views else None
+
     if best is None:
         # The study row exists before its first series row commits.
         return WorklistRow(
@@ -275,6 +298,10 @@ def _row(study: Study, views: list[_SeriesView]) -> WorklistRow:
             detail=None,
             series_instance_uid=None,
             series_description=None,
+            patient_name=study.patient_name,
+            patient_id=study.patient_id,
+            study_description=study.study_description,
+            study_date=study.study_date,
         )
     return WorklistRow(
         study_instance_uid=study.study_instance_uid,
@@ -293,6 +320,11 @@ def _row(study: Study, views: list[_SeriesView]) -> WorklistRow:
             DeliveryStatus(d.destination, d.state.value, d.attempts, _shorten(d.last_error))
             for d in sorted(best.deliveries, key=lambda d: d.destination)
         ],
+        feedback=verdicts.get(best.result.id) if best.result is not None else None,
+        patient_name=study.patient_name,
+        patient_id=study.patient_id,
+        study_description=study.study_description,
+        study_date=study.study_date,
     )
 
 
@@ -372,6 +404,17 @@ def worklist_rows(
         for d in session.scalars(select(Delivery).where(Delivery.result_id.in_(latest_ids))):
             deliveries[d.result_id].append(d)
 
+        # Each shown result's newest verdict (a radiologist may change their mind).
+        newest_feedback = (
+            select(func.max(Feedback.id))
+            .where(Feedback.result_id.in_(latest_ids))
+            .group_by(Feedback.result_id)
+            .scalar_subquery()
+        )
+        verdicts = {
+            f.result_id: f.verdict.value
+            for f in session.scalars(select(Feedback).where(Feedback.id.in_(newest_feedback)))
+        }
         rows = []
         for study in studies:
             views = []
@@ -385,5 +428,5 @@ def worklist_rows(
                         deliveries=deliveries.get(result.id, []) if result else [],
                     )
                 )
-            rows.append(_row(study, views))
+            rows.append(_row(study, views, verdicts))
     return order_rows(rows)
