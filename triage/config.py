@@ -208,6 +208,9 @@ class WorkerConfig(_Section):
     max_attempts: int = Field(default=3, ge=1)
     # How often an idle worker looks for a queued job.
     poll_seconds: float = Field(default=1.0, gt=0)
+    # Flagged slices (most probable first) that get a Grad-CAM heat map and key images in
+    # the result's outbox for the study view, after the result is stored; 0: none.
+    heatmap_slices: int = Field(default=8, ge=0)
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> WorkerConfig:

@@ -7,7 +7,9 @@
 2. predict and decide (:func:`~triage.analyse.decide.analyse`);
 3. build the SR and KOS (:func:`~triage.analyse.reports.build_reports`);
 4. store the result, its reports and deliveries, and finish the job, in one
-   transaction (:func:`~triage.analyse.store.store_result`).
+   transaction (:func:`~triage.analyse.store.store_result`);
+5. only then, so that the flag never waits for them, make the study view's key images:
+   heat maps of the top flagged slices (:mod:`~triage.analyse.key_images`).
 
 A failed attempt gives the job back (``queued`` again, or ``failed`` once its attempts
 run out). Nothing here imports TensorFlow; the predictor is handed in already loaded.
@@ -30,6 +32,7 @@ from triage.analyse.decide import (
     apply_thresholds,
     flag_slices,
 )
+from triage.analyse.key_images import make_key_images
 from triage.analyse.lease import Heartbeat
 from triage.analyse.reports import ALGORITHM_NAME, build_reports, read_headers
 from triage.analyse.store import store_result
@@ -83,6 +86,7 @@ class Worker:
         self.predictor = predictor
         self.worker_id = worker_id or worker_id_for()
         self.thresholds = config.thresholds
+        self._explainers: dict[int, Any] = {}
         self.heartbeat = Heartbeat(
             sessions, config.worker, self.worker_id, predictor.device, predictor.backend
         )
@@ -174,6 +178,53 @@ class Worker:
             deliveries=stored.destinations,
             reason=outcome.reason,
             seconds=round((outcome.timings or {}).get("total", 0.0), 3),
+        )
+        if outcome.slice_probabilities and headers:
+            self._key_images(stored.result_id, files, headers, outcome, bound)
+
+    def _key_images(
+        self,
+        result_id: int,
+        files: list[Path],
+        headers: list[Any],
+        outcome: Any,
+        bound: Any,
+    ) -> None:
+        """Write the study view's key images of a stored result (see the module doc).
+
+        A failure is logged and costs the result nothing: its reports and flag stand.
+        """
+        top_k = self.config.worker.heatmap_slices
+        if top_k > 0 and not hasattr(self.predictor, "slice_cnns"):
+            bound.warning("key_images_skipped", reason="the predictor has no slice CNNs")
+            top_k = 0
+        try:
+            written = make_key_images(
+                self.predictor,
+                files,
+                headers,
+                outcome,
+                self.config.data_dir,
+                result_id,
+                top_k,
+                self._explainers,
+            )
+        except Exception as err:
+            bound.error(
+                "key_images_failed",
+                result_id=result_id,
+                error=describe_error(err),
+                frames=error_frames(err),
+            )
+            return
+        if written.folder is None:
+            bound.warning("key_images_skipped", result_id=result_id, reason="outbox unpublished")
+            return
+        bound.info(
+            "key_images_written",
+            result_id=result_id,
+            images=len(written.images),
+            seconds=round(written.seconds, 3),
         )
 
     def _series_files(self, claim: Claim) -> tuple[str, str, list[Path]]:
