@@ -300,6 +300,10 @@ class DicomDestination(_DicomPeer):
     type: Literal["dicom"]
     tls: bool = False
     ca_certificate: Path | None = None
+    # Positives also get the summary Secondary Capture series (the probability curve and
+    # the key slices with their heat maps), for viewers that show no SR or KOS. Their
+    # SR and KOS then wait for the heat maps (at most worker.lease_seconds).
+    send_secondary_capture: bool = False
 
 
 class HL7Destination(_Section):

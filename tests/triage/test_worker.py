@@ -392,6 +392,96 @@ def test_no_heat_maps_with_heatmap_slices_0_and_a_failure_costs_the_result_nothi
     assert sorted(p.name for p in outbox.iterdir()) == ["kos.dcm", "sr.dcm"]
 
 
+def test_a_pacs_that_asks_for_it_gets_the_secondary_capture_series_with_sr_and_kos(
+    tmp_path: Path, db_url: str, predictor: Any, study_files: list[Path], monkeypatch: Any
+) -> None:
+    from dispatch_helpers import Received, start_store_scp
+    from pydicom.uid import (
+        Comprehensive3DSRStorage,
+        KeyObjectSelectionDocumentStorage,
+        SecondaryCaptureImageStorage,
+    )
+
+    from triage.analyse import worker as worker_module
+    from triage.analyse.key_images import make_key_images
+    from triage.dispatch import dispatch_due
+
+    with_sc, without_sc = Received(), Received()
+    scp_with = start_store_scp(0, with_sc, extra_sop_classes=(SecondaryCaptureImageStorage,))
+    scp_without = start_store_scp(0, without_sc, extra_sop_classes=(SecondaryCaptureImageStorage,))
+    try:
+        destinations = [
+            {
+                "name": "viewer",
+                "type": "dicom",
+                "ae_title": "PACS",
+                "host": "127.0.0.1",
+                "port": scp_with.server_address[1],
+                "send_secondary_capture": True,
+            },
+            {
+                "name": "pacs",
+                "type": "dicom",
+                "ae_title": "PACS",
+                "host": "127.0.0.1",
+                "port": scp_without.server_address[1],
+            },
+        ]
+        config = _config(
+            tmp_path,
+            db_url,
+            destinations=destinations,
+            thresholds={"stack": 0.0, "slice": 0.0, "max_flagged_slices": 5},
+            worker={"heatmap_slices": 2},
+        )
+        sessions = open_db(config)
+        job_id = _spool_and_queue(config, sessions, study_files)
+        while_making: dict[str, bool] = {}
+
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            # While the heat maps are made, the result and the other PACS's delivery are
+            # committed and due; this one's waits for the series.
+            with sessions() as session:
+                for row in session.scalars(select(Delivery)):
+                    while_making[row.destination] = row.next_attempt_at <= utcnow()
+            return make_key_images(*args, **kwargs)
+
+        monkeypatch.setattr(worker_module, "make_key_images", watched)
+        assert Worker(config, sessions, predictor, "host:1").run_once()
+        assert while_making == {"viewer": False, "pacs": True}
+        (result,) = _results(sessions, job_id)
+        # The worker let the held delivery go once the series was written.
+        with sessions() as session:
+            due = {d.destination: d.next_attempt_at for d in session.scalars(select(Delivery))}
+        assert max(due.values()) <= utcnow()
+        assert dispatch_due(sessions, config) == 2
+    finally:
+        scp_with.shutdown()
+        scp_without.shutdown()
+
+    index = json.loads(
+        (config.data_dir / "outbox" / str(result.id) / "key_images" / "key_images.json").read_text()
+    )
+    sc_uids = [e["sop_instance_uid"] for e in index["secondary_capture"]]
+    assert len(sc_uids) == 3  # the curve page and the two key slices
+    reports = [
+        (Comprehensive3DSRStorage, result.sr_sop_instance_uid),
+        (KeyObjectSelectionDocumentStorage, result.kos_sop_instance_uid),
+    ]
+    assert sorted(with_sc.stored) == sorted(
+        reports + [(SecondaryCaptureImageStorage, uid) for uid in sc_uids]
+    )
+    assert sorted(without_sc.stored) == sorted(reports)
+    source = dcmread(study_files[0], stop_before_pixels=True)
+    sc = dcmread(config.data_dir / "outbox" / str(result.id) / "key_images" / "sc_02.dcm")
+    assert sc.StudyInstanceUID == source.StudyInstanceUID
+    assert sc.SeriesInstanceUID not in (
+        source.SeriesInstanceUID,
+        dcmread(config.data_dir / "outbox" / str(result.id) / "sr.dcm").SeriesInstanceUID,
+    )
+    assert "NOT FOR DIAGNOSTIC USE" in sc.SeriesDescription
+
+
 def test_the_report_uses_the_headers_the_predictor_read(
     tmp_path: Path, predictor: Any, study_files: list[Path]
 ) -> None:

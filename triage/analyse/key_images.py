@@ -11,6 +11,11 @@ each slice is written to the result's outbox folder (``key_images/``, see
 - the heat map as an RGBA overlay: the jet colour, its opacity the map's value (zero where
   the model did not look), for the study view to lay over either window at any opacity.
 
+For a positive that a DICOM destination wants it for (``send_secondary_capture``), the
+summary Secondary Capture series (:mod:`triage.report.secondary_capture`) is built from
+the same heat maps and written with them (``sc_NN.dcm``, listed in the index); the
+dispatcher sends it with the SR and KOS.
+
 ``key_images.json`` indexes them (per image: SOP Instance UID, instance number, slice
 position in mm, calibrated probability) and holds the per-slice probability curve with the
 slice threshold. The outbox outlives the spool (``retention.outbox_days``), so the study
@@ -36,7 +41,16 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from triage.analyse.decide import Outcome
-from triage.report.secondary_capture import jet, positions_mm, slice_hu
+from triage.analyse.reports import analysis_result, builder_options, encode
+from triage.config import ReportConfig
+from triage.report.secondary_capture import (
+    KeySlice,
+    build_secondary_capture,
+    jet,
+    positions_mm,
+    slice_hu,
+)
+from triage.report.source import conformant_header
 from triage.storage.outbox import KEY_IMAGES_INDEX, write_key_images
 
 PE_WINDOW = (100.0, 700.0)
@@ -58,12 +72,21 @@ class KeyImage:
 
 
 @dataclass(frozen=True)
+class SecondaryCaptureRequest:
+    """What building the Secondary Capture series needs besides the key images."""
+
+    report: ReportConfig
+    bundle: Any
+
+
+@dataclass(frozen=True)
 class KeyImagesWritten:
     """What :func:`make_key_images` wrote, and what it cost."""
 
     folder: Path | None
     images: list[KeyImage]
     seconds: float
+    secondary_capture: int = 0
 
 
 def windowed(hu: NDArray[np.floating], centre: float, width: float) -> NDArray[np.uint8]:
@@ -202,6 +225,8 @@ def make_key_images(
     result_id: int,
     top_k: int,
     cache: dict[int, Any],
+    secondary_capture: SecondaryCaptureRequest | None = None,
+    bound: Any = None,
 ) -> KeyImagesWritten:
     """Explain the top-K flagged slices and write the key images of a committed result.
 
@@ -219,15 +244,52 @@ def make_key_images(
         At most this many slices get a heat map.
     cache : dict
         Keeps the explainer between jobs (the worker's).
+    secondary_capture : SecondaryCaptureRequest, optional
+        Also build the summary Secondary Capture series (a positive with key images).
+    bound : BoundLogger, optional
+        The job's logger, for the header repairs of the Secondary Capture.
     """
     started = time.perf_counter()
     heatmaps = explain(predictor, files, outcome, top_k, cache)
     images = key_images(heatmaps, files, headers)
     content = index(outcome, headers, images)
-    files_out = {KEY_IMAGES_INDEX: json.dumps(content, indent=1).encode()}
+    files_out: dict[str, bytes] = {}
     for entry, image in zip(content["images"], images, strict=True):
         files_out[entry["pe_window"]] = _png(windowed(image.hu, *PE_WINDOW), "L")
         files_out[entry["lung_window"]] = _png(windowed(image.hu, *LUNG_WINDOW), "L")
         files_out[entry["heatmap"]] = _png(overlay(image.heatmap), "RGBA")
+    content["secondary_capture"] = []
+    if secondary_capture is not None and images:
+        for number, dataset in enumerate(
+            _secondary_capture(secondary_capture, outcome, headers, images, result_id, bound),
+            start=1,
+        ):
+            name = f"sc_{number:02d}.dcm"
+            files_out[name] = encode(dataset)
+            content["secondary_capture"].append(
+                {"file": name, "sop_instance_uid": str(dataset.SOPInstanceUID)}
+            )
+    files_out[KEY_IMAGES_INDEX] = json.dumps(content, indent=1).encode()
     folder = write_key_images(data_dir, result_id, files_out)
-    return KeyImagesWritten(folder, images, time.perf_counter() - started)
+    return KeyImagesWritten(
+        folder, images, time.perf_counter() - started, len(content["secondary_capture"])
+    )
+
+
+def _secondary_capture(
+    request: SecondaryCaptureRequest,
+    outcome: Outcome,
+    headers: Sequence[Dataset],
+    images: Sequence[KeyImage],
+    result_id: int,
+    bound: Any,
+) -> list[Dataset]:
+    """The summary series: the curve page, then each key slice with its heat map."""
+    analysis = analysis_result(f"result-{result_id}", outcome, request.bundle)
+    patient_study = conformant_header(headers[0], bound)
+    keys = [KeySlice(i.sop_instance_uid, i.hu, i.heatmap) for i in images]
+    return list(
+        build_secondary_capture(
+            analysis, headers, keys, **builder_options(request.report, patient_study)
+        )
+    )

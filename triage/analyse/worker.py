@@ -32,13 +32,14 @@ from triage.analyse.decide import (
     apply_thresholds,
     flag_slices,
 )
-from triage.analyse.key_images import make_key_images
+from triage.analyse.key_images import SecondaryCaptureRequest, make_key_images
 from triage.analyse.lease import Heartbeat
 from triage.analyse.reports import ALGORITHM_NAME, build_reports, read_headers
 from triage.analyse.store import store_result
 from triage.config import Config, ThresholdsConfig
-from triage.db.models import Instance, Job
+from triage.db.models import Instance, Job, utcnow
 from triage.logs import describe_error, error_frames, get_logger
+from triage.states import delivery as delivery_state
 from triage.states.job import Claim, claim_job, release_claim, worker_id_for
 
 __all__ = [
@@ -163,7 +164,7 @@ class Worker:
             return
         if stored is None:
             return
-        if stored.destinations and self.on_deliveries is not None:
+        if set(stored.destinations) - set(stored.held) and self.on_deliveries is not None:
             self.on_deliveries()
         bound.info(
             "job_done",
@@ -180,7 +181,14 @@ class Worker:
             seconds=round((outcome.timings or {}).get("total", 0.0), 3),
         )
         if outcome.slice_probabilities and headers:
-            self._key_images(stored.result_id, files, headers, outcome, bound)
+            self._key_images(stored.result_id, files, headers, outcome, bool(stored.held), bound)
+        if stored.held:
+            # Written or not, the SR and KOS of those destinations go now.
+            with self.sessions() as session:
+                delivery_state.release_held(session, stored.result_id, stored.held, utcnow())
+                session.commit()
+            if self.on_deliveries is not None:
+                self.on_deliveries()
 
     def _key_images(
         self,
@@ -188,6 +196,7 @@ class Worker:
         files: list[Path],
         headers: list[Any],
         outcome: Any,
+        secondary_capture: bool,
         bound: Any,
     ) -> None:
         """Write the study view's key images of a stored result (see the module doc).
@@ -208,6 +217,10 @@ class Worker:
                 result_id,
                 top_k,
                 self._explainers,
+                SecondaryCaptureRequest(self.config.report, self.predictor.bundle)
+                if secondary_capture
+                else None,
+                bound,
             )
         except Exception as err:
             bound.error(
@@ -224,6 +237,7 @@ class Worker:
             "key_images_written",
             result_id=result_id,
             images=len(written.images),
+            secondary_capture=written.secondary_capture,
             seconds=round(written.seconds, 3),
         )
 
