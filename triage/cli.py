@@ -272,7 +272,7 @@ def _run(args: argparse.Namespace) -> int:
         return _monitor(engine, args.since, args.json)
     from triage.status import collect_status, format_status
 
-    status = collect_status(session_factory(engine))
+    status = collect_status(session_factory(engine), config.destinations)
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
 
