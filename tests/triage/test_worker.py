@@ -332,6 +332,7 @@ def test_key_images_of_the_top_flagged_slices_are_written_after_the_result(
         result.flagged_sop_instance_uids[:3]
     )
     assert index["threshold"] == 0.0
+    assert 0 < index["seconds"]["heatmaps"] <= index["seconds"]["total"]
     sources = {}
     for path in study_files:
         header = dcmread(path)
@@ -366,7 +367,7 @@ def test_no_heat_maps_with_heatmap_slices_0_and_a_failure_costs_the_result_nothi
 ) -> None:
     from triage.analyse import key_images
 
-    thresholds = {"stack": 0.0, "slice": 0.0}
+    thresholds: dict[str, float] = {"stack": 0.0, "slice": 0.0}
     config = _config(tmp_path / "a", db_url, thresholds=thresholds, worker={"heatmap_slices": 0})
     sessions = open_db(config)
     job_id = _spool_and_queue(config, sessions, study_files)
@@ -390,6 +391,19 @@ def test_no_heat_maps_with_heatmap_slices_0_and_a_failure_costs_the_result_nothi
     assert _deliveries(sessions, result.id) == ["pacs", "ris"]
     outbox = config.data_dir / "outbox" / str(result.id)
     assert sorted(p.name for p in outbox.iterdir()) == ["kos.dcm", "sr.dcm"]
+    monkeypatch.undo()
+
+    # Never more heat maps than flagged slices (8 asked for, 1 flagged).
+    thresholds["max_flagged_slices"] = 1
+    config = _config(tmp_path / "c", None, thresholds=thresholds)
+    sessions = open_db(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+    assert Worker(config, sessions, predictor, "host:1").run_once()
+    (result,) = _results(sessions, job_id)
+    folder = config.data_dir / "outbox" / str(result.id) / "key_images"
+    index = json.loads((folder / "key_images.json").read_text())
+    assert [i["sop_instance_uid"] for i in index["images"]] == result.flagged_sop_instance_uids
+    assert len(index["images"]) == 1
 
 
 def test_a_pacs_that_asks_for_it_gets_the_secondary_capture_series_with_sr_and_kos(
