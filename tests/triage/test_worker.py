@@ -305,7 +305,7 @@ def test_positive_job_stores_result_reports_and_a_delivery_per_destination(
 
 
 def test_key_images_of_the_top_flagged_slices_are_written_after_the_result(
-    tmp_path: Path, db_url: str, predictor: Any, study_files: list[Path]
+    tmp_path: Path, db_url: str, predictor: Any, study_files: list[Path], monkeypatch: Any
 ) -> None:
     from PIL import Image
 
@@ -320,6 +320,11 @@ def test_key_images_of_the_top_flagged_slices_are_written_after_the_result(
     )
     sessions = open_db(config)
     job_id = _spool_and_queue(config, sessions, study_files)
+
+    def not_again(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the heat maps use the model input the prediction kept")
+
+    monkeypatch.setattr("model.preprocess.preprocess_series", not_again)
     assert Worker(config, sessions, predictor, "host:1").run_once()
     (result,) = _results(sessions, job_id)
     folder = config.data_dir / "outbox" / str(result.id) / "key_images"

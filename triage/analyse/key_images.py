@@ -129,15 +129,17 @@ def explain(
 ) -> list[Any]:
     """Grad-CAM heat maps (``model.explain.SliceHeatmap``) of the top-K flagged slices.
 
-    The series is preprocessed again: the predictor keeps no preprocessed volume, and
-    this runs after the flag has gone, when time no longer counts.
+    On the model input the prediction was made on; where the predictor kept none, the
+    series is preprocessed again.
     """
     from model.preprocess import preprocess_series
 
     probabilities = outcome.slice_probabilities or {}
     if top_k <= 0 or not probabilities or not outcome.flagged:
         return []
-    series = preprocess_series(files, predictor.preprocess_config)
+    series = outcome.series
+    if series is None:
+        series = preprocess_series(files, predictor.preprocess_config)
     # Never more than were flagged: the same ranking, so the explained slices are flagged.
     explanation = _explainer(predictor, cache).explain(
         series,
@@ -274,8 +276,8 @@ def make_key_images(
             content["secondary_capture"].append(
                 {"file": name, "sop_instance_uid": str(dataset.SOPInstanceUID)}
             )
-    # What they cost, for benchmarks/latency.py: the heat maps (preprocessing the series
-    # again, Grad-CAM) and everything (with the PNGs and the Secondary Capture).
+    # What they cost, for benchmarks/latency.py: the heat maps (Grad-CAM) and everything
+    # (with reading the key slices, the PNGs and the Secondary Capture).
     content["seconds"] = {"heatmaps": explained, "total": time.perf_counter() - started}
     files_out[KEY_IMAGES_INDEX] = json.dumps(content, indent=1).encode()
     folder = write_key_images(data_dir, result_id, files_out)
