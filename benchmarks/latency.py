@@ -14,7 +14,10 @@ Columns: the stages of the end-to-end time, ``triage-model predict``'s own time 
 same series (its ``timings.total``: read, preprocess, CNN, sequence model; not the
 process start), ``vs-predict`` = (end-to-end - predict) / predict, and ``non-model`` =
 (end-to-end - the worker's model stage) / predict, which is what the daemon adds
-whatever the two model runs' own variation. The last row holds the medians.
+whatever the two model runs' own variation; ``heat-maps`` is what the worker spends on the
+study view's Grad-CAM heat maps after the SR is stored (``worker.heatmap_slices`` slices,
+on the model input the prediction kept; from ``key_images.json``), and ``heat/model`` that
+against the worker's model stage. The last row holds the medians.
 """
 
 from __future__ import annotations
@@ -145,13 +148,19 @@ def main() -> int:
                 time.sleep(0.05)
             sr_at = arrivals[study_uid]
             db = sqlite3.connect(work / "var" / "triage.db")
-            completed, result_at, timings = db.execute(
-                "SELECT s.completed_at, r.created_at, r.timings FROM series s "
+            completed, result_at, timings, result_id = db.execute(
+                "SELECT s.completed_at, r.created_at, r.timings, r.id FROM series s "
                 "JOIN studies st ON st.id = s.study_id JOIN results r ON r.series_id = s.id "
                 "WHERE st.study_instance_uid = ? ORDER BY r.id DESC LIMIT 1",
                 (study_uid,),
             ).fetchone()
             t = json.loads(timings)
+            # The key images come after the SR; wait for them.
+            index = work / "var" / "outbox" / str(result_id) / "key_images" / "key_images.json"
+            deadline = time.time() + 300
+            while not index.exists() and time.time() < deadline:
+                time.sleep(0.1)
+            heatmaps = json.loads(index.read_text())["seconds"]["heatmaps"]
             predict = subprocess.run(
                 [
                     sys.executable,
@@ -179,6 +188,7 @@ def main() -> int:
                     "result_to_sr": sr_at - _epoch(result_at),
                     "predict_total": p["total"],
                     "predict_cnn": p["cnn"],
+                    "heatmaps": heatmaps,
                 }
             )
     finally:
@@ -208,12 +218,15 @@ def main() -> int:
         ),
         "predict-CLI": lambda r: r["predict_total"],
         "its-CNN": lambda r: r["predict_cnn"],
+        # after the SR: the study view's heat maps (not part of end-to-end)
+        "heat-maps": lambda r: r["heatmaps"],
     }
     ratios = {
         # what the daemon adds over `triage-model predict` on the same series
         "vs-predict": lambda r: (r["end_to_end"] - r["predict_total"]) / r["predict_total"],
         # everything but the worker's own model stage, against the predict CLI's time
         "non-model": lambda r: (r["end_to_end"] - r["model"]) / r["predict_total"],
+        "heat/model": lambda r: r["heatmaps"] / r["model"],
     }
     print("  ".join(f"{h:>11}" for h in [*columns, *ratios]))
 

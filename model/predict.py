@@ -80,6 +80,10 @@ class Prediction:
     headers : list of pydicom.Dataset
         The source slices' datasets without pixel data, cranial first, for a report on
         the series (left out of :meth:`to_dict`).
+    series : PreprocessedSeries or None
+        The model input the prediction was made on, for heat maps of it
+        (:mod:`model.explain`) without preprocessing the series again (left out of
+        :meth:`to_dict`).
     """
 
     stack_probability: float
@@ -98,6 +102,7 @@ class Prediction:
     device: str = "CPU"
     backend: str = "tensorflow"
     headers: list[Dataset] = field(default_factory=list, repr=False)
+    series: PreprocessedSeries | None = field(default=None, repr=False, compare=False)
 
     @property
     def positive(self) -> bool:
@@ -107,8 +112,8 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready mapping of every field, plus ``positive``."""
         # Without the headers: they are not JSON, and asdict would deep-copy them.
-        data = asdict(replace(self, headers=[]))
-        del data["headers"]
+        data = asdict(replace(self, headers=[], series=None))
+        del data["headers"], data["series"]
         data["positive"] = self.positive
         return data
 
@@ -420,4 +425,5 @@ class Predictor:
             device=self.device,
             backend=self.backend,
             headers=series.headers,
+            series=series,
         )

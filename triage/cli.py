@@ -159,11 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the whole loop on this machine with synthetic studies",
         description="Start a receiving PACS (Orthanc if installed, else a built-in receiver), "
         "the daemon with the shipped demo bundle on a temporary folder, send a positive and a "
-        "negative synthetic CTPA, and print the worklist and where the SRs landed. The demo "
-        "bundle was trained on synthetic phantoms only: not for clinical use.",
+        "negative synthetic CTPA, and print the worklist and, per study, its study-view URL and "
+        "the SR, KOS and summary images that landed in the PACS. The servers stay up until "
+        "Ctrl-C. The demo bundle was trained on synthetic phantoms only: not for clinical use.",
     )
     p.add_argument(
-        "--keep-running", action="store_true", help="leave the daemon and PACS running until Ctrl-C"
+        "--keep-running",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="leave the daemon and PACS running until Ctrl-C (the default); "
+        "--no-keep-running stops them once the results are printed",
     )
     p.add_argument(
         "--bundle", type=Path, help="weight bundle to use (default: the shipped demo bundle)"
@@ -272,7 +277,7 @@ def _run(args: argparse.Namespace) -> int:
         return _monitor(engine, args.since, args.json)
     from triage.status import collect_status, format_status
 
-    status = collect_status(session_factory(engine))
+    status = collect_status(session_factory(engine), config.destinations)
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
 

@@ -208,6 +208,9 @@ class WorkerConfig(_Section):
     max_attempts: int = Field(default=3, ge=1)
     # How often an idle worker looks for a queued job.
     poll_seconds: float = Field(default=1.0, gt=0)
+    # Flagged slices (most probable first) that get a Grad-CAM heat map and key images in
+    # the result's outbox for the study view, after the result is stored; 0: none.
+    heatmap_slices: int = Field(default=8, ge=0)
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> WorkerConfig:
@@ -318,6 +321,10 @@ class DicomDestination(_DicomPeer):
     type: Literal["dicom"]
     tls: bool = False
     ca_certificate: Path | None = None
+    # Positives also get the summary Secondary Capture series (the probability curve and
+    # the key slices with their heat maps), for viewers that show no SR or KOS. Their
+    # SR and KOS then wait for the heat maps (at most worker.lease_seconds).
+    send_secondary_capture: bool = False
 
 
 class HL7Destination(_Section):

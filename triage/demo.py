@@ -2,8 +2,10 @@
 
 It starts a receiving PACS (Debian's Orthanc if installed, else a small built-in Storage
 SCP), the daemon with the shipped demo bundle on a temporary folder, sends a positive and
-a negative synthetic CTPA, waits for the results, and prints the worklist and where the
-Structured Reports landed. The demo bundle was trained on synthetic phantoms only.
+a negative synthetic CTPA, waits for the results, and prints the worklist and, per
+study, its study-view URL and the SR, KOS and summary Secondary Capture series that landed
+in the PACS. The servers stay up until Ctrl-C (``--no-keep-running`` stops them at once).
+The demo bundle was trained on synthetic phantoms only.
 """
 
 from __future__ import annotations
@@ -22,15 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Comprehensive3DSRStorage,
     ComprehensiveSRStorage,
     KeyObjectSelectionDocumentStorage,
+    SecondaryCaptureImageStorage,
 )
 
 from triage.config import DEMO_BUNDLE
 from triage.errors import TriageError
+from triage.report.sr import SERIES_DESCRIPTION
 from triage.send import send_files
 
 ORTHANC = Path("/usr/sbin/Orthanc")
@@ -79,24 +84,38 @@ class _Pacs:
         if self.server is not None:
             self.server.shutdown()
 
-    def landed(self) -> list[str]:
+    def landed(self, with_urls: bool) -> dict[str, list[str]]:
+        """The triage's series in the PACS (SR, KOS, Secondary Capture), by Study Instance
+        UID; with Orthanc's URL of each while Orthanc runs."""
+        by_study: dict[str, list[str]] = {}
         if self.orthanc is not None:
-            auth = "Basic " + base64.b64encode(b"demo:demo").decode()
-            req = urllib.request.Request(
-                f"http://127.0.0.1:{self.http_port}/series?expand", headers={"Authorization": auth}
-            )
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                series = json.loads(resp.read())
-            lines = []
-            for s in series:
+            studies = {
+                s["ID"]: s["MainDicomTags"]["StudyInstanceUID"] for s in self._get("studies")
+            }
+            for s in self._get("series"):
                 tags = s["MainDicomTags"]
-                if tags.get("Modality") in ("SR", "KO"):
-                    lines.append(
-                        f"{tags['Modality']} {tags.get('SeriesDescription', '')}  "
-                        f"(http://127.0.0.1:{self.http_port}/series/{s['ID']})"
-                    )
-            return lines
-        return [str(p) for p in self.received]
+                modality, description = tags.get("Modality", ""), tags.get("SeriesDescription", "")
+                if modality not in ("SR", "KO") and description != SERIES_DESCRIPTION:
+                    continue
+                line = f"{modality} {description} ({len(s['Instances'])} instances)"
+                if with_urls:
+                    line += f"  http://127.0.0.1:{self.http_port}/app/explorer.html#series?uuid={s['ID']}"
+                by_study.setdefault(studies[s["ParentStudy"]], []).append(line)
+            return by_study
+        for path in self.received:
+            ds = dcmread(path, stop_before_pixels=True)
+            by_study.setdefault(str(ds.StudyInstanceUID), []).append(
+                f"{ds.get('Modality', '')} {ds.get('SeriesDescription', '')}  {path}"
+            )
+        return by_study
+
+    def _get(self, what: str) -> list[dict[str, Any]]:
+        auth = "Basic " + base64.b64encode(b"demo:demo").decode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/{what}?expand", headers={"Authorization": auth}
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return list(json.loads(resp.read()))
 
 
 def _start_pacs(folder: Path) -> _Pacs:
@@ -143,6 +162,7 @@ def _start_pacs(folder: Path) -> _Pacs:
         Comprehensive3DSRStorage,
         ComprehensiveSRStorage,
         KeyObjectSelectionDocumentStorage,
+        SecondaryCaptureImageStorage,
     ):
         ae.add_supported_context(uid)
     pacs.server = ae.start_server(
@@ -180,8 +200,13 @@ def _print_worklist(web_port: int) -> None:
         )
 
 
-def run_demo(keep_running: bool = False, timeout: float = 900, bundle: Path | None = None) -> int:
-    """Run the demo; return 0 once both studies are analysed and their SRs delivered."""
+def run_demo(keep_running: bool = True, timeout: float = 900, bundle: Path | None = None) -> int:
+    """Run the demo; return 0 once both studies are analysed and their SRs delivered.
+
+    With ``keep_running`` the PACS and the daemon stay up until Ctrl-C, so the printed
+    worklist, study-view and PACS URLs can be opened; without, everything stops at once
+    and no URL is printed for a server that is gone.
+    """
     from model.synthetic import StudyParams, generate_study, write_study
 
     folder = Path(tempfile.mkdtemp(prefix="triage-demo-"))
@@ -209,6 +234,7 @@ def run_demo(keep_running: bool = False, timeout: float = 900, bundle: Path | No
                 "ae_title": "ORTHANC",
                 "host": "127.0.0.1",
                 "port": pacs.port,
+                "send_secondary_capture": True,
             },
         ],
         "logging": {"format": "json", "level": "INFO"},
@@ -227,9 +253,12 @@ def run_demo(keep_running: bool = False, timeout: float = 900, bundle: Path | No
             f"daemon: DICOM TRIAGE@127.0.0.1:{receiver_port}, worklist "
             f"http://127.0.0.1:{web_port}/, log {folder / 'daemon.log'}"
         )
+        kinds: dict[str, str] = {}  # Study Instance UID: which study it is
         for seed, positive in DEMO_STUDIES:
             phantom = generate_study(seed, StudyParams(positive=positive))
             written = write_study(phantom, folder / "studies")
+            header = dcmread(written.axial.paths[0], stop_before_pixels=True)
+            kinds[str(header.StudyInstanceUID)] = "with emboli" if positive else "without emboli"
             sent = send_files(
                 [written.axial.paths[0].parent], "127.0.0.1", receiver_port, "DEMOSCU", "TRIAGE"
             )
@@ -247,11 +276,17 @@ def run_demo(keep_running: bool = False, timeout: float = 900, bundle: Path | No
                 raise TriageError(f"the demo did not finish in {timeout:g} s; see {folder}")
             time.sleep(1)
         _print_worklist(web_port)
-        print("\nStructured Reports and Key Object Selections in the PACS:")
-        for line in pacs.landed():
-            print(f"  {line}")
+        print("\nStructured Reports, Key Object Selections and summary images in the PACS:")
+        landed = pacs.landed(with_urls=keep_running)
+        for study_uid, kind in kinds.items():
+            print(f"  study {kind} ({study_uid}):")
+            if keep_running:
+                print(f"    study view  http://127.0.0.1:{web_port}/study/{study_uid}")
+            for line in landed.get(study_uid, []) or ["nothing"]:
+                print(f"    {line}")
         if keep_running:
-            print("\nrunning; Ctrl-C stops everything")
+            print(f"\nworklist: http://127.0.0.1:{web_port}/   PACS: {pacs.describe}")
+            print("running; Ctrl-C stops everything")
             with contextlib.suppress(KeyboardInterrupt):
                 daemon.wait()
         return 0
@@ -260,5 +295,4 @@ def run_demo(keep_running: bool = False, timeout: float = 900, bundle: Path | No
             daemon.terminate()
             daemon.wait(60)
         pacs.stop()
-        if not keep_running:
-            print(f"\nstopped; everything is in {folder} (remove it with rm -rf)")
+        print(f"\nstopped; everything is in {folder} (remove it with rm -rf)")

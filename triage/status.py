@@ -1,20 +1,55 @@
-"""``triage status``: what the queue holds, for admins and for scripts."""
+"""``triage status``: what the queue holds, for admins and for scripts.
+
+A series' ``state`` is where it really is: once queued, its job's state (``running``,
+``done``, ``undetermined``, ``failed``); ``series_state`` keeps the series' own state
+machine value. Each delivery says what went (for a DICOM destination the SR and KOS by
+SOP Instance UID, and the Secondary Capture series where it was sent), where, and when.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage.db.models import Delivery, DeliveryState, Instance, Job, Result, Series, Study
+from triage.config import DicomDestination
+from triage.db.models import (
+    Decision,
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    Result,
+    Series,
+    SeriesState,
+    Study,
+)
 
 
 def _iso(value: Any) -> str | None:
     return value.isoformat(timespec="seconds") if value is not None else None
 
 
-def _result(result: Result | None) -> dict[str, Any] | None:
+def _objects(result: Result, destination: Any) -> list[str]:
+    """What a delivery to ``destination`` carries (see triage.dispatch)."""
+    if isinstance(destination, DicomDestination):
+        objects = []
+        if result.sr_sop_instance_uid:
+            objects.append(f"SR {result.sr_sop_instance_uid}")
+        if result.decision == Decision.PRESENT and result.kos_sop_instance_uid:
+            objects.append(f"KOS {result.kos_sop_instance_uid}")
+        if destination.send_secondary_capture and result.decision == Decision.PRESENT:
+            objects.append("Secondary Capture series, if its heat maps were made")
+        return objects
+    kind = getattr(destination, "type", None)
+    return {"hl7": ["ORU^R01"], "ups": ["UPS workitem"], "webhook": ["JSON POST"]}.get(
+        str(kind), []
+    )
+
+
+def _result(result: Result | None, destinations: dict[str, Any]) -> dict[str, Any] | None:
     if result is None:
         return None
     return {
@@ -29,10 +64,15 @@ def _result(result: Result | None) -> dict[str, Any] | None:
         "bundle": f"{result.bundle_name} {result.bundle_version}",
         "bundle_sha256": result.bundle_sha256,
         "created_at": _iso(result.created_at),
+        "sr_sop_instance_uid": result.sr_sop_instance_uid,
+        "kos_sop_instance_uid": result.kos_sop_instance_uid,
         "deliveries": [
             {
                 "destination": d.destination,
+                "type": getattr(destinations.get(d.destination), "type", None),
+                "objects": _objects(result, destinations.get(d.destination)),
                 "state": d.state.value,
+                "sent_at": _iso(d.sent_at),
                 "attempts": d.attempts,
                 "next_attempt_at": _iso(d.next_attempt_at)
                 if d.state is DeliveryState.RETRYING
@@ -46,12 +86,25 @@ def _result(result: Result | None) -> dict[str, Any] | None:
     }
 
 
-def collect_status(sessions: sessionmaker[Session]) -> dict[str, Any]:
+def shown_state(series: Series) -> str:
+    """The series' state as an admin means it: a queued series' job state once it has one."""
+    if series.state == SeriesState.QUEUED and series.job is not None:
+        return series.job.state.value
+    return series.state.value
+
+
+def collect_status(
+    sessions: sessionmaker[Session], destinations: Sequence[Any] = ()
+) -> dict[str, Any]:
     """Studies with their series, jobs and latest results, plus counts by state.
+
+    ``destinations`` (the configuration's) name what each delivery carries; one missing
+    from them (renamed since) is shown without.
 
     Patient ID and accession number are left out on purpose: this output is pasted into
     tickets and chats. The worklist shows them to radiologists.
     """
+    by_name = {d.name: d for d in destinations}
     with sessions() as session:
         # Images the retention sweep let go are not missing: they served their purpose.
         missing = dict(
@@ -79,7 +132,8 @@ def collect_status(sessions: sessionmaker[Session]) -> dict[str, Any]:
                         "series_number": s.series_number,
                         "modality": s.modality,
                         "series_description": s.series_description,
-                        "state": s.state.value,
+                        "state": shown_state(s),
+                        "series_state": s.state.value,
                         "skip_reason": s.skip_reason,
                         "instances": s.instance_count,
                         "missing_instances": missing.get(s.id, 0),
@@ -94,7 +148,7 @@ def collect_status(sessions: sessionmaker[Session]) -> dict[str, Any]:
                             "error": job.error,
                             "attempts": job.attempts,
                         },
-                        "result": _result(latest.get(s.id)),
+                        "result": _result(latest.get(s.id), by_name),
                     }
                 )
             out_studies.append(
@@ -128,6 +182,10 @@ def collect_status(sessions: sessionmaker[Session]) -> dict[str, Any]:
     }
 
 
+def _number(value: float | None) -> str:
+    return "?" if value is None else f"{value:g}"
+
+
 def format_status(status: dict[str, Any]) -> str:
     """A plain-text rendering of :func:`collect_status` for a terminal."""
     c = status["counts"]
@@ -149,12 +207,12 @@ def format_status(status: dict[str, Any]) -> str:
             desc = s["series_description"] or ""
             state = s["state"] + (f" ({s['skip_reason']})" if s["skip_reason"] else "")
             job = s["job"]
-            job_text = f"  job {job['job_id']} {job['state']}" if job else ""
+            job_text = f"  job {job['job_id']}" if job else ""
             result = s["result"]
             if result is not None:
                 probability = result["stack_probability"]
                 job_text += f"  PE {result['decision']}" + (
-                    f" (p={probability:.3f}, threshold {result['threshold_stack']:g})"
+                    f" (p={probability:.3f}, threshold {_number(result['threshold_stack'])})"
                     if probability is not None
                     else f" ({result['reason']})"
                 )
@@ -171,5 +229,7 @@ def format_status(status: dict[str, Any]) -> str:
                 extra = (
                     f" after {d['attempts']} attempts: {d['last_error']}" if d["last_error"] else ""
                 )
-                lines.append(f"    delivery {d['destination']}: {d['state']}{extra}")
+                when = f" at {d['sent_at']}" if d["sent_at"] else ""
+                lines.append(f"    delivery {d['destination']}: {d['state']}{when}{extra}")
+                lines.extend(f"      {item}" for item in d["objects"])
     return "\n".join(lines)

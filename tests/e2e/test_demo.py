@@ -11,7 +11,7 @@ import pytest
 @pytest.mark.timeout(600)
 def test_triage_demo_puts_the_study_with_emboli_first() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "triage.cli", "demo"],
+        [sys.executable, "-m", "triage.cli", "demo", "--no-keep-running"],
         capture_output=True,
         text=True,
         timeout=580,
@@ -24,7 +24,13 @@ def test_triage_demo_puts_the_study_with_emboli_first() -> None:
     rows = [line for line in text.splitlines() if " done " in line]
     assert len(rows) == 2, text
     assert "PE suspected" in rows[0] and "PE suspected" not in rows[1], text
-    # Both SRs, and the positive study's KOS, landed in the PACS.
-    landed = text.split("Key Object Selections in the PACS:")[1].split("stopped;")[0]
-    kinds = sorted(line.split()[0] for line in landed.splitlines() if line.strip())
-    assert kinds == ["KO", "SR", "SR"], text
+    # Each study's SR landed in the PACS, and the positive's KOS and summary images, each
+    # line under its study.
+    landed = text.split("summary images in the PACS:")[1].split("stopped;")[0]
+    studies = landed.split("  study ")[1:]
+    assert [s.split()[0:2] for s in studies] == [["with", "emboli"], ["without", "emboli"]], text
+    kinds = [
+        sorted(line.split()[0] for line in s.splitlines()[1:] if line.strip()) for s in studies
+    ]
+    assert kinds == [["KO", "OT", "SR"], ["SR"]], text
+    assert "http://" not in landed  # the servers are stopped: no URL to a dead server

@@ -1,5 +1,6 @@
 """End to end: a PACS (Debian's Orthanc) forwards CTPAs with the shipped Lua script, the
-daemon analyses them and sends back SR + KOS, the RIS gets one ORU.
+daemon analyses them and sends back SR + KOS (and the positive's summary Secondary Capture
+series), the RIS gets one ORU.
 
 Everything is real and on loopback: Orthanc, dcmtk's storescu as the modality, the
 ``triage serve`` process with its TensorFlow inference worker running the shipped demo
@@ -139,6 +140,7 @@ def orthanc_and_daemon(tmp_path: Path) -> Iterator[tuple[Orthanc, Daemon, MLLPLi
                 "ae_title": "ORTHANC",
                 "host": "127.0.0.1",
                 "port": orthanc.dicom_port,
+                "send_secondary_capture": True,
             },
             {"name": "ris", "type": "hl7", "host": "127.0.0.1", "port": ris.port},
         ],
@@ -235,8 +237,15 @@ def test_pacs_round_trip(
     }
     positive = dcmread(next(studies["positive"].iterdir()), stop_before_pixels=True)
     accession = positive.AccessionNumber
-    assert modalities[uid_of["positive"]] == ["CT", "KO", "SR"]
+    # The positive also has the summary Secondary Capture series (OT): the curve page and
+    # one image per key slice.
+    assert modalities[uid_of["positive"]] == ["CT", "KO", "OT", "SR"]
     assert modalities[uid_of["negative"]] == ["CT", "SR"]
+    (sc_series,) = [
+        s for s in orthanc.get("/series?expand") if s["MainDicomTags"].get("Modality") == "OT"
+    ]
+    assert "NOT FOR DIAGNOSTIC USE" in sc_series["MainDicomTags"]["SeriesDescription"]
+    assert len(sc_series["Instances"]) >= 2
 
     # Exactly one ORU, for the positive study, keyed on its accession number.
     _wait(lambda: ris.messages, 60, "the ORU")

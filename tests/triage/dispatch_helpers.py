@@ -180,10 +180,12 @@ def start_store_scp(
     ae_title: str = "PACS",
     ssl_context: ssl.SSLContext | None = None,
     transfer_syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian),
+    extra_sop_classes: tuple[str, ...] = (),
 ) -> ThreadedAssociationServer:
-    """A Storage SCP for SR and KOS on ``port`` (0 for any free one)."""
+    """A Storage SCP for SR and KOS (and ``extra_sop_classes``) on ``port`` (0 for any
+    free one)."""
     ae = AE(ae_title=ae_title)
-    for sop in (Comprehensive3DSRStorage, KeyObjectSelectionDocumentStorage):
+    for sop in (Comprehensive3DSRStorage, KeyObjectSelectionDocumentStorage, *extra_sop_classes):
         ae.add_supported_context(sop, list(transfer_syntaxes))
     return ae.start_server(
         ("127.0.0.1", port),

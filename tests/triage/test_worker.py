@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from daemon_proc import Daemon
@@ -303,6 +304,215 @@ def test_positive_job_stores_result_reports_and_a_delivery_per_destination(
     assert not Worker(config, sessions, predictor, "host:1").run_once()
 
 
+def test_key_images_of_the_top_flagged_slices_are_written_after_the_result(
+    tmp_path: Path, db_url: str, predictor: Any, study_files: list[Path], monkeypatch: Any
+) -> None:
+    from PIL import Image
+
+    from triage.analyse.key_images import LUNG_WINDOW, PE_WINDOW, windowed
+    from triage.report.secondary_capture import slice_hu
+
+    config = _config(
+        tmp_path,
+        db_url,
+        thresholds={"stack": 0.0, "slice": 0.0, "max_flagged_slices": 5},
+        worker={"heatmap_slices": 3},
+    )
+    sessions = open_db(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+
+    def not_again(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the heat maps use the model input the prediction kept")
+
+    monkeypatch.setattr("model.preprocess.preprocess_series", not_again)
+    assert Worker(config, sessions, predictor, "host:1").run_once()
+    (result,) = _results(sessions, job_id)
+    folder = config.data_dir / "outbox" / str(result.id) / "key_images"
+    index = json.loads((folder / "key_images.json").read_text())
+    assert not (folder.parent / "key_images.partial").exists()
+
+    # The three most probable flagged slices, most probable first.
+    slices = result.slice_probabilities
+    assert [i["sop_instance_uid"] for i in index["images"]] == (
+        result.flagged_sop_instance_uids[:3]
+    )
+    assert index["threshold"] == 0.0
+    assert 0 < index["seconds"]["heatmaps"] <= index["seconds"]["total"]
+    sources = {}
+    for path in study_files:
+        header = dcmread(path)
+        sources[header.SOPInstanceUID] = header
+    for entry in index["images"]:
+        source = sources[entry["sop_instance_uid"]]
+        assert entry["probability"] == slices[entry["sop_instance_uid"]]
+        assert entry["instance_number"] == source.InstanceNumber
+        hu = slice_hu(source)
+        pe = Image.open(folder / entry["pe_window"])
+        lung = Image.open(folder / entry["lung_window"])
+        heat = Image.open(folder / entry["heatmap"])
+        assert (pe.mode, lung.mode, heat.mode) == ("L", "L", "RGBA")
+        assert pe.size == lung.size == heat.size == (source.Columns, source.Rows)
+        # The slice itself, at each window: not another slice, not the model input.
+        assert (np.asarray(pe) == windowed(hu, *PE_WINDOW)).all()
+        assert (np.asarray(lung) == windowed(hu, *LUNG_WINDOW)).all()
+        alpha = np.asarray(heat)[..., 3]
+        assert alpha.max() == 255 and alpha.min() < 255  # a peak, and somewhere it did not look
+    # The curve: every slice with its probability, along the scan in mm.
+    curve = index["curve"]
+    assert {p["sop_instance_uid"] for p in curve} == set(slices)
+    assert all(p["probability"] == slices[p["sop_instance_uid"]] for p in curve)
+    positions = [p["position_mm"] for p in curve]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    by_uid = {p["sop_instance_uid"]: p["position_mm"] for p in curve}
+    assert all(by_uid[i["sop_instance_uid"]] == i["position_mm"] for i in index["images"])
+
+
+def test_no_heat_maps_with_heatmap_slices_0_and_a_failure_costs_the_result_nothing(
+    tmp_path: Path, db_url: str, predictor: Any, study_files: list[Path], monkeypatch: Any
+) -> None:
+    from triage.analyse import key_images
+
+    thresholds: dict[str, float] = {"stack": 0.0, "slice": 0.0}
+    config = _config(tmp_path / "a", db_url, thresholds=thresholds, worker={"heatmap_slices": 0})
+    sessions = open_db(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+    assert Worker(config, sessions, predictor, "host:1").run_once()
+    (result,) = _results(sessions, job_id)
+    folder = config.data_dir / "outbox" / str(result.id) / "key_images"
+    index = json.loads((folder / "key_images.json").read_text())
+    assert index["images"] == [] and len(index["curve"]) == len(result.slice_probabilities)
+    assert sorted(p.name for p in folder.iterdir()) == ["key_images.json"]
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("out of GPU memory")
+
+    monkeypatch.setattr(key_images, "explain", broken)
+    config = _config(tmp_path / "b", None, thresholds=thresholds)  # its own database
+    sessions = open_db(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+    assert Worker(config, sessions, predictor, "host:1").run_once()
+    assert _job(sessions, job_id).state == JobState.DONE
+    (result,) = _results(sessions, job_id)
+    assert _deliveries(sessions, result.id) == ["pacs", "ris"]
+    outbox = config.data_dir / "outbox" / str(result.id)
+    assert sorted(p.name for p in outbox.iterdir()) == ["kos.dcm", "sr.dcm"]
+    monkeypatch.undo()
+
+    # On a backend without autodiff (PyTorch) no heat maps, but the curve.
+    monkeypatch.setattr(predictor, "backend", "torch")
+    config = _config(tmp_path / "d", None, thresholds=thresholds)
+    sessions = open_db(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+    assert Worker(config, sessions, predictor, "host:1").run_once()
+    (result,) = _results(sessions, job_id)
+    folder = config.data_dir / "outbox" / str(result.id) / "key_images"
+    index = json.loads((folder / "key_images.json").read_text())
+    assert index["images"] == [] and len(index["curve"]) == len(result.slice_probabilities)
+    monkeypatch.undo()
+
+    # Never more heat maps than flagged slices (8 asked for, 1 flagged).
+    thresholds["max_flagged_slices"] = 1
+    config = _config(tmp_path / "c", None, thresholds=thresholds)
+    sessions = open_db(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+    assert Worker(config, sessions, predictor, "host:1").run_once()
+    (result,) = _results(sessions, job_id)
+    folder = config.data_dir / "outbox" / str(result.id) / "key_images"
+    index = json.loads((folder / "key_images.json").read_text())
+    assert [i["sop_instance_uid"] for i in index["images"]] == result.flagged_sop_instance_uids
+    assert len(index["images"]) == 1
+
+
+def test_a_pacs_that_asks_for_it_gets_the_secondary_capture_series_with_sr_and_kos(
+    tmp_path: Path, db_url: str, predictor: Any, study_files: list[Path], monkeypatch: Any
+) -> None:
+    from dispatch_helpers import Received, start_store_scp
+    from pydicom.uid import (
+        Comprehensive3DSRStorage,
+        KeyObjectSelectionDocumentStorage,
+        SecondaryCaptureImageStorage,
+    )
+
+    from triage.analyse import worker as worker_module
+    from triage.analyse.key_images import make_key_images
+    from triage.dispatch import dispatch_due
+
+    with_sc, without_sc = Received(), Received()
+    scp_with = start_store_scp(0, with_sc, extra_sop_classes=(SecondaryCaptureImageStorage,))
+    scp_without = start_store_scp(0, without_sc, extra_sop_classes=(SecondaryCaptureImageStorage,))
+    try:
+        destinations = [
+            {
+                "name": "viewer",
+                "type": "dicom",
+                "ae_title": "PACS",
+                "host": "127.0.0.1",
+                "port": scp_with.server_address[1],
+                "send_secondary_capture": True,
+            },
+            {
+                "name": "pacs",
+                "type": "dicom",
+                "ae_title": "PACS",
+                "host": "127.0.0.1",
+                "port": scp_without.server_address[1],
+            },
+        ]
+        config = _config(
+            tmp_path,
+            db_url,
+            destinations=destinations,
+            thresholds={"stack": 0.0, "slice": 0.0, "max_flagged_slices": 5},
+            worker={"heatmap_slices": 2},
+        )
+        sessions = open_db(config)
+        job_id = _spool_and_queue(config, sessions, study_files)
+        while_making: dict[str, bool] = {}
+
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            # While the heat maps are made, the result and the other PACS's delivery are
+            # committed and due; this one's waits for the series.
+            with sessions() as session:
+                for row in session.scalars(select(Delivery)):
+                    while_making[row.destination] = row.next_attempt_at <= utcnow()
+            return make_key_images(*args, **kwargs)
+
+        monkeypatch.setattr(worker_module, "make_key_images", watched)
+        assert Worker(config, sessions, predictor, "host:1").run_once()
+        assert while_making == {"viewer": False, "pacs": True}
+        (result,) = _results(sessions, job_id)
+        # The worker let the held delivery go once the series was written.
+        with sessions() as session:
+            due = {d.destination: d.next_attempt_at for d in session.scalars(select(Delivery))}
+        assert max(due.values()) <= utcnow()
+        assert dispatch_due(sessions, config) == 2
+    finally:
+        scp_with.shutdown()
+        scp_without.shutdown()
+
+    index = json.loads(
+        (config.data_dir / "outbox" / str(result.id) / "key_images" / "key_images.json").read_text()
+    )
+    sc_uids = [e["sop_instance_uid"] for e in index["secondary_capture"]]
+    assert len(sc_uids) == 3  # the curve page and the two key slices
+    reports = [
+        (Comprehensive3DSRStorage, result.sr_sop_instance_uid),
+        (KeyObjectSelectionDocumentStorage, result.kos_sop_instance_uid),
+    ]
+    assert sorted(with_sc.stored) == sorted(
+        reports + [(SecondaryCaptureImageStorage, uid) for uid in sc_uids]
+    )
+    assert sorted(without_sc.stored) == sorted(reports)
+    source = dcmread(study_files[0], stop_before_pixels=True)
+    sc = dcmread(config.data_dir / "outbox" / str(result.id) / "key_images" / "sc_02.dcm")
+    assert sc.StudyInstanceUID == source.StudyInstanceUID
+    assert sc.SeriesInstanceUID not in (
+        source.SeriesInstanceUID,
+        dcmread(config.data_dir / "outbox" / str(result.id) / "sr.dcm").SeriesInstanceUID,
+    )
+    assert "NOT FOR DIAGNOSTIC USE" in sc.SeriesDescription
+
+
 def test_the_report_uses_the_headers_the_predictor_read(
     tmp_path: Path, predictor: Any, study_files: list[Path]
 ) -> None:
@@ -584,6 +794,25 @@ def test_an_outbox_folder_no_result_owns_is_removed_once_it_is_old(
     _age(orphan, 61)
     assert recover_outbox(sessions, config.data_dir, 60) == OutboxRecovery(0, 1)
     assert not orphan.exists()
+
+
+def test_key_images_a_crash_left_unfinished_are_removed_once_old(
+    tmp_path: Path, db_url: str, predictor: Any, study_files: list[Path]
+) -> None:
+    config = _config(tmp_path, db_url, worker={"heatmap_slices": 0})
+    sessions = open_db(config)
+    job_id = _spool_and_queue(config, sessions, study_files)
+    assert Worker(config, sessions, predictor, "host:1").run_once()
+    (result,) = _results(sessions, job_id)
+    unfinished = config.data_dir / "outbox" / str(result.id) / "key_images.partial"
+    unfinished.mkdir()
+    (unfinished / "key_01_pe.png").write_bytes(b"half")
+    assert recover_outbox(sessions, config.data_dir, 60) == OutboxRecovery(0, 0)
+    _age(unfinished, 61)
+    assert recover_outbox(sessions, config.data_dir, 60) == OutboxRecovery(0, 1)
+    assert not unfinished.exists()
+    assert (unfinished.parent / "key_images" / "key_images.json").is_file()
+    assert (unfinished.parent / "sr.dcm").is_file()
 
 
 # -- triage serve, reload --------------------------------------------------------------

@@ -104,6 +104,9 @@ class Outcome:
     reason: str | None = None
     # The series' headers as the predictor read them (none for a rejected series).
     headers: list[Dataset] | None = None
+    # The model input the prediction was made on (model.preprocess.PreprocessedSeries),
+    # for the heat maps; None where the predictor keeps none.
+    series: Any = None
 
 
 def analyse(
@@ -139,4 +142,5 @@ def analyse(
         flagged=flagged,
         timings=dict(prediction.timings),
         headers=prediction.headers,
+        series=getattr(prediction, "series", None),
     )

@@ -81,26 +81,10 @@ def build_reports(
         patient_study = conformant_header(headers[0], bound)
     except Exception as err:  # the builders try again; what they cannot build is left
         bound.error("header_conform_failed", error=describe_error(err))
-    analysis = AnalysisResult(
-        # Seeds the reports' UIDs; unique per analysis, as the result row's id does
-        # not exist yet. A resend reads the outbox file, so it keeps the same UIDs.
-        result_id=f"job-{job_id}-{uuid.uuid4().hex}",
-        decision=cast(ReportDecision, outcome.decision.value),
-        stack_probability=outcome.stack_probability,
-        slice_probabilities=outcome.slice_probabilities or {},
-        flagged_sop_instance_uids=outcome.flagged or [],
-        thresholds=outcome.thresholds.as_dict(),
-        algorithm_name=ALGORITHM_NAME,
-        algorithm_version=f"{bundle.name} {bundle.version}"[:64],
-        bundle_sha256=bundle.manifest_sha256,
-        undetermined_reason=outcome.reason,
-    )
-    options: dict[str, Any] = {
-        "manufacturer": cfg.manufacturer,
-        "device_serial": cfg.device_serial_number,
-        "institution_name": cfg.institution_name,
-        "patient_study": patient_study,
-    }
+    # Seeds the reports' UIDs; unique per analysis, as the result row's id does not
+    # exist yet. A resend reads the outbox file, so it keeps the same UIDs.
+    analysis = analysis_result(f"job-{job_id}-{uuid.uuid4().hex}", outcome, bundle)
+    options = builder_options(cfg, patient_study)
     # Each object on its own: a header that still defeats one builder must not
     # keep the other object, the HL7 flag or the worklist from the radiologist.
     sr = _built("sr", lambda: build_sr(analysis, headers, **options), bound)
@@ -111,6 +95,32 @@ def build_reports(
         kos=kos[0] if kos else None,
         kos_uid=kos[1] if kos else None,
     )
+
+
+def analysis_result(seed: str, outcome: Outcome, bundle: Any) -> AnalysisResult:
+    """What the report builders take from an analysis; ``seed`` seeds their UIDs."""
+    return AnalysisResult(
+        result_id=seed,
+        decision=cast(ReportDecision, outcome.decision.value),
+        stack_probability=outcome.stack_probability,
+        slice_probabilities=outcome.slice_probabilities or {},
+        flagged_sop_instance_uids=outcome.flagged or [],
+        thresholds=outcome.thresholds.as_dict(),
+        algorithm_name=ALGORITHM_NAME,
+        algorithm_version=f"{bundle.name} {bundle.version}"[:64],
+        bundle_sha256=bundle.manifest_sha256,
+        undetermined_reason=outcome.reason,
+    )
+
+
+def builder_options(cfg: ReportConfig, patient_study: Dataset | None) -> dict[str, Any]:
+    """The device and patient arguments every report builder takes."""
+    return {
+        "manufacturer": cfg.manufacturer,
+        "device_serial": cfg.device_serial_number,
+        "institution_name": cfg.institution_name,
+        "patient_study": patient_study,
+    }
 
 
 def read_headers(files: list[Path], bound: Any) -> list[Dataset]:
@@ -134,7 +144,7 @@ def _built(what: str, build: Callable[[], Dataset | None], bound: Any) -> tuple[
         dataset = build()
         if dataset is None:
             return None
-        return _encode(dataset), str(dataset.SOPInstanceUID)
+        return encode(dataset), str(dataset.SOPInstanceUID)
     except Exception as err:
         bound.error(
             "report_build_failed", object=what, error=describe_error(err), frames=error_frames(err)
@@ -142,7 +152,8 @@ def _built(what: str, build: Callable[[], Dataset | None], bound: Any) -> tuple[
         return None
 
 
-def _encode(dataset: Dataset) -> bytes:
+def encode(dataset: Dataset) -> bytes:
+    """A dataset as the bytes of a DICOM file."""
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from triage.analyse.decide import Outcome
 from triage.analyse.reports import Reports
 from triage.config import Config, DicomDestination
-from triage.db.models import Decision, Delivery, Job, Result, Series, SeriesState
+from triage.db.models import Decision, Delivery, Job, Result, Series, SeriesState, utcnow
 from triage.states import job as job_state
 from triage.states.job import Claim
 from triage.storage.outbox import KOS_FILE, SR_FILE, partial_dir, publish
@@ -31,6 +32,9 @@ class Stored:
 
     result_id: int
     destinations: list[str]
+    # DICOM destinations whose delivery waits for the Secondary Capture series: not due
+    # until the worker has written it (or a lease has passed, should the worker die).
+    held: list[str] = field(default_factory=list)
 
 
 def destinations_for(
@@ -43,6 +47,26 @@ def destinations_for(
         d.name
         for d in destinations
         if (has_object if isinstance(d, DicomDestination) else decision == Decision.PRESENT)
+    ]
+
+
+def secondary_capture_destinations(
+    outcome: Outcome, reports: Reports | None, config: Config
+) -> list[str]:
+    """DICOM destinations that get this result's Secondary Capture series: positives
+    with flagged slices and heat maps on, where the destination asks for it."""
+    if (
+        outcome.decision != Decision.PRESENT
+        or not outcome.flagged
+        or config.worker.heatmap_slices == 0
+        or reports is None
+        or not reports.any
+    ):
+        return []
+    return [
+        d.name
+        for d in config.destinations
+        if isinstance(d, DicomDestination) and d.send_secondary_capture
     ]
 
 
@@ -107,8 +131,13 @@ def store_result(
         timings["report"] = time.perf_counter() - report_started
         result.timings = timings
         destinations = destinations_for(outcome.decision, reports, config.destinations)
+        held = secondary_capture_destinations(outcome, reports, config)
+        hold_until = utcnow() + timedelta(seconds=config.worker.lease_seconds)
         for name in destinations:
-            session.add(Delivery(result_id=result_id, destination=name))
+            delivery = Delivery(result_id=result_id, destination=name)
+            if name in held:
+                delivery.next_attempt_at = hold_until
+            session.add(delivery)
         if outcome.decision == Decision.UNDETERMINED:
             job_state.finish_undetermined(session, claim, outcome.reason)
         else:
@@ -120,7 +149,7 @@ def store_result(
         publish(config.data_dir, result_id)
     except OSError as err:  # the result stands; recover() renames the folder later
         bound.error("outbox_publish_failed", result_id=result_id, error=str(err))
-    return Stored(result_id=result_id, destinations=destinations)
+    return Stored(result_id=result_id, destinations=destinations, held=held)
 
 
 def _write_outbox(reports: Reports, outbox: Path, result: Result) -> None:

@@ -7,7 +7,9 @@
 2. predict and decide (:func:`~triage.analyse.decide.analyse`);
 3. build the SR and KOS (:func:`~triage.analyse.reports.build_reports`);
 4. store the result, its reports and deliveries, and finish the job, in one
-   transaction (:func:`~triage.analyse.store.store_result`).
+   transaction (:func:`~triage.analyse.store.store_result`);
+5. only then, so that the flag never waits for them, make the study view's key images:
+   heat maps of the top flagged slices (:mod:`~triage.analyse.key_images`).
 
 A failed attempt gives the job back (``queued`` again, or ``failed`` once its attempts
 run out). Nothing here imports TensorFlow; the predictor is handed in already loaded.
@@ -30,12 +32,14 @@ from triage.analyse.decide import (
     apply_thresholds,
     flag_slices,
 )
+from triage.analyse.key_images import SecondaryCaptureRequest, make_key_images
 from triage.analyse.lease import Heartbeat
 from triage.analyse.reports import ALGORITHM_NAME, build_reports, read_headers
 from triage.analyse.store import store_result
 from triage.config import Config, ThresholdsConfig
-from triage.db.models import Instance, Job
+from triage.db.models import Instance, Job, utcnow
 from triage.logs import describe_error, error_frames, get_logger
+from triage.states import delivery as delivery_state
 from triage.states.job import Claim, claim_job, release_claim, worker_id_for
 
 __all__ = [
@@ -48,6 +52,9 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
+
+HEATMAP_BACKENDS = ("tensorflow", "jax")
+"""Backends whose autodiff :mod:`model.explain` uses; on the others no heat maps."""
 
 
 class Worker:
@@ -83,6 +90,7 @@ class Worker:
         self.predictor = predictor
         self.worker_id = worker_id or worker_id_for()
         self.thresholds = config.thresholds
+        self._explainers: dict[int, Any] = {}
         self.heartbeat = Heartbeat(
             sessions, config.worker, self.worker_id, predictor.device, predictor.backend
         )
@@ -159,7 +167,7 @@ class Worker:
             return
         if stored is None:
             return
-        if stored.destinations and self.on_deliveries is not None:
+        if set(stored.destinations) - set(stored.held) and self.on_deliveries is not None:
             self.on_deliveries()
         bound.info(
             "job_done",
@@ -174,6 +182,73 @@ class Worker:
             deliveries=stored.destinations,
             reason=outcome.reason,
             seconds=round((outcome.timings or {}).get("total", 0.0), 3),
+        )
+        if outcome.slice_probabilities and headers:
+            self._key_images(stored.result_id, files, headers, outcome, bool(stored.held), bound)
+        if stored.held:
+            # Written or not, the SR and KOS of those destinations go now.
+            with self.sessions() as session:
+                delivery_state.release_held(session, stored.result_id, stored.held, utcnow())
+                session.commit()
+            if self.on_deliveries is not None:
+                self.on_deliveries()
+
+    def _key_images(
+        self,
+        result_id: int,
+        files: list[Path],
+        headers: list[Any],
+        outcome: Any,
+        secondary_capture: bool,
+        bound: Any,
+    ) -> None:
+        """Write the study view's key images of a stored result (see the module doc).
+
+        A failure is logged and costs the result nothing: its reports and flag stand.
+        """
+        top_k = self.config.worker.heatmap_slices
+        if top_k > 0 and not hasattr(self.predictor, "slice_cnns"):
+            bound.warning("key_images_skipped", reason="the predictor has no slice CNNs")
+            top_k = 0
+        if top_k > 0 and self.predictor.backend not in HEATMAP_BACKENDS:
+            # Grad-CAM needs the backend's autodiff; the curve is still written.
+            bound.warning(
+                "key_images_skipped",
+                reason=f"no heat maps on the {self.predictor.backend} backend",
+            )
+            top_k = 0
+        try:
+            written = make_key_images(
+                self.predictor,
+                files,
+                headers,
+                outcome,
+                self.config.data_dir,
+                result_id,
+                top_k,
+                self._explainers,
+                SecondaryCaptureRequest(self.config.report, self.predictor.bundle)
+                if secondary_capture
+                else None,
+                bound,
+            )
+        except Exception as err:
+            bound.error(
+                "key_images_failed",
+                result_id=result_id,
+                error=describe_error(err),
+                frames=error_frames(err),
+            )
+            return
+        if written.folder is None:
+            bound.warning("key_images_skipped", result_id=result_id, reason="outbox unpublished")
+            return
+        bound.info(
+            "key_images_written",
+            result_id=result_id,
+            images=len(written.images),
+            secondary_capture=written.secondary_capture,
+            seconds=round(written.seconds, 3),
         )
 
     def _series_files(self, claim: Claim) -> tuple[str, str, list[Path]]:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from triage.db.models import Decision, Delivery, Result, Series
 from triage.errors import TriageError
-from triage.storage.outbox import KOS_FILE, SR_FILE, outbox_dir
+from triage.storage.outbox import KEY_IMAGES_DIR, KOS_FILE, SR_FILE, outbox_dir
 
 
 class DeliveryError(TriageError):
@@ -56,6 +56,9 @@ class DeliveryContext:
     created_at: datetime
     accession_number: str | None = field(default=None, repr=False)
     patient_id: str | None = field(default=None, repr=False)
+    # The result's key images, with the Secondary Capture series of a positive (see
+    # triage.analyse.key_images); it may not exist.
+    key_images_dir: Path | None = None
 
     @property
     def is_positive(self) -> bool:
@@ -114,4 +117,5 @@ def load_context(
         created_at=result.created_at,
         accession_number=study.accession_number,
         patient_id=study.patient_id,
+        key_images_dir=outbox / KEY_IMAGES_DIR,
     )

@@ -1,5 +1,9 @@
 """C-STORE of the SR (always) and the KOS (positives) to a PACS, with optional TLS.
 
+A destination with ``send_secondary_capture`` also gets a positive's summary Secondary
+Capture series, where the worker wrote one (``key_images/sc_NN.dcm``, listed in
+``key_images.json``; see :mod:`triage.analyse.key_images`).
+
 The association proposes only what is sent: the SR's and the KOS's SOP classes, each in
 two presentation contexts, Explicit VR Little Endian (the outbox files' own syntax) and
 Implicit VR Little Endian (which every SCP supports). Separate contexts let the PACS
@@ -11,6 +15,7 @@ same SOP Instance UIDs and a PACS that already has them simply stores them again
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -26,13 +31,27 @@ from triage.dispatch._dimse import (
     store_file,
 )
 from triage.dispatch.context import DeliveryContext, DeliveryError
+from triage.storage.outbox import KEY_IMAGES_INDEX
 
 _TRANSFER_SYNTAXES: tuple[UID, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
-def objects_to_send(context: DeliveryContext) -> list[tuple[str, Path, Dataset]]:
+def secondary_capture_files(context: DeliveryContext) -> list[tuple[Path, str]]:
+    """A positive's Secondary Capture files and their SOP Instance UIDs, if written."""
+    if not context.is_positive or context.key_images_dir is None:
+        return []
+    index = context.key_images_dir / KEY_IMAGES_INDEX
+    if not index.is_file():  # no heat maps (yet, or ever): the SR and KOS go alone
+        return []
+    entries = json.loads(index.read_text()).get("secondary_capture", [])
+    return [(context.key_images_dir / e["file"], e["sop_instance_uid"]) for e in entries]
+
+
+def objects_to_send(
+    context: DeliveryContext, secondary_capture: bool = False
+) -> list[tuple[str, Path, Dataset]]:
     """The SR, and the KOS for a positive, as far as they were built, checked against
-    the UIDs in the result row.
+    the UIDs in the result row; with ``secondary_capture``, then the summary series.
 
     Raises
     ------
@@ -46,6 +65,8 @@ def objects_to_send(context: DeliveryContext) -> list[tuple[str, Path, Dataset]]
         wanted.append(("SR", context.sr_path, context.sr_sop_instance_uid))
     if context.kos_path is not None:
         wanted.append(("KOS", context.kos_path, context.kos_sop_instance_uid))
+    if secondary_capture:
+        wanted.extend(("SC", path, uid) for path, uid in secondary_capture_files(context))
     out = []
     for what, path, recorded in wanted:
         ds = read_file(path, what)
@@ -74,7 +95,7 @@ def send_dicom(destination: DicomDestination, context: DeliveryContext) -> None:
     DeliveryError
         Unless every object was answered with success or a warning.
     """
-    objects = objects_to_send(context)
+    objects = objects_to_send(context, destination.send_secondary_capture)
     sop_classes = sorted({str(ds.SOPClassUID) for _, _, ds in objects})
     assoc = associate(
         calling_ae_title=destination.calling_ae_title,

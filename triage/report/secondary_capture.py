@@ -106,7 +106,7 @@ def _window(hu: NDArray[np.floating]) -> NDArray[np.float32]:
     return np.clip((np.asarray(hu, np.float32) - low) / WINDOW_WIDTH, 0.0, 1.0)
 
 
-def _jet(values: NDArray[np.float32]) -> NDArray[np.float32]:
+def jet(values: NDArray[np.float32]) -> NDArray[np.float32]:
     """The jet colour scale (blue, cyan, yellow, red) of values in [0, 1], as RGB in [0, 1]."""
     four = 4.0 * values[..., None]
     centres = np.array([3.0, 2.0, 1.0], np.float32)  # red, green, blue
@@ -142,7 +142,7 @@ def render_key_slice(key: KeySlice, caption: Sequence[str]) -> NDArray[np.uint8]
     if key.heatmap is not None:
         heat = np.asarray(key.heatmap, np.float32)
         alpha = (HEATMAP_OPACITY * heat)[..., None]
-        rgb = (1.0 - alpha) * rgb + alpha * _jet(heat)
+        rgb = (1.0 - alpha) * rgb + alpha * jet(heat)
     image = Image.fromarray(np.round(rgb * 255.0).astype(np.uint8), "RGB")
     _burn_text(image, [WARNING, *caption])
     return np.asarray(image)
@@ -228,7 +228,7 @@ def _orientation_letter(cosines: Sequence[float]) -> str:
     return positive if cosines[axis] > 0 else negative
 
 
-def _positions_mm(headers: Sequence[Dataset]) -> NDArray[np.float64]:
+def positions_mm(headers: Sequence[Dataset]) -> NDArray[np.float64]:
     """Each header's position along the slice normal, larger towards the head."""
     iop = np.asarray([float(v) for v in headers[0].ImageOrientationPatient])
     normal = np.cross(iop[:3], iop[3:])
@@ -304,9 +304,9 @@ def build_secondary_capture(
     ]
     if not curve_headers:
         raise ValueError("No source header has a slice probability; there is no curve to draw.")
-    positions = _positions_mm(curve_headers)
+    positions = positions_mm(curve_headers)
     key_positions = (
-        _positions_mm([headers[k.sop_instance_uid] for k in key_slices])
+        positions_mm([headers[k.sop_instance_uid] for k in key_slices])
         if (key_slices)
         else np.empty(0)
     )

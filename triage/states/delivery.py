@@ -3,7 +3,8 @@
 A delivery is ``pending`` from its creation (the column's default). Each attempt ends
 in :func:`sent`, :func:`retry_later` or :func:`give_up`, run in the transaction that
 holds the row locked while it is sent (see :mod:`triage.dispatch.dispatcher`);
-:func:`revive` is ``triage retry``.
+:func:`revive` is ``triage retry``; :func:`release_held` makes a delivery that waited
+for the Secondary Capture series due.
 """
 
 from __future__ import annotations
@@ -87,6 +88,29 @@ def revive(session: Session, delivery_ids: Sequence[int], now: datetime) -> int:
         update(Delivery)
         .where(Delivery.id.in_(delivery_ids), Delivery.state == DeliveryState.DEAD)
         .values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def release_held(
+    session: Session, result_id: int, destinations: Sequence[str], now: datetime
+) -> int:
+    """Make a result's held deliveries due now (the Secondary Capture series is written,
+    or could not be); returns how many changed.
+
+    Only a ``pending`` delivery not yet tried changes: one the hold already let go stays
+    as its attempts left it.
+    """
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.result_id == result_id,
+            Delivery.destination.in_(list(destinations)),
+            Delivery.state == DeliveryState.PENDING,
+            Delivery.attempts == 0,
+        )
+        .values(next_attempt_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -17,6 +17,13 @@ start-up and by the retention sweep) settles both:
 
 An outbox folder without a result row (left by a version that wrote in place before
 its commit) is removed the same way.
+
+The key images of the study view (:mod:`triage.analyse.key_images`) are made after the
+commit, so that they never delay the flag. They go into ``<result id>/key_images/``,
+written to ``key_images.partial/`` first and renamed once complete
+(:func:`write_key_images`): the study view sees all of them or none. A crash in between
+leaves a ``key_images.partial`` folder, which :func:`recover` removes once it is older
+than a lease.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from triage.db.models import Result
 from triage.logs import get_logger
-from triage.storage.spool import fsync_dir
+from triage.storage.spool import fsync_dir, write_durably
 
 log = get_logger(__name__)
 
@@ -40,6 +48,11 @@ log = get_logger(__name__)
 SR_FILE = "sr.dcm"
 #: The Key Object Selection, written for positives only.
 KOS_FILE = "kos.dcm"
+#: The study view's key images: PNGs and their index, in a folder of the outbox folder.
+KEY_IMAGES_DIR = "key_images"
+#: The index of the key images: per image its slice, position and probability, and the
+#: per-slice probability curve with the threshold.
+KEY_IMAGES_INDEX = "key_images.json"
 _PARTIAL = ".partial"
 _IN_CHUNK = 500  # ids per IN (...): SQLite limits bound variables per statement
 
@@ -57,6 +70,37 @@ def outbox_dir(data_dir: Path, result_id: int) -> Path:
 def partial_dir(data_dir: Path, result_id: int) -> Path:
     """The folder the worker writes one result's files to before its commit."""
     return outbox_root(data_dir) / f"{result_id}{_PARTIAL}"
+
+
+def key_images_dir(data_dir: Path, result_id: int) -> Path:
+    """The folder of one result's key images (see :data:`KEY_IMAGES_INDEX`)."""
+    return outbox_dir(data_dir, result_id) / KEY_IMAGES_DIR
+
+
+def write_key_images(data_dir: Path, result_id: int, files: Mapping[str, bytes]) -> Path | None:
+    """Write a committed result's key images, all or none, into its outbox folder.
+
+    ``files`` maps file names to their bytes. They are written durably to
+    ``key_images.partial/`` and the folder is then renamed to ``key_images/``, replacing
+    an older one. Returns the folder, or ``None`` when the result's outbox folder is not
+    published yet (its rename failed; :func:`recover` would replace a folder made now).
+    """
+    if partial_dir(data_dir, result_id).exists():
+        return None
+    outbox = outbox_dir(data_dir, result_id)
+    outbox.mkdir(parents=True, exist_ok=True)  # a result without an SR has none yet
+    final = outbox / KEY_IMAGES_DIR
+    temporary = outbox / f"{KEY_IMAGES_DIR}{_PARTIAL}"
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    temporary.mkdir()
+    for name, data in files.items():
+        write_durably(temporary / name, data)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(temporary, final)
+    fsync_dir(outbox)
+    return final
 
 
 def publish(data_dir: Path, result_id: int) -> bool:
@@ -123,6 +167,12 @@ def recover(
         elif _remove_if_old(partials[result_id], now, min_age_seconds):
             report.removed += 1
             log.warning("outbox_orphan_removed", result_id=result_id)
+    # Key images a crash interrupted: the result stands without them.
+    for result_id in sorted(set(finals) & committed):
+        unfinished = finals[result_id] / f"{KEY_IMAGES_DIR}{_PARTIAL}"
+        if unfinished.is_dir() and _remove_if_old(unfinished, now, min_age_seconds):
+            report.removed += 1
+            log.warning("key_images_partial_removed", result_id=result_id)
     # Written by a version that wrote the files in place before its commit.
     for result_id in sorted(set(finals) - committed):
         if _remove_if_old(finals[result_id], now, min_age_seconds):
