@@ -366,6 +366,20 @@ def test_key_images_of_the_top_flagged_slices_are_written_after_the_result(
     by_uid = {p["sop_instance_uid"]: p["position_mm"] for p in curve}
     assert all(by_uid[i["sop_instance_uid"]] == i["position_mm"] for i in index["images"])
 
+    # The study view reads what the worker wrote: every image, its caption and the curve.
+    from triage.web.study import key_image_path, read_key_images
+
+    images, view_curve = read_key_images(config.data_dir, result.id)
+    assert [i.sop_instance_uid for i in images] == [i["sop_instance_uid"] for i in index["images"]]
+    for image, entry in zip(images, index["images"], strict=True):
+        assert (image.probability, image.instance_number) == (
+            entry["probability"],
+            entry["instance_number"],
+        )
+        for name in (image.image, image.lung, image.overlay):
+            assert name is not None and key_image_path(config.data_dir, result.id, name)
+    assert view_curve is not None and len(view_curve.positions_mm) == len(curve)
+
 
 def test_no_heat_maps_with_heatmap_slices_0_and_a_failure_costs_the_result_nothing(
     tmp_path: Path, db_url: str, predictor: Any, study_files: list[Path], monkeypatch: Any

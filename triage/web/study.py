@@ -20,10 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from triage.db.models import Instance, Job, JobState, Result, Series, SeriesState, Study
-from triage.storage.outbox import outbox_dir
+from triage.storage.outbox import KEY_IMAGES_INDEX, key_images_dir
 
-KEY_IMAGES_DIR = "key_images"
-KEY_IMAGES_INDEX = "key_images.json"
 # Only plain PNG names are served: no separators, no leading dot, so no path can escape.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\.png$")
 
@@ -50,11 +48,6 @@ class Curve:
     threshold: float | None = None
 
 
-def key_images_folder(data_dir: Path, result_id: int) -> Path:
-    """The result's key image folder (which may not exist)."""
-    return outbox_dir(data_dir, result_id) / KEY_IMAGES_DIR
-
-
 def _first(entry: dict[str, Any], *names: str) -> Any:
     for name in names:
         if entry.get(name) is not None:
@@ -78,7 +71,7 @@ def _png(folder: Path, value: Any) -> str | None:
 def read_key_images(data_dir: Path, result_id: int) -> tuple[list[KeyImage], Curve | None]:
     """The key images and the curve of ``key_images.json``; empty and None when absent
     or unreadable (an entry whose PNG is missing is left out)."""
-    folder = key_images_folder(data_dir, result_id)
+    folder = key_images_dir(data_dir, result_id)
     try:
         index = json.loads((folder / KEY_IMAGES_INDEX).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -141,7 +134,7 @@ def key_image_path(data_dir: Path, result_id: int, name: str) -> Path | None:
     """
     if not _SAFE_NAME.match(name):
         return None
-    folder = key_images_folder(data_dir, result_id)
+    folder = key_images_dir(data_dir, result_id)
     path = folder / name
     try:
         resolved = path.resolve(strict=True)
