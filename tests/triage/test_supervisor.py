@@ -126,7 +126,13 @@ def test_each_wake_up_has_its_own_signal() -> None:
 def test_signal_reaches_every_live_child(signum: signal.Signals) -> None:
     started: list[float] = []
     supervisor = Supervisor("test", _spawner(_sleep, started), Restarts(10.0, 1.0, 1.0))
-    children = supervisor.start(2)
+    # Children inherit an ignored signal (under nohup SIGHUP is ignored): give them the
+    # default action, which the assertion below relies on.
+    inherited = signal.signal(signum, signal.SIG_DFL)
+    try:
+        children = supervisor.start(2)
+    finally:
+        signal.signal(signum, inherited)
     time.sleep(0.5)
     supervisor.signal(signum)  # neither handles it: its default action ends the child
     for child in children:
