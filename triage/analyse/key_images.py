@@ -49,6 +49,7 @@ from triage.report.secondary_capture import (
     jet,
     positions_mm,
     slice_hu,
+    window_unit,
 )
 from triage.report.source import conformant_header
 from triage.storage.outbox import KEY_IMAGES_INDEX, write_key_images
@@ -91,9 +92,7 @@ class KeyImagesWritten:
 
 def windowed(hu: NDArray[np.floating], centre: float, width: float) -> NDArray[np.uint8]:
     """Hounsfield units at one window as 8-bit grey."""
-    low = centre - width / 2.0
-    unit = np.clip((np.asarray(hu, np.float32) - low) / width, 0.0, 1.0)
-    return np.round(unit * 255.0).astype(np.uint8)
+    return np.round(window_unit(hu, centre, width) * 255.0).astype(np.uint8)
 
 
 def overlay(heatmap: NDArray[np.floating]) -> NDArray[np.uint8]:

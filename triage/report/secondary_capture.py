@@ -101,9 +101,12 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def _window(hu: NDArray[np.floating]) -> NDArray[np.float32]:
-    low = WINDOW_CENTER - WINDOW_WIDTH / 2.0
-    return np.clip((np.asarray(hu, np.float32) - low) / WINDOW_WIDTH, 0.0, 1.0)
+def window_unit(
+    hu: NDArray[np.floating], centre: float = WINDOW_CENTER, width: float = WINDOW_WIDTH
+) -> NDArray[np.float32]:
+    """Hounsfield units at one window as grey in [0, 1] (W700/L100 unless told)."""
+    low = centre - width / 2.0
+    return np.clip((np.asarray(hu, np.float32) - low) / width, 0.0, 1.0)
 
 
 def jet(values: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -137,7 +140,7 @@ def render_key_slice(key: KeySlice, caption: Sequence[str]) -> NDArray[np.uint8]
     numpy.ndarray
         ``(Rows, Columns, 3)`` uint8 RGB on the slice's own pixel grid.
     """
-    grey = _window(key.hu)[..., None]
+    grey = window_unit(key.hu)[..., None]
     rgb = np.repeat(grey, 3, axis=-1)
     if key.heatmap is not None:
         heat = np.asarray(key.heatmap, np.float32)
