@@ -13,6 +13,8 @@ CHANNEL_WINDOWS: dict[str, tuple[tuple[float, float], ...]] = {
     "repeat": (),
     # (centre, width) in HU of each channel, in channel order.
     "pe_lung_mediastinum": ((100.0, 700.0), (-600.0, 1500.0), (40.0, 400.0)),
+    # 2.5-D: the PE window of the slice above, the slice itself and the slice below.
+    "pe_neighbours": ((100.0, 700.0),) * 3,
 }
 """What the input channels hold; ``repeat`` uses the config's one window in every channel."""
 
@@ -43,7 +45,10 @@ class PreprocessConfig:
         What the channels hold. ``repeat``: the one window below in every channel (the
         paper). ``pe_lung_mediastinum``: three CT windows, as the RSNA-STR 2020 winners fed
         a 2-D CNN: the PE window (W700/L100), the lung window (W1500/L-600) and the
-        mediastinal window (W400/L40); needs 3 channels.
+        mediastinal window (W400/L40); needs 3 channels. ``pe_neighbours`` (2.5-D, the
+        other RSNA-STR 2020 input): the PE window of the slice above, the slice itself and
+        the slice below, so the CNN sees an artery bright on one slice and filled on the
+        next; an edge slice stands in for its missing neighbour. Needs 3 channels.
     window_center, window_width : float
         Intensity window in HU, mapped to ``[0, 1]`` (with ``repeat``).
     segment : bool

@@ -156,6 +156,16 @@ def _resize(stack: NDArray[np.float32], size: int) -> NDArray[np.float32]:
     return out
 
 
+def neighbour_slices(stack: NDArray[np.float32], offset: int) -> NDArray[np.float32]:
+    """``stack`` shifted along the slices: entry k is slice k + offset (-1 above, 1 below).
+
+    Where that slice does not exist, the edge slice stands in, so the stack's first and
+    last slices see themselves rather than an empty neighbour.
+    """
+    index = np.clip(np.arange(len(stack)) + offset, 0, len(stack) - 1)
+    return stack[index]
+
+
 def _source_index(n_in: int, n_out: int) -> NDArray[np.intp]:
     """Source pixel under each output pixel's centre, for a resize of ``n_in`` to ``n_out``."""
     centres = (np.arange(n_out) + 0.5) * (n_in / n_out)
@@ -231,6 +241,9 @@ def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> Preprocesse
         # Window, then resize: the paper's order, kept so older bundles see the same input.
         grey = _resize(_window(field_hu, *windows[0]), size)
         channels = [grey] * config.channels
+    elif config.channel_windows == "pe_neighbours":
+        # Each slice's own PE window now; the neighbours are shifted in after the mask.
+        channels = [_window(_resize(field_hu, size), *windows[0])] * 3
     else:
         # One resize of the HU, then each window: a third of the resizing.
         resized = _resize(field_hu, size)
@@ -245,6 +258,10 @@ def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> Preprocesse
         c = np.minimum((left + _source_index(side_c, size)) // f, cavity.shape[2] - 1)
         # float32 times float32: multiplying by a bool array is several times slower.
         out[:n] *= cavity[:, r, :][:, :, c].astype(np.float32)[..., None]
+    if config.channel_windows == "pe_neighbours":
+        # After the mask, so a neighbour channel shows that slice as its own slot would.
+        out[:n, ..., 0] = neighbour_slices(out[:n, ..., 1], -1)
+        out[:n, ..., 2] = neighbour_slices(out[:n, ..., 1], 1)
     out[n:] = 0.0
     mask = np.zeros(config.num_slices, dtype=bool)
     mask[:n] = True

@@ -21,8 +21,9 @@ class PreprocessSection(_Section):
     # window with the most chest cavity, so a scan from the neck keeps its lung bases).
     z_window: Literal["top", "lungs"] = "top"
     # "repeat": the one window below in every channel (the paper); "pe_lung_mediastinum":
-    # the PE, lung and mediastinal windows as three channels (RSNA-STR 2020 winners).
-    channel_windows: Literal["repeat", "pe_lung_mediastinum"] = "repeat"
+    # the PE, lung and mediastinal windows as three channels (RSNA-STR 2020 winners);
+    # "pe_neighbours": 2.5-D, the PE window of the slice above, itself and the one below.
+    channel_windows: Literal["repeat", "pe_lung_mediastinum", "pe_neighbours"] = "repeat"
     window_center: float = 100.0
     window_width: float = Field(default=700.0, gt=0)
     segment: bool = True

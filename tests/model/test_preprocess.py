@@ -450,3 +450,21 @@ def test_three_ct_windows_as_channels() -> None:
         PreprocessConfig(channels=1, channel_windows="pe_lung_mediastinum")
     with pytest.raises(ValueError, match="z_window"):
         PreprocessConfig(z_window="middle")
+
+
+def test_neighbouring_slices_as_channels() -> None:
+    # Slice k is uniform at 10 * k HU: channel 0 shows the slice above, 1 itself, 2 below.
+    hu = np.repeat(10.0 * np.arange(6), 16).reshape(6, 4, 4)
+    config = PreprocessConfig(
+        input_size=4, num_slices=8, segment=False, min_slices=4, channel_windows="pe_neighbours"
+    )
+    out = preprocess_volume(_volume(hu, 3.0), config)
+    unit = (10.0 * np.arange(6) + 250.0) / 700.0  # the PE window of each slice
+    above = unit[[0, 0, 1, 2, 3, 4]]  # the first slice stands in for its missing neighbour
+    below = unit[[1, 2, 3, 4, 5, 5]]
+    assert np.allclose(out.volume[:6].mean(axis=(1, 2)), np.stack([above, unit, below], 1))
+    # Padding stays empty, and the slice-to-SOP mapping is the PE channel's slice.
+    assert not out.volume[6:].any()
+    assert out.sop_instance_uids[:6] == [f"1.2.3.{k}" for k in range(6)]
+    with pytest.raises(ValueError, match="needs channels: 3"):
+        PreprocessConfig(channels=1, channel_windows="pe_neighbours")
