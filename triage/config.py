@@ -21,6 +21,12 @@ from triage.errors import ConfigError
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # DICOM AE: no backslash, 1-16 chars
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+# A web.users name: it goes into the session cookie and the feedback table's ``who``.
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
+MAX_USER_NAME_CHARS = 32
+#: The user name of the shared ``web.token``, as feedback records it.
+SHARED_TOKEN_USER = "web.token"
+MIN_USER_TOKEN_CHARS = 16
 
 
 class _Section(BaseModel):
@@ -248,8 +254,11 @@ class WebConfig(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    # Bearer token; required when host is not a loopback address.
+    # Bearer token shared by everyone (its user name is "web.token"); web.token or
+    # web.users is required when host is not a loopback address.
     token: str | None = None
+    # Named users, name -> their own token, so that a verdict records who gave it.
+    users: dict[str, str] = Field(default_factory=dict)
     # How long a browser's session (opened with /?token=...) lasts before it needs the
     # token again.
     session_hours: float = Field(default=12.0, gt=0)
@@ -258,8 +267,9 @@ class WebConfig(_Section):
     # The worklist shows studies that received an instance in the last this many hours
     # (a month of studies would make every refresh read them all); null shows all.
     worklist_hours: float | None = Field(default=72, gt=0)
-    # Patient name and ID on the worklist and study view: always with web.token set
-    # (every reader is authenticated); without a token (loopback only) only when true.
+    # Patient name and ID on the worklist and study view: always with web.token or
+    # web.users set (every reader is authenticated); without a token (loopback only)
+    # only when true.
     show_patient_identity: bool = False
     # A link per study to the hospital's viewer, e.g.
     # https://pacs/viewer?StudyInstanceUIDs={study_instance_uid}
@@ -285,14 +295,72 @@ class WebConfig(_Section):
     def _host(cls, value: str) -> str:
         return _check_host(value)
 
+    @field_validator("users")
+    @classmethod
+    def _users(cls, users: dict[str, str]) -> dict[str, str]:
+        # The messages name users, never their tokens: a config error is logged.
+        for name, token in users.items():
+            if len(name) > MAX_USER_NAME_CHARS:
+                # Not echoed: a name this long may be a token written as the key.
+                raise ValueError(
+                    f"a user name is longer than {MAX_USER_NAME_CHARS} characters (each "
+                    "entry is 'name: token')"
+                )
+            if not _USER_NAME.fullmatch(name):
+                raise ValueError(
+                    f"the user name {name!r} must be letters, digits and . _ @ - only (no "
+                    "spaces), starting with a letter or digit"
+                )
+            if name == SHARED_TOKEN_USER:
+                raise ValueError(
+                    f"{SHARED_TOKEN_USER!r} is the name feedback records for the "
+                    "shared web.token; choose another user name"
+                )
+            if len(token) < MIN_USER_TOKEN_CHARS:
+                raise ValueError(
+                    f"the token of {name} is shorter than {MIN_USER_TOKEN_CHARS} "
+                    "characters (make one with: python3 -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))')"
+                )
+        owners: dict[str, list[str]] = {}
+        for name, token in users.items():
+            owners.setdefault(token, []).append(name)
+        shared = [names for names in owners.values() if len(names) > 1]
+        if shared:
+            raise ValueError(
+                "each user needs their own token, but "
+                + "; ".join(" and ".join(names) for names in shared)
+                + " have the same one"
+            )
+        return users
+
     @model_validator(mode="after")
     def _token_when_exposed(self) -> WebConfig:
-        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.token:
+        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.authenticated:
             raise ValueError(
-                f"web.host {self.host} is reachable from other machines, so web.token is "
-                "required (use ${ENV_VAR} to keep it out of the file)"
+                f"web.host {self.host} is reachable from other machines, so web.token or "
+                "web.users is required (use ${ENV_VAR} to keep tokens out of the file)"
+            )
+        same = [name for name, token in self.users.items() if token == self.token]
+        if same:
+            raise ValueError(
+                f"web.users: the token of {same[0]} is web.token's; each user needs their own token"
             )
         return self
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the web pages need a token (web.token or web.users is set)."""
+        return bool(self.token) or bool(self.users)
+
+    @property
+    def tokens(self) -> dict[str, str]:
+        """Every accepted token's user name -> its token: web.users and, if set,
+        web.token as the user ``web.token``."""
+        tokens = dict(self.users)
+        if self.token:
+            tokens[SHARED_TOKEN_USER] = self.token
+        return tokens
 
 
 class _DicomPeer(_Section):

@@ -519,7 +519,7 @@ def test_the_session_cookie_expires(tmp_path: Path, sqlite_sessions: sessionmake
 
     # ... and the server refuses a copy kept past that time, or one whose expiry was moved.
     past = int(time.time()) - 1
-    for stale in (cookie_value("s3cret-token", past), f"{int(expires) + 86400}.{mac}"):
+    for stale in (cookie_value("web.token", "s3cret-token", past), f"{int(expires) + 86400}.{mac}"):
         kept = _client(tmp_path, sqlite_sessions, token="s3cret-token", session_hours=2)
         kept.cookies.set(COOKIE_NAME, stale)
         assert kept.get("/").status_code == 401

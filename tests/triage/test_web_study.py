@@ -31,7 +31,7 @@ from triage.errors import ConfigError
 from triage.monitor import read_records
 from triage.storage.outbox import outbox_dir
 from triage.web import create_app
-from triage.web.auth import COOKIE_NAME, cookie_value
+from triage.web.auth import COOKIE_NAME, cookie_user, cookie_value
 from triage.web.feedback import CSRF_COOKIE, CSRF_FIELD
 
 # A 1x1 PNG: the route serves bytes, it does not decode them.
@@ -294,11 +294,184 @@ def test_with_a_token_the_verdict_needs_it_and_records_the_token_as_who(tmp_path
     uid, _ = _positive(sessions)
     assert client.get(f"/study/{uid}").status_code == 401
     assert client.post(f"/study/{uid}/feedback", data={"verdict": "confirmed"}).status_code == 401
-    client.cookies.set(COOKIE_NAME, cookie_value("s3cret-token", int(utcnow().timestamp()) + 10**9))
+    expires = int(utcnow().timestamp()) + 10**9
+    client.cookies.set(COOKIE_NAME, cookie_value("web.token", "s3cret-token", expires))
     token = _csrf(client, uid)
     client.post(f"/study/{uid}/feedback", data={CSRF_FIELD: token, "verdict": "rejected"})
     with sessions() as session:
         assert session.scalars(select(Feedback.who)).one() == "web.token"
+
+
+# --- named users (web.users): each verdict records its radiologist ------------------
+
+
+SMITH, JONES = "smith-token-0123456789", "jones-token-9876543210"
+USERS = {"dr.smith": SMITH, "j.jones@rad": JONES}
+
+
+def _sign_in(client: TestClient, token: str) -> str:
+    """Open a session with ``/?token=`` as a browser does; the session cookie's value."""
+    response = client.get(f"/?token={token}", follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/"
+    assert token not in response.headers["set-cookie"]
+    cookie = client.cookies.get(COOKIE_NAME)
+    assert cookie is not None
+    return cookie.strip('"')
+
+
+def test_two_users_each_verdict_records_its_own_user(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    config, sessions, smith = _setup(tmp_path, users=USERS)
+    jones = TestClient(create_app(config, sessions))
+    uid, result_id = _positive(sessions)
+    # Dr Smith in a browser session, Dr Jones with a bearer token.
+    _sign_in(smith, SMITH)
+    jones.headers["Authorization"] = f"Bearer {JONES}"
+    sent = smith.post(
+        f"/study/{uid}/feedback",
+        data={CSRF_FIELD: _csrf(smith, uid), "verdict": "confirmed"},
+        follow_redirects=False,
+    )
+    assert sent.status_code == 303
+    assert "by dr.smith at" in smith.get(f"/study/{uid}").text
+    sent = jones.post(
+        f"/study/{uid}/feedback",
+        data={CSRF_FIELD: _csrf(jones, uid), "verdict": "rejected"},
+        follow_redirects=False,
+    )
+    assert sent.status_code == 303
+    with sessions() as session:
+        verdicts = session.execute(
+            select(Feedback.who, Feedback.verdict, Feedback.result_id).order_by(Feedback.id)
+        ).all()
+        assert [(w, v.value, r) for w, v, r in verdicts] == [
+            ("dr.smith", "confirmed", result_id),
+            ("j.jones@rad", "rejected", result_id),
+        ]
+        audit = session.scalars(
+            select(AuditEvent).where(AuditEvent.kind == "feedback").order_by(AuditEvent.id)
+        ).all()
+        assert [a.detail["who"] for a in audit] == ["dr.smith", "j.jones@rad"]
+    # The newest verdict and its user show on the study view, to either reader.
+    assert "by j.jones@rad at" in smith.get(f"/study/{uid}").text
+    assert "Rejected: no PE" in jones.get("/").text
+    # The user's name is logged with the verdict; no token is logged (by the server: the
+    # test client's own httpx log has the address it asked for).
+    server_records = [r for r in caplog.records if not r.name.startswith("httpx")]
+    logged = capsys.readouterr().out + capsys.readouterr().err
+    logged += "\n".join(r.getMessage() for r in server_records)
+    assert "dr.smith" in logged and "j.jones@rad" in logged
+    assert SMITH not in logged and JONES not in logged
+
+
+def test_a_wrong_token_is_refused(tmp_path: Path) -> None:
+    _config, sessions, client = _setup(tmp_path, users=USERS, token="shared-token")
+    uid, _ = _positive(sessions)
+    for wrong in ("nope", SMITH + "x", SMITH[:-1], f"{SMITH} {JONES}", "dr.smith"):
+        bearer = {"Authorization": f"Bearer {wrong}"}
+        assert client.get("/api/worklist", headers=bearer).status_code == 401, wrong
+        assert client.get(f"/study/{uid}", headers=bearer).status_code == 401, wrong
+        assert client.get("/", params={"token": wrong}, follow_redirects=False).status_code == 401
+    assert client.post(f"/study/{uid}/feedback", data={"verdict": "confirmed"}).status_code == 401
+    assert client.cookies.get(COOKIE_NAME) is None
+    with sessions() as session:
+        assert session.scalars(select(Feedback)).all() == []
+    # Each configured token works, the shared one too.
+    for token in (SMITH, JONES, "shared-token"):
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert client.get("/api/worklist", headers=bearer).status_code == 200
+
+
+def test_a_session_cookie_altered_to_name_another_user_is_refused(tmp_path: Path) -> None:
+    config, sessions, client = _setup(tmp_path, users=USERS, token="shared-token")
+    uid, _ = _positive(sessions)
+    cookie = _sign_in(client, SMITH)
+    expires, mac, user = cookie.split(".", 2)
+    assert user == "dr.smith" and client.get("/").status_code == 200
+    future = int(expires)
+    forged = [
+        # Dr Smith's cookie, its name changed.
+        f"{expires}.{mac}.j.jones@rad",
+        f"{expires}.{mac}.web.token",
+        # Signed with Dr Smith's token but naming Dr Jones or the shared token's user.
+        cookie_value("j.jones@rad", SMITH, future),
+        cookie_value("web.token", SMITH, future),
+        # A user who is not (or no longer) configured.
+        cookie_value("dr.who", SMITH, future),
+        # The cookie of before web.users: an expiry and its MAC, no name.
+        f"{expires}.{mac}",
+    ]
+    for value in forged:
+        other = TestClient(create_app(config, sessions))
+        other.cookies.set(COOKIE_NAME, value)
+        assert other.get("/").status_code == 401, value
+        assert other.get(f"/study/{uid}").status_code == 401, value
+        refused = other.post(f"/study/{uid}/feedback", data={"verdict": "rejected"})
+        assert refused.status_code == 401, value
+    # A Latin-1 digit as the expiry (a quoted cookie may hold one) is refused too, not
+    # a server error.
+    assert cookie_user(USERS, f"\u00b2.{mac}.dr.smith", 0) is None
+    with sessions() as session:
+        assert session.scalars(select(Feedback)).all() == []
+
+
+def test_signing_in_with_another_token_switches_the_browsers_user(tmp_path: Path) -> None:
+    # A shared reading-room workstation: the next radiologist opens /?token= with theirs.
+    _config, sessions, client = _setup(tmp_path, users=USERS)
+    uid, _ = _positive(sessions)
+    _sign_in(client, SMITH)
+    _sign_in(client, JONES)
+    client.post(
+        f"/study/{uid}/feedback", data={CSRF_FIELD: _csrf(client, uid), "verdict": "rejected"}
+    )
+    with sessions() as session:
+        assert session.scalars(select(Feedback.who)).one() == "j.jones@rad"
+
+
+@pytest.mark.parametrize(
+    ("users", "token", "message"),
+    [
+        ({"dr.smith": "short-token"}, None, "the token of dr.smith is shorter than 16"),
+        ({"dr.smith": SMITH, "dr.jones": SMITH}, None, "dr.smith and dr.jones have the same"),
+        ({"dr smith": SMITH}, None, "'dr smith' must be letters, digits"),
+        ({"": SMITH}, None, "must be letters, digits"),
+        ({"dr.smith\u200b": SMITH}, None, "must be letters, digits"),
+        ({JONES + JONES: SMITH}, None, "longer than 32 characters"),
+        ({"web.token": SMITH}, None, "'web.token' is the name feedback records"),
+        ({"dr.smith": SMITH}, SMITH, "the token of dr.smith is web.token's"),
+    ],
+)
+def test_web_users_are_validated(
+    tmp_path: Path, users: dict[str, str], token: str | None, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config(tmp_path, web={"users": users, "token": token})
+    [(path, reason)] = info.value.problems
+    assert path == ("web.users" if token is None else "web")
+    assert message in reason
+    # A configuration error is printed and logged: it never shows a token.
+    assert SMITH not in str(info.value) and JONES not in str(info.value)
+
+
+def test_with_only_web_users_the_identity_is_shown_and_any_host_is_accepted(
+    tmp_path: Path,
+) -> None:
+    _config, sessions, client = _setup(tmp_path, users=USERS)
+    _named(sessions)
+    for path in ("/", "/api/worklist"):
+        refused = client.get(path)
+        assert refused.status_code == 401
+        assert NAME not in refused.text and PID not in refused.text
+    bearer = {"Authorization": f"Bearer {JONES}"}
+    assert NAME in client.get("/", headers=bearer).text
+    assert client.get("/api/worklist", headers=bearer).json()["rows"][0]["patient_id"] == PID
+    # A host other machines reach needs web.token or web.users; web.users alone will do.
+    exposed = make_config(tmp_path, web={"host": "0.0.0.0", "users": USERS})
+    assert exposed.web.token is None and exposed.web.authenticated
+    with pytest.raises(ConfigError, match=r"web\.token or web\.users is required"):
+        make_config(tmp_path, web={"host": "0.0.0.0"})
 
 
 # --- the worklist's rows: identity, time since arrival, delivery meaning, viewer link ---

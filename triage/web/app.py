@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from triage.config import Config
 from triage.db.models import Study, utcnow
 from triage.logs import get_logger
-from triage.web.auth import TokenGate
+from triage.web.auth import TokenGate, authenticated_user
 from triage.web.feedback import (
     CSRF_COOKIE,
     CSRF_FIELD,
@@ -128,7 +128,7 @@ def create_app(
     -------
     Starlette
         Routes ``/``, ``/api/worklist``, ``/healthz`` and ``/metrics``; with
-        ``web.token`` set, all but ``/healthz`` need the token (see
+        ``web.token`` or ``web.users`` set, all but ``/healthz`` need a token (see
         :mod:`triage.web.auth`).
     """
     refresh = config.web.refresh_seconds
@@ -136,9 +136,9 @@ def create_app(
     registry = metrics_registry(sessions, alive)
 
     window = config.web.worklist_hours
-    # Patient name and ID: with a token every reader past the gate is authenticated;
-    # without one (loopback only) they show only when the site says so.
-    identity = bool(config.web.token) or config.web.show_patient_identity
+    # Patient name and ID: with tokens (web.token or web.users) every reader past the gate
+    # is authenticated; without one (loopback only) they show only when the site says so.
+    identity = config.web.authenticated or config.web.show_patient_identity
 
     def listed_rows() -> list[WorklistRow]:
         since = utcnow() - timedelta(hours=window) if window is not None else None
@@ -185,10 +185,11 @@ def create_app(
             headers={"Cache-Control": "no-store"},
         )
 
-    def who(_request: Request) -> str:
-        # Every request past the token gate carries the token; without one the page is
-        # open on loopback only, so the verdict is the loopback user's.
-        return "web.token" if config.web.token else "loopback (no token)"
+    def who(request: Request) -> str:
+        # The gate names the user of every request it lets through: the web.users name of
+        # its token, or "web.token" for the shared one. Without tokens there is no gate
+        # and the page is open on loopback only, so the verdict is the loopback user's.
+        return authenticated_user(request.scope) or "loopback (no token)"
 
     def study_page(request: Request) -> Response:
         uid = request.path_params["uid"]
@@ -239,13 +240,16 @@ def create_app(
                 status_code=403,
                 headers=_PRIVATE,
             )
+        user = who(request)
         try:
             result_id = record_feedback(
-                sessions, uid, form.get("verdict", ""), form.get("comment"), who(request)
+                sessions, uid, form.get("verdict", ""), form.get("comment"), user
             )
         except FeedbackError as exc:
             return PlainTextResponse(f"{exc}\n", status_code=400, headers=_PRIVATE)
-        log.info("web_feedback_recorded", result_id=result_id, verdict=form.get("verdict"))
+        log.info(
+            "web_feedback_recorded", result_id=result_id, verdict=form.get("verdict"), who=user
+        )
         return RedirectResponse(f"/study/{uid}", status_code=303, headers=_PRIVATE)
 
     def key_image(request: Request) -> Response:
@@ -267,10 +271,10 @@ def create_app(
         )
 
     middleware = [Middleware(NoFraming)]
-    if config.web.token:
+    if config.web.authenticated:
         session_seconds = config.web.session_hours * 3600
         middleware.append(
-            Middleware(TokenGate, token=config.web.token, session_seconds=session_seconds)
+            Middleware(TokenGate, tokens=config.web.tokens, session_seconds=session_seconds)
         )
     return Starlette(
         routes=[

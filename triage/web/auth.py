@@ -1,11 +1,16 @@
 """The token gate in front of every endpoint except ``/healthz``.
 
-With ``web.token`` set, a request needs ``Authorization: Bearer <token>`` or the
-session cookie. A browser gets the cookie by opening ``/?token=<token>`` once; it is
-then redirected to ``/`` so the token does not stay in the address bar, the history or
-a bookmark. The cookie holds its expiry time and an HMAC of it keyed with the token, not
-the token itself. It expires after ``web.session_hours``: the browser drops it then, and
-the server refuses it after that time even if a copy is kept.
+With ``web.token`` or ``web.users`` set, a request needs ``Authorization: Bearer
+<token>`` (any configured token) or the session cookie. Each token belongs to a user:
+its ``web.users`` name, or ``web.token`` for the shared token; the gate puts that name
+in the request's scope (:func:`authenticated_user`), so feedback records who gave it.
+
+A browser gets the cookie by opening ``/?token=<token>`` once; it is then redirected to
+``/`` so the token does not stay in the address bar, the history or a bookmark. The
+cookie holds its expiry time, the user's name and an HMAC of both keyed with that user's
+token, not the token itself: neither the expiry nor the name can be changed without the
+named user's token. It expires after ``web.session_hours``: the browser drops it then,
+and the server refuses it after that time even if a copy is kept.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
@@ -30,20 +36,46 @@ COOKIE_NAME = "triage_session"
 #: Paths anyone may read: a load balancer's health probe carries no token.
 OPEN_PATHS = frozenset({"/healthz"})
 
-
-def cookie_value(token: str, expires_at: int) -> str:
-    """The session cookie's value: its expiry (Unix seconds) and an HMAC of it keyed with
-    ``token``, so the cookie is not the token and its expiry cannot be moved."""
-    mac = hmac.new(token.encode(), f"triage-web-session:{expires_at}".encode(), hashlib.sha256)
-    return f"{expires_at}.{mac.hexdigest()}"
+#: The scope key under which the gate leaves the authenticated user's name.
+USER_SCOPE_KEY = "triage.user"
 
 
-def cookie_is_valid(token: str, value: str, now: float) -> bool:
-    """Whether ``value`` is a cookie that :func:`cookie_value` made and that has not expired."""
-    expires, _, _mac = value.partition(".")
-    if not expires.isdigit():
-        return False
-    return _equal(value, cookie_value(token, int(expires))) and now < int(expires)
+def cookie_value(user: str, token: str, expires_at: int) -> str:
+    """The session cookie's value: its expiry (Unix seconds), an HMAC keyed with the
+    user's ``token`` of the expiry and the user's name, and the name; so the cookie is not
+    the token, and neither its expiry nor its user can be changed."""
+    message = f"triage-web-session:{expires_at}:{user}".encode()
+    mac = hmac.new(token.encode(), message, hashlib.sha256)
+    return f"{expires_at}.{mac.hexdigest()}.{user}"
+
+
+def cookie_user(tokens: Mapping[str, str], value: str, now: float) -> str | None:
+    """The user named by ``value`` if it is a cookie that :func:`cookie_value` made with
+    that user's token in ``tokens`` (user name -> token) and has not expired, else None."""
+    expires, _, rest = value.partition(".")
+    _mac, _, user = rest.partition(".")
+    token = tokens.get(user)
+    if not (expires.isascii() and expires.isdigit()) or token is None:
+        return None
+    if _equal(value, cookie_value(user, token, int(expires))) and now < int(expires):
+        return user
+    return None
+
+
+def token_user(tokens: Mapping[str, str], given: str) -> str | None:
+    """The user whose token ``given`` is, or None. Every token is compared, each in
+    constant time, so the response time does not say which one came closest."""
+    found = None
+    for user, token in tokens.items():
+        if _equal(given, token):
+            found = user
+    return found
+
+
+def authenticated_user(scope: Scope) -> str | None:
+    """The name of the user the gate let this request through for; None without a gate."""
+    user = scope.get(USER_SCOPE_KEY)
+    return user if isinstance(user, str) else None
 
 
 def _equal(given: str, expected: str) -> bool:
@@ -52,21 +84,25 @@ def _equal(given: str, expected: str) -> bool:
 
 
 class TokenGate:
-    """ASGI middleware that refuses requests without the token (401).
+    """ASGI middleware that refuses requests without a configured token (401), and names
+    the user of every request it lets through (:func:`authenticated_user`).
 
     Parameters
     ----------
     app : ASGIApp
         The application behind the gate.
-    token : str
-        The configured ``web.token``.
+    tokens : Mapping[str, str]
+        User name -> token: ``web.users`` and the shared ``web.token`` (see
+        :attr:`triage.config.WebConfig.tokens`).
     session_seconds : float
         How long a session cookie is valid (``web.session_hours``).
     """
 
-    def __init__(self, app: ASGIApp, token: str, session_seconds: float) -> None:
+    def __init__(self, app: ASGIApp, tokens: Mapping[str, str], session_seconds: float) -> None:
+        if not tokens:
+            raise ValueError("the token gate needs at least one token")
         self._app = app
-        self._token = token
+        self._tokens = dict(tokens)
         self._session_seconds = session_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -74,17 +110,28 @@ class TokenGate:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self._app(scope, receive, send)
             return
-        response = self._check(scope)
-        if response is None:
-            await self._app(scope, receive, send)
+        checked = self._check(scope)
+        if isinstance(checked, str):
+            await self._app({**scope, USER_SCOPE_KEY: checked}, receive, send)
         else:
-            await response(scope, receive, send)
+            await checked(scope, receive, send)
 
-    def _check(self, scope: Scope) -> Response | None:
+    def _check(self, scope: Scope) -> str | Response:
+        """The request's user, or the answer to a request without a valid token."""
         headers = Headers(scope=scope)
         scheme, _, credentials = headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and _equal(credentials.strip(), self._token):
-            return None
+        if scheme.lower() == "bearer":
+            user = token_user(self._tokens, credentials.strip())
+            if user is not None:
+                return user
+        now = time.time()
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if scope["path"] == "/" and "token" in query:
+            user = token_user(self._tokens, query["token"][0])
+            if user is not None:
+                # A new session even over a valid one: on a shared workstation the next
+                # radiologist signs in as themselves, and their verdicts carry their name.
+                return self._new_session(scope, user, now)
         cookies: SimpleCookie = SimpleCookie()
         try:
             cookies.load(headers.get("cookie", ""))
@@ -92,22 +139,10 @@ class TokenGate:
             # A malformed Cookie header is treated as no cookie, not as a server error.
             cookies = SimpleCookie()
         session = cookies.get(COOKIE_NAME)
-        now = time.time()
-        if session is not None and cookie_is_valid(self._token, session.value, now):
-            return None
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if scope["path"] == "/" and "token" in query and _equal(query["token"][0], self._token):
-            redirect = RedirectResponse("/", status_code=303)
-            redirect.set_cookie(
-                COOKIE_NAME,
-                cookie_value(self._token, int(now + self._session_seconds)),
-                max_age=int(self._session_seconds),
-                httponly=True,
-                samesite="strict",
-                secure=scope.get("scheme") == "https",
-            )
-            log.info("web_session_started")
-            return redirect
+        if session is not None:
+            user = cookie_user(self._tokens, session.value, now)
+            if user is not None:
+                return user
         log.info("web_unauthorised", path=scope["path"])
         if scope["path"] == "/":
             return HTMLResponse(
@@ -118,3 +153,18 @@ class TokenGate:
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+    def _new_session(self, scope: Scope, user: str, now: float) -> Response:
+        """A redirect to ``/`` that sets ``user``'s session cookie."""
+        redirect = RedirectResponse("/", status_code=303)
+        redirect.set_cookie(
+            COOKIE_NAME,
+            cookie_value(user, self._tokens[user], int(now + self._session_seconds)),
+            max_age=int(self._session_seconds),
+            httponly=True,
+            samesite="strict",
+            secure=scope.get("scheme") == "https",
+        )
+        # The name, never the token.
+        log.info("web_session_started", user=user)
+        return redirect
