@@ -30,7 +30,11 @@ def _echo(port: int) -> int:
     ae = AE(ae_title="PACS")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE")
-    assert assoc.is_established, "the association was not accepted"
+    # Say how it failed: a rejection or abort is the receiver's answer, neither is a timeout.
+    assert assoc.is_established, (
+        f"the association was not accepted: rejected={assoc.is_rejected}, "
+        f"aborted={assoc.is_aborted}"
+    )
     status = int(assoc.send_c_echo().Status)
     assoc.release()
     return status
