@@ -354,9 +354,16 @@ def test_two_users_each_verdict_records_its_own_user(
             select(AuditEvent).where(AuditEvent.kind == "feedback").order_by(AuditEvent.id)
         ).all()
         assert [a.detail["who"] for a in audit] == ["dr.smith", "j.jones@rad"]
-    # The newest verdict and its user show on the study view, to either reader.
+    # The newest verdict and its user show on the study view and the worklist, to either
+    # reader; each page says who is signed in.
     assert "by j.jones@rad at" in smith.get(f"/study/{uid}").text
-    assert "Rejected: no PE" in jones.get("/").text
+    worklist = smith.get("/").text
+    assert "Rejected: no PE" in worklist and "by j.jones@rad, just now" in worklist
+    assert 'Signed in as <b id="user">dr.smith</b>' in worklist
+    assert 'Signed in as <b id="user">j.jones@rad</b>' in jones.get(f"/study/{uid}").text
+    row = jones.get("/api/worklist").json()["rows"][0]
+    assert (row["feedback"], row["feedback_by"]) == ("rejected", "j.jones@rad")
+    assert row["feedback_at"].endswith("Z")
     # The user's name is logged with the verdict; no token is logged (by the server: the
     # test client's own httpx log has the address it asked for).
     server_records = [r for r in caplog.records if not r.name.startswith("httpx")]
@@ -428,6 +435,31 @@ def test_signing_in_with_another_token_switches_the_browsers_user(tmp_path: Path
     )
     with sessions() as session:
         assert session.scalars(select(Feedback.who)).one() == "j.jones@rad"
+
+
+def test_sign_out_deletes_the_session_cookie_and_only_a_post_does(tmp_path: Path) -> None:
+    _config, _sessions, client = _setup(tmp_path, users=USERS)
+    _sign_in(client, SMITH)
+    assert client.get("/").status_code == 200
+    # A link, a prefetch or an image tag does not sign anyone out.
+    assert client.get("/signout", follow_redirects=False).status_code == 405
+    assert client.get("/").status_code == 200
+    out = client.post("/signout", follow_redirects=False)
+    assert out.status_code == 303 and out.headers["location"] == "/"
+    assert COOKIE_NAME in out.headers["set-cookie"] and "Max-Age=0" in out.headers["set-cookie"]
+    assert client.cookies.get(COOKIE_NAME) is None
+    assert client.get("/").status_code == 401
+    # Without a session there is nothing to sign out of: the gate refuses it like any page.
+    assert client.post("/signout", follow_redirects=False).status_code == 401
+
+
+def test_without_a_token_no_one_is_signed_in(tmp_path: Path) -> None:
+    _config, sessions, client = _setup(tmp_path)
+    uid, _ = _positive(sessions)
+    assert "Signed in as" not in client.get("/").text
+    assert "Signed in as" not in client.get(f"/study/{uid}").text
+    # No gate, no sign-out route.
+    assert client.post("/signout").status_code == 404
 
 
 @pytest.mark.parametrize(

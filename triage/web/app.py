@@ -62,12 +62,11 @@ _PRIVATE = {
 
 # Only the page's own stylesheet and script apply: markup smuggled in through a DICOM
 # header that escaping somehow missed could neither run nor restyle the page.
+# Forms may post only to this server: the study view's verdict and the sign-out button.
 _CSP = (
     "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; "
-    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-# The study view posts its verdict form to itself.
-_STUDY_CSP = _CSP.replace("form-action 'none'", "form-action 'self'")
 
 
 class NoFraming:
@@ -152,6 +151,7 @@ def create_app(
             window_hours=window,
             identity=identity,
             viewer_url=config.web.viewer_url,
+            user=authenticated_user(request.scope),
         )
         return templates.TemplateResponse(
             request,
@@ -207,6 +207,7 @@ def create_app(
                 {
                     "view": view,
                     "identity": identity,
+                    "user": authenticated_user(request.scope),
                     "curve": curve_svg(view.curve),
                     "feedback": feedback.get(result.id) if result is not None else None,
                     "csrf_field": CSRF_FIELD,
@@ -214,7 +215,7 @@ def create_app(
                     "error": request.query_params.get("error"),
                     "footer": FOOTER,
                 },
-                headers={**_PRIVATE, "Content-Security-Policy": _STUDY_CSP},
+                headers={**_PRIVATE, "Content-Security-Policy": _CSP},
             )
         response.set_cookie(
             CSRF_COOKIE,

@@ -10,7 +10,9 @@ A browser gets the cookie by opening ``/?token=<token>`` once; it is then redire
 cookie holds its expiry time, the user's name and an HMAC of both keyed with that user's
 token, not the token itself: neither the expiry nor the name can be changed without the
 named user's token. It expires after ``web.session_hours``: the browser drops it then,
-and the server refuses it after that time even if a copy is kept.
+and the server refuses it after that time even if a copy is kept. The pages' sign-out
+button (``POST /signout``) deletes the browser's cookie; sessions are kept nowhere on the
+server, so a copy of the cookie taken before stays valid until it expires.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ OPEN_PATHS = frozenset({"/healthz"})
 
 #: The scope key under which the gate leaves the authenticated user's name.
 USER_SCOPE_KEY = "triage.user"
+
+#: Where the pages' sign-out button posts: the gate answers it, as it owns the cookie.
+SIGNOUT_PATH = "/signout"
 
 
 def cookie_value(user: str, token: str, expires_at: int) -> str:
@@ -111,7 +116,9 @@ class TokenGate:
             await self._app(scope, receive, send)
             return
         checked = self._check(scope)
-        if isinstance(checked, str):
+        if isinstance(checked, str) and scope["path"] == SIGNOUT_PATH:
+            await self._sign_out(scope, checked)(scope, receive, send)
+        elif isinstance(checked, str):
             await self._app({**scope, USER_SCOPE_KEY: checked}, receive, send)
         else:
             await checked(scope, receive, send)
@@ -153,6 +160,20 @@ class TokenGate:
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+    def _sign_out(self, scope: Scope, user: str) -> Response:
+        """The answer to the sign-out button: the session cookie deleted, back to ``/``
+        (which then asks for a token). Only a POST: a link or a prefetch must not sign out."""
+        if scope["method"] != "POST":
+            return PlainTextResponse(
+                "sign out with a POST\n", status_code=405, headers={"Allow": "POST"}
+            )
+        redirect = RedirectResponse("/", status_code=303)
+        redirect.delete_cookie(
+            COOKIE_NAME, httponly=True, samesite="strict", secure=scope.get("scheme") == "https"
+        )
+        log.info("web_session_ended", user=user)
+        return redirect
 
     def _new_session(self, scope: Scope, user: str, now: float) -> Response:
         """A redirect to ``/`` that sets ``user``'s session cookie."""

@@ -119,6 +119,7 @@ def worklist_context(
     window_hours: float | None = None,
     identity: bool = False,
     viewer_url: str | None = None,
+    user: str | None = None,
 ) -> dict[str, Any]:
     """What ``worklist.html`` shows.
 
@@ -137,9 +138,12 @@ def worklist_context(
         Whether the reader may see patient names and IDs.
     viewer_url : str, optional
         ``web.viewer_url``: a link per study to the hospital's viewer.
+    user : str, optional
+        Who the token gate let in (shown with a sign-out button); None without a gate.
     """
     return {
         "identity": identity,
+        "user": user,
         "viewer_url": viewer_url,
         "rows": rows,
         "refresh_seconds": int(refresh_seconds),

@@ -89,6 +89,10 @@ class WorklistRow:
         Each destination's state, for the JSON API.
     feedback : str or None
         The latest radiologist's verdict on the result, ``confirmed`` or ``rejected``.
+    feedback_by : str or None
+        Who gave it: the ``web.users`` name, ``web.token`` or ``loopback (no token)``.
+    feedback_at : datetime or None
+        When it was given (UTC).
     patient_name, patient_id : str or None
         Shown only to readers allowed to see them (see :func:`WorklistRow.to_json`).
     study_description, study_date : str or None
@@ -109,6 +113,8 @@ class WorklistRow:
     series_description: str | None
     deliveries: list[DeliveryStatus] = field(default_factory=list)
     feedback: str | None = None
+    feedback_by: str | None = None
+    feedback_at: datetime | None = None
     patient_name: str | None = None
     patient_id: str | None = None
     study_description: str | None = None
@@ -142,6 +148,12 @@ class WorklistRow:
             "series_instance_uid": self.series_instance_uid,
             "series_description": self.series_description,
             "feedback": self.feedback,
+            "feedback_by": self.feedback_by,
+            "feedback_at": (
+                None
+                if self.feedback_at is None
+                else self.feedback_at.isoformat(timespec="seconds") + "Z"
+            ),
             "deliveries": [
                 {
                     "destination": d.destination,
@@ -280,7 +292,7 @@ def summarise_deliveries(deliveries: list[Delivery]) -> str:
     return "; ".join(parts)
 
 
-def _row(study: Study, views: list[_SeriesView], verdicts: dict[int, str]) -> WorklistRow:
+def _row(study: Study, views: list[_SeriesView], verdicts: dict[int, Feedback]) -> WorklistRow:
     best = min(views, key=lambda v: (v.relevance(), v.series.id)) if views else None
 
     if best is None:
@@ -303,6 +315,7 @@ def _row(study: Study, views: list[_SeriesView], verdicts: dict[int, str]) -> Wo
             study_description=study.study_description,
             study_date=study.study_date,
         )
+    verdict = verdicts.get(best.result.id) if best.result is not None else None
     return WorklistRow(
         study_instance_uid=study.study_instance_uid,
         accession_number=study.accession_number,
@@ -320,7 +333,9 @@ def _row(study: Study, views: list[_SeriesView], verdicts: dict[int, str]) -> Wo
             DeliveryStatus(d.destination, d.state.value, d.attempts, _shorten(d.last_error))
             for d in sorted(best.deliveries, key=lambda d: d.destination)
         ],
-        feedback=verdicts.get(best.result.id) if best.result is not None else None,
+        feedback=verdict.verdict.value if verdict else None,
+        feedback_by=verdict.who if verdict else None,
+        feedback_at=verdict.created_at if verdict else None,
         patient_name=study.patient_name,
         patient_id=study.patient_id,
         study_description=study.study_description,
@@ -412,7 +427,7 @@ def worklist_rows(
             .scalar_subquery()
         )
         verdicts = {
-            f.result_id: f.verdict.value
+            f.result_id: f
             for f in session.scalars(select(Feedback).where(Feedback.id.in_(newest_feedback)))
         }
         rows = []
