@@ -222,8 +222,17 @@ def test_study_view_and_feedback_in_headless_chromium(
             page.wait_for_url(f"{base}/study/{uid}")
             page.goto(f"{base}/")
             assert row.locator(".verdict-rejected").inner_text() == "Rejected: no PE"
+            assert row.locator(".by").inner_text() == "by web.token, just now"
             page.screenshot(path=str(ARTIFACTS / "worklist_feedback.png"), full_page=True)
             assert errors == [], "\n".join(errors)
+            # Signing out (a form the CSP must let post) leaves the worklist asking for a
+            # token: the 401 page (and its favicon's) are the only console errors after it.
+            assert page.locator("#user").inner_text() == "web.token"
+            page.locator("form.account button").click()
+            page.wait_for_url(f"{base}/")
+            assert page.locator("#user").count() == 0 and row.count() == 0
+            assert page.goto(f"{base}/").status == 401
+            assert all("401 (Unauthorized)" in e for e in errors), "\n".join(errors)
         finally:
             browser.close()
 
