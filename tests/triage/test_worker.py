@@ -720,6 +720,18 @@ class _Crash(BaseException):
     """Stands for the process dying: no handler of the worker's catches it."""
 
 
+def _run_dying_in(monkeypatch: pytest.MonkeyPatch, worker: Worker, owner: Any, name: str) -> None:
+    """Run one job with ``owner.name`` killing the process (:class:`_Crash`), then restore it."""
+
+    def crash(*args: Any) -> bool:
+        raise _Crash
+
+    monkeypatch.setattr(owner, name, crash)
+    with pytest.raises(_Crash):
+        worker.run_once()
+    monkeypatch.undo()
+
+
 def _age(folder: Path, seconds: float) -> None:
     then = time.time() - seconds
     os.utime(folder, (then, then))
@@ -736,13 +748,7 @@ def test_a_crash_before_the_commit_leaves_a_partial_outbox_that_start_up_removes
     sessions = open_db(config)
     job_id = _spool_and_queue(config, sessions, study_files)
 
-    def crash(*args: Any) -> bool:
-        raise _Crash
-
-    monkeypatch.setattr(store.job_state, "finish_done", crash)
-    with pytest.raises(_Crash):
-        Worker(config, sessions, predictor).run_once()
-    monkeypatch.undo()
+    _run_dying_in(monkeypatch, Worker(config, sessions, predictor), store.job_state, "finish_done")
     assert _results(sessions, job_id) == []
     outbox = config.data_dir / "outbox"
     (left,) = list(outbox.iterdir())
@@ -775,13 +781,7 @@ def test_a_crash_after_the_commit_leaves_a_partial_outbox_that_start_up_publishe
     sessions = open_db(config)
     job_id = _spool_and_queue(config, sessions, study_files)
 
-    def crash(*args: Any) -> bool:
-        raise _Crash
-
-    monkeypatch.setattr(store, "publish", crash)
-    with pytest.raises(_Crash):
-        Worker(config, sessions, predictor).run_once()
-    monkeypatch.undo()
+    _run_dying_in(monkeypatch, Worker(config, sessions, predictor), store, "publish")
     (result,) = _results(sessions, job_id)
     assert _job(sessions, job_id).state == JobState.DONE
     outbox = config.data_dir / "outbox"
