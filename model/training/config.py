@@ -67,6 +67,11 @@ class SliceCNNSection(_Section):
     # describe a network about a hundred steps old, and the small CNN's validation loss
     # swung between 0.55 and 3.2 from one epoch to the next. Inference never uses it.
     batch_norm_momentum: float = Field(default=0.99, gt=0, lt=1)
+    # Which epoch's weights are kept: the lowest validation loss, or the highest validation
+    # slice ROC AUC. The loss also rises when a CNN grows overconfident on a few slices
+    # while it still ranks slices better; the AUC measures only the ranking, which is what
+    # the stack head and the calibrator (fitted afterwards) use.
+    keep: Literal["val_loss", "val_auc"] = "val_loss"
     # The optional first epoch with the backbone frozen, then fine-tuning at a lower rate.
     frozen_backbone_epochs: int = Field(default=0, ge=0)
     finetune_learning_rate: float = Field(default=1e-5, gt=0)

@@ -206,15 +206,23 @@ def train_slice_cnn(
     log_dir: Path,
     statistics: SliceBatches | None = None,
 ) -> dict[str, Any]:
-    """Fit the slice CNN; keep the weights with the lowest validation loss.
+    """Fit the slice CNN; keep the weights of the epoch that ``cfg.keep`` names (lowest
+    validation loss or highest validation ROC AUC).
 
     With ``statistics`` (un-augmented training slices), the kept weights' batch-norm
     statistics are then re-estimated on them (:func:`recompute_batch_norm`).
     """
     best = work / "slice_cnn.best.weights.h5"
+    by_auc = cfg.keep == "val_auc"
+    # Exact enough for choosing an epoch: 1,000 thresholds on a probability.
+    metrics = [keras.metrics.AUC(num_thresholds=1000, name="auc")] if by_auc else []
     callbacks = [
         keras.callbacks.ModelCheckpoint(
-            best, monitor="val_loss", save_best_only=True, save_weights_only=True
+            best,
+            monitor=cfg.keep,
+            mode="max" if by_auc else "min",
+            save_best_only=True,
+            save_weights_only=True,
         ),
         *_tensorboard(log_dir),
     ]
@@ -225,7 +233,7 @@ def train_slice_cnn(
     if cfg.frozen_backbone_epochs:
         backbone = _backbone(cnn)
         backbone.trainable = False
-        cnn.compile(_adam(cfg.learning_rate, cfg.lr_decay), "binary_crossentropy")
+        cnn.compile(_adam(cfg.learning_rate, cfg.lr_decay), "binary_crossentropy", metrics=metrics)
         h = cnn.fit(
             train,
             validation_data=validation,
@@ -239,7 +247,7 @@ def train_slice_cnn(
         optimizer = _adam(cfg.finetune_learning_rate, cfg.finetune_lr_decay)
     else:
         optimizer = _adam(cfg.learning_rate, cfg.lr_decay)
-    cnn.compile(optimizer, "binary_crossentropy")
+    cnn.compile(optimizer, "binary_crossentropy", metrics=metrics)
     remaining = cfg.epochs - epochs_done
     if remaining > 0:
         h = cnn.fit(
@@ -253,9 +261,12 @@ def train_slice_cnn(
         for k, v in h.history.items():
             history.setdefault(k, []).extend(v)
     cnn.load_weights(best)
+    kept = history[cfg.keep]
     result: dict[str, Any] = {
         "history": history,
         "best_val_loss": float(min(history["val_loss"])),
+        # 1-based, as Keras prints it.
+        "kept_epoch": 1 + int(np.argmax(kept) if by_auc else np.argmin(kept)),
     }
     if statistics is not None:
         result["batch_norm_batches"] = recompute_batch_norm(cnn, statistics, cfg.batch_norm_batches)

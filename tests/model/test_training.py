@@ -319,3 +319,37 @@ def test_training_uses_the_configured_batch_norm_momentum(tmp_path: Path, moment
         assert moved > 0.2
     else:
         assert moved < 0.1
+
+
+@pytest.mark.parametrize("keep", ["val_loss", "val_auc"])
+def test_the_kept_epoch_is_the_best_by_the_configured_measure(tmp_path: Path, keep: str) -> None:
+    """The weights kept are those of the epoch with the lowest validation loss or the
+    highest validation ROC AUC, as ``slice_cnn.keep`` says, and the result names it."""
+    from sklearn.metrics import roc_auc_score
+
+    from model.network import build_slice_cnn
+    from model.training.config import SliceCNNSection
+    from model.training.stages import train_slice_cnn
+
+    cnn = build_slice_cnn("small", 32, 1, None, seed=0)
+    cfg = SliceCNNSection(epochs=4, batch_size=8, batch_norm_batches=0, keep=keep)
+    batches, flipped = _Batches(), _Batches()
+    # Validation labels opposite to training's: the more the CNN learns, the worse it
+    # validates, so the epoch kept is an early one, not the last.
+    flipped.batches = [(x, 1.0 - y) for x, y in flipped.batches]
+    result = train_slice_cnn(cnn, batches, flipped, cfg, tmp_path, tmp_path / "logs")
+    history = result["history"]
+    assert len(history["val_loss"]) == 4
+    assert ("val_auc" in history) == (keep == "val_auc")
+    kept = history[keep]
+    best = max(kept) if keep == "val_auc" else min(kept)
+    assert result["kept_epoch"] == kept.index(best) + 1 < 4
+    # The network now holds that epoch's weights: its validation measure is the best one.
+    x = np.concatenate([b[0] for b in flipped.batches])
+    y = np.concatenate([b[1] for b in flipped.batches]).ravel()
+    p = cnn.predict(x, verbose=0).ravel()
+    if keep == "val_auc":
+        assert roc_auc_score(y, p) == pytest.approx(best, abs=0.01)
+    else:
+        loss = float(keras.losses.binary_crossentropy(y[:, None], p[:, None]).numpy().mean())
+        assert loss == pytest.approx(best, rel=1e-3)
