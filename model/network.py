@@ -581,7 +581,19 @@ def build_sequence_model(
         pooled = TopSliceLogits(3, name="top_slices")(slice_probs)
     else:
         pooled = MaskedAttentionPool(name="attention_pool")(features, mask)
-    stack = layers.Dense(1, activation="sigmoid", name="stack")(pooled)
+    if stack_head == "top_slices":
+        # A study is positive if any slice is, so the stack may only rise with its
+        # strongest slices: unconstrained, 0.4.0's head learned weights of mixed sign
+        # (-0.07, 0.43, -1.00), and its slice outputs then ran highest in negatives.
+        stack = layers.Dense(
+            1,
+            activation="sigmoid",
+            name="stack",
+            kernel_initializer=keras.initializers.Constant(1.0 / 3),
+            kernel_constraint=keras.constraints.NonNeg(),
+        )(pooled)
+    else:
+        stack = layers.Dense(1, activation="sigmoid", name="stack")(pooled)
     return keras.Model(
         {"encodings": encodings, "mask": mask},
         {"slice": slice_probs, "stack": stack},

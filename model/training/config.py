@@ -58,6 +58,12 @@ class SliceCNNSection(_Section):
     augment: bool = True
     # The chance that a training slice, of either class, is augmented in an epoch.
     augment_probability: float = Field(default=0.5, ge=0, le=1)
+    # How each epoch's negatives are drawn: "uniform" over every negative slice, or
+    # "matched" to the levels (slots) where the positive slices lie, with a quarter
+    # uniform. Emboli lie mostly at the hila; a uniform draw teaches the CNN that the
+    # hilum is positive, and then a negative study's hilum outscores most emboli.
+    # The validation subset is drawn the same way.
+    negatives: Literal["uniform", "matched"] = "uniform"
     # Batches of un-augmented training slices over which the kept CNN's batch-norm
     # statistics are re-estimated after training ("precise BN"); 0 keeps the moving
     # averages of training, which lag the weights.

@@ -180,6 +180,7 @@ def _train_fold(
     seed = cfg.seed * 1000 + fold
     channels = cfg.network.channels
     net = network_config(cfg)
+    matched = cfg.slice_cnn.negatives == "matched"
     with _strategy_scope():
         cnn, sequence = build_networks(net, weights=cfg.network.weights, seed=seed)
         train_batches = SliceBatches(
@@ -191,10 +192,11 @@ def _train_fold(
             seed=seed,
             augment_probability=cfg.slice_cnn.augment_probability if cfg.slice_cnn.augment else 0,
             balanced=True,
+            matched_negatives=matched,
         )
         val_batches = SliceBatches(
             val,
-            balanced_subset(slice_samples(val), seed),
+            balanced_subset(slice_samples(val), seed, matched),
             cfg.slice_cnn.batch_size,
             channels,
             shuffle=False,

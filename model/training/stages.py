@@ -41,17 +41,54 @@ def slice_samples(series: Sequence[CachedSeries]) -> list[SliceSample]:
     ]
 
 
-def balanced_subset(samples: Sequence[SliceSample], seed: int) -> list[SliceSample]:
+# The share of each epoch's negatives drawn uniformly when they are position-matched, so
+# that slices where emboli never lie (apices, bases) are still seen and kept low.
+UNIFORM_SHARE = 0.25
+
+
+def negative_draw_weights(
+    samples: Sequence[SliceSample], negatives: NDArray[np.intp], matched: bool
+) -> NDArray[np.float64] | None:
+    """The chance of drawing each of ``negatives``: None for a uniform draw.
+
+    ``matched``: the negatives' slot distribution is made that of the positives (each
+    slot's share smoothed over five slots), mixed with :data:`UNIFORM_SHARE` of a uniform
+    draw. With the 96 slots laid over the lungs a slot is an anatomical level, and emboli
+    lie mostly at the hila: a uniform draw lets the CNN call the hilum positive and
+    the apex negative, and a negative study's hilum then scores higher than most emboli.
+    """
+    if not matched or len(negatives) == 0:
+        return None
+    slots = np.array([s.slot for s in samples])
+    labels = np.array([s.label for s in samples], dtype=bool)
+    size = int(slots.max()) + 1
+    box = np.ones(5) / 5
+    pos = np.convolve(np.bincount(slots[labels], minlength=size), box, mode="same")
+    neg = np.convolve(np.bincount(slots[~labels], minlength=size), box, mode="same")
+    ratio = pos / np.maximum(neg, 1e-9)
+    matched_weights = ratio[slots[negatives]]
+    total = matched_weights.sum()
+    uniform = np.full(len(negatives), 1.0 / len(negatives))
+    if total <= 0:  # no positives: nothing to match
+        return uniform
+    return (1.0 - UNIFORM_SHARE) * matched_weights / total + UNIFORM_SHARE * uniform
+
+
+def balanced_subset(
+    samples: Sequence[SliceSample], seed: int, matched: bool = False
+) -> list[SliceSample]:
     """Every positive sample and a seeded draw of as many negatives, in their order.
 
     The validation set of the slice CNN: scoring every slice of a validation fold after
     each epoch would cost more than the epoch itself, and a balanced set gives a loss on
-    the same footing as training's. The draw is fixed, so epochs compare.
+    the same footing as training's. The draw is fixed, so epochs compare; ``matched``
+    draws the negatives as training does (:func:`negative_draw_weights`).
     """
     labels = np.array([s.label for s in samples], dtype=bool)
     positives, negatives = np.flatnonzero(labels), np.flatnonzero(~labels)
     rng = np.random.default_rng([seed, 1])
-    drawn = rng.choice(negatives, min(len(positives), len(negatives)), replace=False)
+    weights = negative_draw_weights(samples, negatives, matched)
+    drawn = rng.choice(negatives, min(len(positives), len(negatives)), replace=False, p=weights)
     return [samples[int(i)] for i in np.sort(np.concatenate([positives, drawn]))]
 
 
@@ -65,7 +102,8 @@ class SliceBatches(keras.utils.PyDataset):
     probability ``augment_probability``, drawn afresh each epoch from (seed, epoch,
     sample). The same probability for both classes matters: when only positive slices
     were augmented, the CNN learnt to recognise augmentation (noise, blur, rotated
-    corners) instead of emboli. Validation uses neither.
+    corners) instead of emboli. ``matched_negatives`` draws the negatives at the
+    positives' levels (:func:`negative_draw_weights`). Validation uses none of these.
     """
 
     def __init__(
@@ -78,6 +116,7 @@ class SliceBatches(keras.utils.PyDataset):
         seed: int,
         augment_probability: float = 0.0,
         balanced: bool = False,
+        matched_negatives: bool = False,
     ) -> None:
         super().__init__()
         self.series = series
@@ -91,6 +130,9 @@ class SliceBatches(keras.utils.PyDataset):
         labels = np.array([s.label for s in self.samples], dtype=bool)
         self.positives = np.flatnonzero(labels)
         self.negatives = np.flatnonzero(~labels)
+        self.negative_weights = negative_draw_weights(
+            self.samples, self.negatives, balanced and matched_negatives
+        )
         self.epoch = 0
         self.order = np.arange(len(self.samples))
         self.on_epoch_end()
@@ -108,7 +150,10 @@ class SliceBatches(keras.utils.PyDataset):
         if self.balanced:
             rng = np.random.default_rng([self.seed, self.epoch])
             drawn = rng.choice(
-                self.negatives, min(len(self.positives), len(self.negatives)), replace=False
+                self.negatives,
+                min(len(self.positives), len(self.negatives)),
+                replace=False,
+                p=self.negative_weights,
             )
             self.order = rng.permutation(np.concatenate([self.positives, drawn]))
         elif self.shuffle:

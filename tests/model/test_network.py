@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -149,6 +150,25 @@ def test_top_slices_head_is_a_logistic_model_of_the_three_highest_slices() -> No
         training=False,
     )
     assert abs(float(np.asarray(shifted["stack"])[0, 0] - np.asarray(out["stack"])[0, 0])) < 1e-5
+
+
+def test_top_slices_stack_only_rises_with_its_strongest_slices() -> None:
+    """Trained on studies whose strongest slices mark them negative, the head's weights
+    stay non-negative: a study is positive if any slice is, so a surer slice may never
+    lower the stack probability."""
+    model = build_sequence_model(24, 16, "top_slices", seed=4)
+    kernel = np.asarray(model.get_layer("stack").get_weights()[0])
+    assert np.all(kernel > 0)
+    rng = np.random.default_rng(6)
+    encodings = rng.normal(size=(64, 24, 16)).astype(np.float32)
+    mask = np.ones((64, 24), bool)
+    # Inverted targets: the studies with the largest encodings are called negative.
+    strength = encodings.max(axis=(1, 2))
+    stack = (strength < np.median(strength)).astype(np.float32)[:, None]
+    model.compile(keras.optimizers.Adam(0.05), loss={"stack": "binary_crossentropy"})
+    model.fit({"encodings": encodings, "mask": mask}, {"stack": stack}, epochs=15, verbose=0)
+    kernel = np.asarray(model.get_layer("stack").get_weights()[0])
+    assert np.all(kernel >= 0), kernel
 
 
 def test_unknown_backbone_and_head_are_clear_errors() -> None:

@@ -16,8 +16,11 @@ from model.training.config import TrainingConfig, load_training_config
 from model.training.data import build_cache
 from model.training.run import preprocess_config
 from model.training.stages import (
+    UNIFORM_SHARE,
     SliceBatches,
+    SliceSample,
     balanced_subset,
+    negative_draw_weights,
     recompute_batch_norm,
     slice_samples,
 )
@@ -61,6 +64,41 @@ def test_bad_training_config_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"slice_cnn\.epochz: unknown key") as info:
         load_training_config(path)
     assert "network.backbone" in str(info.value)
+
+
+def test_matched_negatives_are_drawn_at_the_positives_levels() -> None:
+    # 40 series of 96 slots; positives only at slots 40-49 (the hila), as emboli lie.
+    samples = [
+        SliceSample(series, slot, series % 2 == 0 and 40 <= slot < 50 and slot % 3 == 0)
+        for series in range(40)
+        for slot in range(96)
+    ]
+    labels = np.array([s.label for s in samples])
+    negatives = np.flatnonzero(~labels)
+    assert negative_draw_weights(samples, negatives, matched=False) is None
+    weights = negative_draw_weights(samples, negatives, matched=True)
+    assert weights is not None
+    assert weights.sum() == pytest.approx(1.0)
+    slots = np.array([samples[i].slot for i in negatives])
+    near = (slots >= 38) & (slots < 52)  # the positives' levels, widened by the smoothing
+    # Three quarters go to the positives' levels plus their uniform share; an apex slice
+    # can still be drawn, so the CNN still learns that apices are negative.
+    assert weights[near].sum() == pytest.approx(1 - UNIFORM_SHARE + UNIFORM_SHARE * near.mean())
+    assert weights[slots == 0].min() > 0
+
+    def drawn_near(batches: SliceBatches) -> float:
+        chosen = [int(i) for i in batches.order if not samples[int(i)].label]
+        return float(np.mean([38 <= samples[i].slot < 52 for i in chosen]))
+
+    uniform = SliceBatches([], samples, 8, 1, True, 0, balanced=True)
+    matched = SliceBatches([], samples, 8, 1, True, 0, balanced=True, matched_negatives=True)
+    assert drawn_near(uniform) < 0.3 < 0.7 < drawn_near(matched)
+    # Validation draws the same way, and stays balanced and fixed.
+    subset = balanced_subset(samples, seed=3, matched=True)
+    assert subset == balanced_subset(samples, seed=3, matched=True)
+    held = [s for s in subset if not s.label]
+    assert len(held) == labels.sum()
+    assert np.mean([38 <= s.slot < 52 for s in held]) > 0.7
 
 
 def test_balanced_epochs_and_no_augmentation_in_validation(data: Path, tmp_path: Path) -> None:
