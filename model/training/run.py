@@ -148,8 +148,13 @@ def _slice_stage(
         cnn, train_batches, val_batches, cfg.slice_cnn, work, logs / "slice_cnn", statistics
     )
     channels, batch_size = cfg.network.channels, cfg.slice_cnn.batch_size
-    enc_train = encode_series(cnn, train, channels, batch_size)
-    enc_val = encode_series(cnn, val, channels, batch_size)
+    encoder = cnn
+    if cfg.slice_cnn.precision != "float32":
+        # Encode as the predictor will run the bundle: float32, unless the bundle says not.
+        encoder, _ = build_networks(network_config(cfg), weights=None, precision=cfg.precision)
+        encoder.load_weights(work / "slice_cnn.best.weights.h5")
+    enc_train = encode_series(encoder, train, channels, batch_size)
+    enc_val = encode_series(encoder, val, channels, batch_size)
     np.savez(encodings, train=enc_train, validation=enc_val)
     marker.write_text(json.dumps({"key": key, "result": result}))
     return result, enc_train, enc_val
@@ -182,7 +187,9 @@ def _train_fold(
     net = network_config(cfg)
     matched = cfg.slice_cnn.negatives == "matched"
     with _strategy_scope():
-        cnn, sequence = build_networks(net, weights=cfg.network.weights, seed=seed)
+        cnn, sequence = build_networks(
+            net, weights=cfg.network.weights, precision=cfg.slice_cnn.precision, seed=seed
+        )
         train_batches = SliceBatches(
             train,
             slice_samples(train),

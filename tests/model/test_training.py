@@ -14,7 +14,7 @@ from model.cli import main
 from model.folds import assign_folds
 from model.training.config import TrainingConfig, load_training_config
 from model.training.data import build_cache
-from model.training.run import preprocess_config
+from model.training.run import network_config, preprocess_config
 from model.training.stages import (
     UNIFORM_SHARE,
     SliceBatches,
@@ -295,6 +295,34 @@ def test_train_then_evaluate(
     )
     assert main(argv) == 0
     assert "slice CNN: finished earlier" not in capsys.readouterr().err
+
+
+def test_bfloat16_training_encodes_with_float32_weights(data: Path, tmp_path: Path) -> None:
+    """The CNN trains in mixed bfloat16, but the sequence model learns from the encodings
+    that the float32 predictor computes from the kept weights."""
+    from model.network import build_networks, slice_encoder
+
+    cfg = {**TINY, "train_folds": 1, "slice_cnn": {**TINY["slice_cnn"], "precision": "bfloat16"}}
+    config = tmp_path / "training.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "bundle"
+    argv = ["train", "--config", str(config), "--data", str(data)]
+    assert main([*argv, "--labels", str(data / "train.csv"), "--out", str(out)]) == 0
+    training = TrainingConfig.model_validate(cfg)
+    series, _ = build_cache(data, data / "train.csv", out / "cache", preprocess_config(training))
+    folds = json.loads((out / "folds.json").read_text())
+    val = [s for s in series if folds[s.series_instance_uid]["fold"] == 0]
+    slots = np.flatnonzero(val[0].mask)
+    images = np.asarray(val[0].volume()[slots], np.float32) / 255.0
+    with np.load(out / "work" / "fold0" / "encodings.npz") as saved:
+        encoded = saved["validation"][0, slots]
+    expected = {}
+    for precision in ("float32", "bfloat16"):
+        cnn, _ = build_networks(network_config(training), weights=None, precision=precision)
+        cnn.load_weights(out / "work" / "fold0" / "slice_cnn.best.weights.h5")
+        expected[precision] = np.asarray(slice_encoder(cnn)(images))
+    np.testing.assert_allclose(encoded, expected["float32"], atol=1e-5)
+    assert np.abs(encoded - expected["bfloat16"]).max() > 1e-4  # the test can tell them apart
 
 
 def test_precise_batch_norm_statistics_are_the_mean_over_the_batches() -> None:
