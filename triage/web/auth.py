@@ -22,6 +22,7 @@ import hmac
 import time
 from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.datastructures import Headers
@@ -169,9 +170,7 @@ class TokenGate:
                 "sign out with a POST\n", status_code=405, headers={"Allow": "POST"}
             )
         redirect = RedirectResponse("/", status_code=303)
-        redirect.delete_cookie(
-            COOKIE_NAME, httponly=True, samesite="strict", secure=scope.get("scheme") == "https"
-        )
+        redirect.delete_cookie(COOKIE_NAME, **_cookie_attributes(scope))
         log.info("web_session_ended", user=user)
         return redirect
 
@@ -182,10 +181,15 @@ class TokenGate:
             COOKIE_NAME,
             cookie_value(user, self._tokens[user], int(now + self._session_seconds)),
             max_age=int(self._session_seconds),
-            httponly=True,
-            samesite="strict",
-            secure=scope.get("scheme") == "https",
+            **_cookie_attributes(scope),
         )
         # The name, never the token.
         log.info("web_session_started", user=user)
         return redirect
+
+
+def _cookie_attributes(scope: Scope) -> dict[str, Any]:
+    """The session cookie's attributes: a browser deletes a cookie only when they match
+    those it was set with. Strict SameSite keeps it off cross-site requests (the CSRF
+    defence of the sign-out and feedback POSTs); Secure wherever the page came over TLS."""
+    return {"httponly": True, "samesite": "strict", "secure": scope.get("scheme") == "https"}
