@@ -13,6 +13,11 @@ CHANNEL_WINDOWS: dict[str, tuple[tuple[float, float], ...]] = {
     "repeat": (),
     # (centre, width) in HU of each channel, in channel order.
     "pe_lung_mediastinum": ((100.0, 700.0), (-600.0, 1500.0), (40.0, 400.0)),
+    # The lung window replaced by a narrow clot window (W150/L50, -25 to 125 HU): in the
+    # phantoms an occluded artery is a soft-tissue disc (30-60 HU) in the lung, where
+    # enhanced arteries and veins (165-500 HU) saturate and air is black, so clot is the
+    # only mid-grey in the lung fields.
+    "pe_clot_mediastinum": ((100.0, 700.0), (50.0, 150.0), (40.0, 400.0)),
     # 2.5-D: the PE window of the slice above, the slice itself and the slice below.
     "pe_neighbours": ((100.0, 700.0),) * 3,
 }
@@ -45,7 +50,9 @@ class PreprocessConfig:
         What the channels hold. ``repeat``: the one window below in every channel (the
         paper). ``pe_lung_mediastinum``: three CT windows, as the RSNA-STR 2020 winners fed
         a 2-D CNN: the PE window (W700/L100), the lung window (W1500/L-600) and the
-        mediastinal window (W400/L40); needs 3 channels. ``pe_neighbours`` (2.5-D, the
+        mediastinal window (W400/L40); needs 3 channels. ``pe_clot_mediastinum``: the
+        same with a narrow clot window (W150/L50) for the lung window, so that the density
+        of clot, between air and enhanced blood, stands out. ``pe_neighbours`` (2.5-D, the
         other RSNA-STR 2020 input): the PE window of the slice above, the slice itself and
         the slice below, so the CNN sees an artery bright on one slice and filled on the
         next; an edge slice stands in for its missing neighbour. Needs 3 channels.

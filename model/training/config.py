@@ -23,7 +23,9 @@ class PreprocessSection(_Section):
     # "repeat": the one window below in every channel (the paper); "pe_lung_mediastinum":
     # the PE, lung and mediastinal windows as three channels (RSNA-STR 2020 winners);
     # "pe_neighbours": 2.5-D, the PE window of the slice above, itself and the one below.
-    channel_windows: Literal["repeat", "pe_lung_mediastinum", "pe_neighbours"] = "repeat"
+    channel_windows: Literal[
+        "repeat", "pe_lung_mediastinum", "pe_clot_mediastinum", "pe_neighbours"
+    ] = "repeat"
     window_center: float = 100.0
     window_width: float = Field(default=700.0, gt=0)
     segment: bool = True

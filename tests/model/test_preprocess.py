@@ -429,25 +429,29 @@ def test_a_long_scan_keeps_its_low_emboli_with_the_lung_window() -> None:
     assert f"1.2.3.{2 * low}" in result.sop_instance_uids
 
 
-def test_three_ct_windows_as_channels() -> None:
+@pytest.mark.parametrize(
+    ("layout", "windows"),
+    [
+        ("pe_lung_mediastinum", ((100, 700), (-600, 1500), (40, 400))),
+        ("pe_clot_mediastinum", ((100, 700), (50, 150), (40, 400))),
+    ],
+)
+def test_three_ct_windows_as_channels(layout: str, windows: tuple[tuple[int, int], ...]) -> None:
     hu = np.zeros((6, 4, 4))
     hu[:, 0], hu[:, 1], hu[:, 2], hu[:, 3] = -1000.0, -600.0, 40.0, 400.0
     config = PreprocessConfig(
-        input_size=4,
-        num_slices=6,
-        segment=False,
-        min_slices=4,
-        channel_windows="pe_lung_mediastinum",
+        input_size=4, num_slices=6, segment=False, min_slices=4, channel_windows=layout
     )
     out = preprocess_volume(_volume(hu, 3.0), config).volume
     rows = out.mean(axis=(0, 2))  # (row, channel)
-    expected = [
-        [(h - c + w / 2) / w for c, w in ((100, 700), (-600, 1500), (40, 400))]
-        for h in (-1000.0, -600.0, 40.0, 400.0)
-    ]
+    expected = [[(h - c + w / 2) / w for c, w in windows] for h in (-1000.0, -600.0, 40.0, 400.0)]
     assert np.allclose(rows, np.clip(expected, 0, 1), atol=1e-5)
+    if layout == "pe_clot_mediastinum":
+        # Clot (40 HU) is mid-grey in the clot window; air and enhanced blood saturate.
+        assert rows[2, 1] == pytest.approx(65 / 150, abs=1e-5)
+        assert rows[0, 1] == 0.0 and rows[3, 1] == 1.0
     with pytest.raises(ValueError, match="needs channels: 3"):
-        PreprocessConfig(channels=1, channel_windows="pe_lung_mediastinum")
+        PreprocessConfig(channels=1, channel_windows=layout)
     with pytest.raises(ValueError, match="z_window"):
         PreprocessConfig(z_window="middle")
 
