@@ -81,9 +81,10 @@ class SliceCNNSection(_Section):
     # the stack head and the calibrator (fitted afterwards) use.
     keep: Literal["val_loss", "val_auc"] = "val_loss"
     # Compute precision while training: bfloat16 is Keras' mixed_bfloat16 (float32
-    # weights). On a CPU with AVX512-BF16 a compact-CNN step takes about two thirds of
-    # the float32 time, so more steps fit the same hours. The slices are then encoded by a
-    # float32 copy of the kept weights, as the predictor runs them.
+    # weights). On this project's CPU (AVX512-BF16) a bare compact-CNN step took two
+    # thirds of the float32 time, but whole epochs, with loading and augmentation, only
+    # about 10-20% less. The slices are then encoded by a float32 copy of the kept
+    # weights, as the predictor runs them.
     precision: Literal["float32", "bfloat16"] = "float32"
     # The optional first epoch with the backbone frozen, then fine-tuning at a lower rate.
     frozen_backbone_epochs: int = Field(default=0, ge=0)
