@@ -38,6 +38,7 @@ from triage.receive.recorder import InstanceRecorder
 from triage.receive.scp import Receiver, StoreTarget
 from triage.reload import apply_reload, pid_file, remove_pid_file, write_pid_file
 from triage.scheduler import build_scheduler, run_now
+from triage.signal_event import SignalEvent
 from triage.storage.outbox import recover as recover_outbox
 from triage.storage.reconcile import reconcile
 from triage.supervisor import DELIVERIES_STORED, RELOAD, ParentWatch, Restarts, Supervisor
@@ -74,7 +75,7 @@ def _run_receiver_process(
     # Ctrl-C reaches the whole process group; only the parent decides when to stop, and
     # then sends SIGTERM, so associations in flight are not cut by a stray SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stop = threading.Event()
+    stop = SignalEvent()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     configure_logging(log_format, log_level)
     plog = get_logger(__name__, pid=os.getpid(), receiver_process=index)
@@ -242,13 +243,16 @@ def _listen_error(what: str, host: str, port: int, err: OSError) -> TriageError:
 class _Requests:
     """What signals ask of the main loop. The handlers only set flags: what they ask
     for reads files and writes the database, which a signal handler must not do in the
-    middle of whatever the main thread was doing. The main loop waits on ``wake``."""
+    middle of whatever the main thread was doing. They take no lock and do not log (see
+    :mod:`triage.signal_event`). The main loop waits on ``wake``."""
 
     def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.wake = threading.Event()
-        self.reload = threading.Event()
-        self.dispatch = threading.Event()
+        self.stop = SignalEvent()
+        self.wake = SignalEvent()
+        self.reload = SignalEvent()
+        self.dispatch = SignalEvent()
+        #: The signal that asked to stop, for the main loop to log.
+        self.stop_signal: int | None = None
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -256,11 +260,11 @@ class _Requests:
         :data:`DELIVERIES_STORED` dispatches at once."""
 
         def on_stop(signum: int, _frame: FrameType | None) -> None:
-            log.info("stop_requested", signal=signal.Signals(signum).name)
+            self.stop_signal = signum
             self.stop.set()
             self.wake.set()
 
-        def asking(flag: threading.Event) -> Callable[[int, FrameType | None], None]:
+        def asking(flag: SignalEvent) -> Callable[[int, FrameType | None], None]:
             def handler(_signum: int, _frame: FrameType | None) -> None:
                 flag.set()
                 self.wake.set()
@@ -390,6 +394,8 @@ def _serve(
         if ready is not None:
             ready.set()
         _main_loop(requests, scheduler, receiving, workers, config, config_path, sessions)
+        if requests.stop_signal is not None:
+            log.info("stop_requested", signal=signal.Signals(requests.stop_signal).name)
     finally:
         if receiving is not None:
             receiving.stop()

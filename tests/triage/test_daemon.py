@@ -13,6 +13,8 @@ from daemon_proc import Daemon
 from dicom_factory import ACCESSION, BIRTH_DATE, PATIENT_ID, PATIENT_NAME, write_series
 from support import dcmtk
 
+from triage.supervisor import DELIVERIES_STORED, RELOAD
+
 
 def _triage(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -181,3 +183,28 @@ def test_send_reports_a_rejected_association(tmp_path: Path) -> None:
     daemon.stop()
     assert '"event": "association_rejected"' in daemon.log_text()
     assert "NOTALLOWED" in daemon.log_text()
+
+
+def test_a_burst_of_signals_neither_kills_nor_wedges_the_daemon(tmp_path: Path) -> None:
+    # Workers send DELIVERIES_STORED after each result and admins RELOAD; thousands of
+    # them must leave the daemon serving and stoppable. The handlers used to set
+    # threading.Events: one that ran while the main loop held an event's lock waited for
+    # itself forever (and a burst overflowed the stack), and SIGTERM was never answered.
+    daemon = Daemon(tmp_path).start()
+    assert daemon.proc is not None
+    deadline = time.monotonic() + 5
+    sent = 0
+    while time.monotonic() < deadline:
+        os.kill(daemon.proc.pid, DELIVERIES_STORED if sent % 10 else RELOAD)
+        sent += 1
+        time.sleep(0.0005)
+    assert daemon.proc.poll() is None, daemon.log_text()[-3000:]
+    echo = subprocess.run(
+        [dcmtk("echoscu"), "-aec", "TRIAGE", "127.0.0.1", str(daemon.port)], capture_output=True
+    )
+    assert echo.returncode == 0, echo.stderr
+    assert daemon.stop() == 0
+    log = daemon.log_text()
+    assert "Traceback" not in log
+    assert [e["signal"] for e in daemon.events("stop_requested")] == ["SIGTERM"]
+    assert daemon.events("stopped")

@@ -30,6 +30,7 @@ from triage.db import create_db_engine, session_factory
 from triage.errors import ConfigError
 from triage.logs import configure_logging, get_logger
 from triage.report import warm_up as warm_up_reports
+from triage.signal_event import SignalEvent
 from triage.states.job import release_worker_jobs, worker_id_for
 from triage.supervisor import (
     DELIVERIES_STORED,
@@ -60,7 +61,8 @@ _RESTARTS = Restarts(stable_after=30.0, first_backoff=2.0, max_backoff=60.0)
 
 
 class StopEvent(Protocol):
-    """What a worker loop waits on: a ``threading.Event`` or a multiprocessing one."""
+    """What a worker loop waits on: a :class:`~triage.signal_event.SignalEvent`, a
+    ``threading.Event`` or a multiprocessing one."""
 
     def is_set(self) -> bool: ...
 
@@ -71,11 +73,11 @@ def run_worker(
     config_path: Path,
     stop_event: StopEvent,
     *,
-    reload_event: threading.Event | None = None,
+    reload_event: SignalEvent | threading.Event | None = None,
     log_format: str | None = None,
     log_level: str | None = None,
     parent_pid: int | None = None,
-    wake_event: threading.Event | None = None,
+    wake_event: SignalEvent | threading.Event | None = None,
     notify_parent: bool = False,
     worker_index: int = 0,
 ) -> None:
@@ -87,13 +89,13 @@ def run_worker(
         The YAML file; re-read for its ``thresholds`` whenever ``reload_event`` is set.
     stop_event : StopEvent
         Set to stop after the job in hand.
-    reload_event : threading.Event, optional
+    reload_event : SignalEvent or threading.Event, optional
         Set (by SIGHUP) to re-read the thresholds before the next job.
     log_format, log_level : str, optional
         Override the configuration's logging settings (the command line's).
     parent_pid : int, optional
         Stop when this process is no longer our parent (it was killed outright).
-    wake_event : threading.Event, optional
+    wake_event : SignalEvent or threading.Event, optional
         Set (on :data:`~triage.supervisor.JOBS_QUEUED` from the daemon's completeness
         sweep) to look for a job now rather than after ``worker.poll_seconds``; also
         set when stopping.
@@ -171,8 +173,8 @@ def _work(
     worker: Worker,
     config_path: Path,
     stop_event: StopEvent,
-    reload_event: threading.Event | None,
-    wake_event: threading.Event | None,
+    reload_event: SignalEvent | threading.Event | None,
+    wake_event: SignalEvent | threading.Event | None,
     parent: ParentWatch | None,
 ) -> None:
     """Take jobs until ``stop_event`` is set or the parent is gone; between jobs, apply
@@ -215,9 +217,10 @@ def _worker_process_main(
     worker_index: int = 0,
 ) -> None:
     """The body of a worker process: signals first, then :func:`run_worker`."""
-    stop = threading.Event()
-    reload = threading.Event()
-    wake = threading.Event()
+    # Set by signal handlers, so events that take no lock (see triage.signal_event).
+    stop = SignalEvent()
+    reload = SignalEvent()
+    wake = SignalEvent()
 
     def on_term(_s: int, _f: object) -> None:
         stop.set()
@@ -360,11 +363,14 @@ def run_workers(
     engine = create_db_engine(config.database_url, config.database.busy_timeout_ms)
     migrate(engine)
     sessions = session_factory(engine)
-    stop = threading.Event()
-    reload_requested = threading.Event()
+    # Set by signal handlers, so events that take no lock (see triage.signal_event); the
+    # handler only notes the signal, which the loop logs.
+    stop = SignalEvent()
+    reload_requested = SignalEvent()
+    stop_signal: list[int] = []
 
     def on_stop(signum: int, _frame: object) -> None:
-        log.info("stop_requested", signal=signal.Signals(signum).name)
+        stop_signal.append(signum)
         stop.set()
 
     handlers = {
@@ -388,6 +394,8 @@ def run_workers(
                 if reloaded is not config:
                     workers.reload()
                 config = reloaded
+        if stop_signal:
+            log.info("stop_requested", signal=signal.Signals(stop_signal[0]).name)
     finally:
         workers.stop()
         engine.dispose()
