@@ -575,30 +575,46 @@ def build_sequence_model(
     )
     slice_probs = MaskedProbabilities(name="slice")(logits, mask)
 
+    stack_kwargs: dict[str, Any] = {}
     if stack_head == "reference":
         pooled = layers.Dropout(stack_dropout, name="stack_dropout")(slice_probs)
     elif stack_head == "top_slices":
         pooled = TopSliceLogits(3, name="top_slices")(slice_probs)
-    else:
-        pooled = MaskedAttentionPool(name="attention_pool")(features, mask)
-    if stack_head == "top_slices":
         # A study is positive if any slice is, so the stack may only rise with its
         # strongest slices: unconstrained, 0.4.0's head learned weights of mixed sign
         # (-0.07, 0.43, -1.00), and its slice outputs then ran highest in negatives.
-        stack = layers.Dense(
-            1,
-            activation="sigmoid",
-            name="stack",
-            kernel_initializer=keras.initializers.Constant(1.0 / 3),
-            kernel_constraint=keras.constraints.NonNeg(),
-        )(pooled)
+        stack_kwargs = {
+            "kernel_initializer": keras.initializers.Constant(1.0 / 3),
+            "kernel_constraint": keras.constraints.NonNeg(),
+        }
     else:
-        stack = layers.Dense(1, activation="sigmoid", name="stack")(pooled)
+        pooled = MaskedAttentionPool(name="attention_pool")(features, mask)
+    stack = layers.Dense(1, activation="sigmoid", name="stack", **stack_kwargs)(pooled)
     return keras.Model(
         {"encodings": encodings, "mask": mask},
         {"slice": slice_probs, "stack": stack},
         name=f"sequence_{stack_head}",
     )
+
+
+def build_configured_slice_cnn(
+    config: NetworkConfig,
+    *,
+    weights: str | Path | None = None,
+    precision: str = "float32",
+    seed: int | None = None,
+) -> Any:
+    """The slice CNN of :func:`build_networks` alone, in ``precision``."""
+    with dtype_policy(precision):
+        return build_slice_cnn(
+            config.backbone,
+            config.input_size,
+            config.channels,
+            weights,
+            config.encoding_dim,
+            seed=seed,
+            pooling=config.pooling,
+        )
 
 
 def build_networks(
@@ -623,16 +639,7 @@ def build_networks(
     seed : int, optional
         Seeds both builds.
     """
-    with dtype_policy(precision):
-        cnn = build_slice_cnn(
-            config.backbone,
-            config.input_size,
-            config.channels,
-            weights,
-            config.encoding_dim,
-            seed=seed,
-            pooling=config.pooling,
-        )
+    cnn = build_configured_slice_cnn(config, weights=weights, precision=precision, seed=seed)
     sequence = build_sequence_model(
         config.num_slices,
         config.encoding_dim,

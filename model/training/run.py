@@ -27,7 +27,7 @@ import numpy as np
 from model.bundle import Bundle, write_bundle
 from model.calibration import Calibrator, fit_calibrator
 from model.folds import assign_folds, save_folds
-from model.network import NetworkConfig, build_networks
+from model.network import NetworkConfig, build_configured_slice_cnn, build_networks
 from model.preprocess import PreprocessConfig
 from model.report import LevelData, level_metrics
 from model.stats import youden_threshold
@@ -149,9 +149,9 @@ def _slice_stage(
     )
     channels, batch_size = cfg.network.channels, cfg.slice_cnn.batch_size
     encoder = cnn
-    if cfg.slice_cnn.precision != "float32":
-        # Encode as the predictor will run the bundle: float32, unless the bundle says not.
-        encoder, _ = build_networks(network_config(cfg), weights=None, precision=cfg.precision)
+    if cfg.slice_cnn.precision != cfg.precision:
+        # Encode as the predictor will run the bundle: in the bundle's precision.
+        encoder = build_configured_slice_cnn(network_config(cfg), precision=cfg.precision)
         encoder.load_weights(work / "slice_cnn.best.weights.h5")
     enc_train = encode_series(encoder, train, channels, batch_size)
     enc_val = encode_series(encoder, val, channels, batch_size)
