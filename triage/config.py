@@ -322,16 +322,6 @@ class WebConfig(_Section):
                     "characters (make one with: python3 -c 'import secrets; "
                     "print(secrets.token_urlsafe(32))')"
                 )
-        owners: dict[str, list[str]] = {}
-        for name, token in users.items():
-            owners.setdefault(token, []).append(name)
-        shared = [names for names in owners.values() if len(names) > 1]
-        if shared:
-            raise ValueError(
-                "each user needs their own token, but "
-                + "; ".join(" and ".join(names) for names in shared)
-                + " have the same one"
-            )
         return users
 
     @model_validator(mode="after")
@@ -341,10 +331,17 @@ class WebConfig(_Section):
                 f"web.host {self.host} is reachable from other machines, so web.token or "
                 "web.users is required (use ${ENV_VAR} to keep tokens out of the file)"
             )
-        same = [name for name, token in self.users.items() if token == self.token]
-        if same:
+        # Over web.users and web.token together: a token names one user, or feedback
+        # could not say who gave a verdict.
+        owners: dict[str, list[str]] = {}
+        for name, token in self.tokens.items():
+            owners.setdefault(token, []).append(name)
+        shared = [names for names in owners.values() if len(names) > 1]
+        if shared:
             raise ValueError(
-                f"web.users: the token of {same[0]} is web.token's; each user needs their own token"
+                "each user needs their own token, but "
+                + "; ".join(" and ".join(names) for names in shared)
+                + " have the same one"
             )
         return self
 

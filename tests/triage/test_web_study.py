@@ -463,25 +463,25 @@ def test_without_a_token_no_one_is_signed_in(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("users", "token", "message"),
+    ("users", "token", "path", "message"),
     [
-        ({"dr.smith": "short-token"}, None, "the token of dr.smith is shorter than 16"),
-        ({"dr.smith": SMITH, "dr.jones": SMITH}, None, "dr.smith and dr.jones have the same"),
-        ({"dr smith": SMITH}, None, "'dr smith' must be letters, digits"),
-        ({"": SMITH}, None, "must be letters, digits"),
-        ({"dr.smith\u200b": SMITH}, None, "must be letters, digits"),
-        ({JONES + JONES: SMITH}, None, "longer than 32 characters"),
-        ({"web.token": SMITH}, None, "'web.token' is the name feedback records"),
-        ({"dr.smith": SMITH}, SMITH, "the token of dr.smith is web.token's"),
+        ({"dr.smith": "short-token"}, None, "web.users", "the token of dr.smith is shorter"),
+        ({"dr.smith": SMITH, "dr.jones": SMITH}, None, "web", "dr.smith and dr.jones have the"),
+        ({"dr smith": SMITH}, None, "web.users", "'dr smith' must be letters, digits"),
+        ({"": SMITH}, None, "web.users", "must be letters, digits"),
+        ({"dr.smith\u200b": SMITH}, None, "web.users", "must be letters, digits"),
+        ({JONES + JONES: SMITH}, None, "web.users", "longer than 32 characters"),
+        ({"web.token": SMITH}, None, "web.users", "'web.token' is the name feedback records"),
+        ({"dr.smith": SMITH}, SMITH, "web", "dr.smith and web.token have the same one"),
     ],
 )
 def test_web_users_are_validated(
-    tmp_path: Path, users: dict[str, str], token: str | None, message: str
+    tmp_path: Path, users: dict[str, str], token: str | None, path: str, message: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
         make_config(tmp_path, web={"users": users, "token": token})
-    [(path, reason)] = info.value.problems
-    assert path == ("web.users" if token is None else "web")
+    [(problem_path, reason)] = info.value.problems
+    assert problem_path == path
     assert message in reason
     # A configuration error is printed and logged: it never shows a token.
     assert SMITH not in str(info.value) and JONES not in str(info.value)
