@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -22,7 +22,6 @@ from triage.analyse.decide import Outcome
 from triage.config import ReportConfig
 from triage.logs import describe_error, error_frames
 from triage.report import AnalysisResult, build_kos, build_sr
-from triage.report import Decision as ReportDecision
 from triage.report.source import conformant_header
 
 ALGORITHM_NAME = "CTPA PE triage (CNN+BiLSTM)"
@@ -101,7 +100,7 @@ def analysis_result(seed: str, outcome: Outcome, bundle: Any) -> AnalysisResult:
     """What the report builders take from an analysis; ``seed`` seeds their UIDs."""
     return AnalysisResult(
         result_id=seed,
-        decision=cast(ReportDecision, outcome.decision.value),
+        decision=outcome.decision,
         stack_probability=outcome.stack_probability,
         slice_probabilities=outcome.slice_probabilities or {},
         flagged_sop_instance_uids=outcome.flagged or [],

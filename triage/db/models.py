@@ -22,6 +22,8 @@ from sqlalchemy import (
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from triage.decision import Decision
+
 
 def utcnow() -> datetime:
     """Naive UTC now: SQLite keeps no time zone, so every timestamp is naive UTC."""
@@ -157,14 +159,6 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
     series: Mapped[Series] = relationship(back_populates="job")
-
-
-class Decision(enum.StrEnum):
-    """What a result says about pulmonary embolism."""
-
-    PRESENT = "present"
-    ABSENT = "absent"
-    UNDETERMINED = "undetermined"
 
 
 class DeliveryState(enum.StrEnum):

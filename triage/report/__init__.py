@@ -11,8 +11,9 @@ file, so it keeps them).
 - :func:`warm_up` pays the first build's set-up costs ahead of the first study.
 """
 
+from triage.decision import Decision
 from triage.report.kos import build_kos
-from triage.report.result import AnalysisResult, Decision
+from triage.report.result import AnalysisResult
 from triage.report.sr import build_sr
 from triage.report.uids import ReportUIDs
 from triage.report.warmup import warm_up

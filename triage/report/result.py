@@ -7,11 +7,8 @@ import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-Decision = Literal["present", "absent", "undetermined"]
-
-DECISIONS: tuple[Decision, ...] = ("present", "absent", "undetermined")
+from triage.decision import Decision
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -78,11 +75,13 @@ class AnalysisResult:
     def __post_init__(self) -> None:
         if not self.result_id.strip():
             raise ValueError("The result_id is empty; it must identify the result uniquely.")
-        if self.decision not in DECISIONS:
+        try:  # a plain string from a caller becomes the enum, or is refused here
+            object.__setattr__(self, "decision", Decision(self.decision))
+        except ValueError:
             raise ValueError(
-                f"The decision {self.decision!r} is not one of {', '.join(DECISIONS)}."
-            )
-        if self.decision == "undetermined":
+                f"The decision {self.decision!r} is not one of {', '.join(Decision)}."
+            ) from None
+        if self.decision == Decision.UNDETERMINED:
             if self.stack_probability is not None:
                 raise ValueError(
                     "An undetermined result has no stack probability; pass None, or "

@@ -7,6 +7,7 @@ import io
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, generate_uid
 
+from triage.decision import Decision
 from triage.report.kos import build_kos
 from triage.report.result import AnalysisResult
 from triage.report.sr import build_sr
@@ -30,7 +31,7 @@ def warm_up() -> None:
     uid = str(header.SOPInstanceUID)
     result = AnalysisResult(
         result_id="warm-up",
-        decision="present",
+        decision=Decision.PRESENT,
         stack_probability=0.9,
         slice_probabilities={uid: 0.9},
         flagged_sop_instance_uids=[uid],
