@@ -238,9 +238,11 @@ def test_a_pacs_is_served_while_16_hostile_connections_of_each_kind_are_held(
             time.sleep(0.2)
         for swarm in swarms:
             assert swarm.lifetimes, f"{swarm.kind}: the receiver closed none of them"
-            # The 2-second timeouts bound every kind; the margin is for two loaded CPUs
-            # (each test above checks the kinds that end at once, one connection at a time).
-            assert max(swarm.lifetimes) < 2.0 + 4.0, (swarm.kind, sorted(swarm.lifetimes)[-3:])
+            # The 2-second timeouts bound every kind. A lifetime runs from the swarm's
+            # connect, so it also holds the wait for accept() on two CPUs shared with ~80
+            # hostile sockets and a storescu: a fresh-clone CI run measured 6.05 s. The
+            # tests above check each deadline itself, one connection at a time.
+            assert max(swarm.lifetimes) < 2.0 + 6.0, (swarm.kind, sorted(swarm.lifetimes)[-3:])
 
         # SIGTERM while they keep at it: done within shutdown_timeout and a few seconds.
         assert daemon.proc is not None
