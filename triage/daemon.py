@@ -251,8 +251,6 @@ class _Requests:
         self.wake = SignalEvent()
         self.reload = SignalEvent()
         self.dispatch = SignalEvent()
-        #: The signal that asked to stop, for the main loop to log.
-        self.stop_signal: int | None = None
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -260,8 +258,7 @@ class _Requests:
         :data:`DELIVERIES_STORED` dispatches at once."""
 
         def on_stop(signum: int, _frame: FrameType | None) -> None:
-            self.stop_signal = signum
-            self.stop.set()
+            self.stop.set(signum)
             self.wake.set()
 
         def asking(flag: SignalEvent) -> Callable[[int, FrameType | None], None]:
@@ -394,8 +391,8 @@ def _serve(
         if ready is not None:
             ready.set()
         _main_loop(requests, scheduler, receiving, workers, config, config_path, sessions)
-        if requests.stop_signal is not None:
-            log.info("stop_requested", signal=signal.Signals(requests.stop_signal).name)
+        if requests.stop.signum is not None:
+            log.info("stop_requested", signal=signal.Signals(requests.stop.signum).name)
     finally:
         if receiving is not None:
             receiving.stop()

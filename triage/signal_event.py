@@ -30,14 +30,20 @@ class SignalEvent:
 
     def __init__(self) -> None:
         self._flag = False
+        #: The first signal whose handler set the event, for the loop to log (a handler
+        #: must not log: the logging lock is not reentrant either).
+        self.signum: int | None = None
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         # Non-blocking: a handler must never wait on a full pipe. A full pipe already
         # wakes every waiter, so a byte that does not fit is not missed.
         os.set_blocking(self._write_fd, False)
 
-    def set(self) -> None:
-        """Set the flag and wake the waiters; a signal handler may call it."""
+    def set(self, signum: int | None = None) -> None:
+        """Set the flag and wake the waiters; a signal handler may call it, passing its
+        signal number to be noted in :attr:`signum`."""
+        if signum is not None and self.signum is None:
+            self.signum = signum
         self._flag = True  # before the byte: a waiter woken by it finds the flag set
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._write_fd, b"\0")

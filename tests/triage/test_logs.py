@@ -78,5 +78,7 @@ def test_a_worker_writes_only_json_and_says_once_that_it_has_no_gpu(tmp_path: Pa
     events = [json.loads(line) for line in text.splitlines()]  # every line is JSON
     assert "cuInit" not in text
     (started,) = [e for e in events if e["event"] == "worker_started"]
+    # The handler only noted the signal; the loop logged it.
+    assert [e["signal"] for e in events if e["event"] == "stop_requested"] == ["SIGTERM"]
     no_gpu = [e for e in events if e.get("message") == "no GPU, using the CPU"]
     assert len(no_gpu) == (1 if started["device"] == "CPU" else 0)

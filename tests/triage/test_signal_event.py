@@ -81,3 +81,22 @@ def test_close_twice_closes_nothing_else() -> None:
     assert os.read(other_read, 1) == b"x"
     os.close(other_read)
     os.close(other_write)
+
+
+def test_the_first_signal_that_set_it_is_noted_for_the_loop_to_log() -> None:
+    event = SignalEvent()
+    previous = {
+        sig: signal.signal(sig, lambda signum, _f: event.set(signum))
+        for sig in (signal.SIGUSR1, signal.SIGUSR2)
+    }
+    try:
+        event.set()  # from code, not a handler: nothing to note
+        assert event.signum is None
+        os.kill(os.getpid(), signal.SIGUSR2)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert event.wait(5)
+        assert event.signum == signal.SIGUSR2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        event.close()

@@ -17,7 +17,6 @@ import gc
 import multiprocessing
 import os
 import signal
-import threading
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +43,7 @@ from triage.supervisor import (
 )
 
 __all__ = [
+    "RequestEvent",
     "StopEvent",
     "WorkerProcesses",
     "run_worker",
@@ -69,15 +69,22 @@ class StopEvent(Protocol):
     def wait(self, timeout: float | None = None) -> bool: ...
 
 
+class RequestEvent(StopEvent, Protocol):
+    """A request the worker loop answers and then clears (reload, wake): a
+    :class:`~triage.signal_event.SignalEvent` or a ``threading.Event``."""
+
+    def clear(self) -> None: ...
+
+
 def run_worker(
     config_path: Path,
     stop_event: StopEvent,
     *,
-    reload_event: SignalEvent | threading.Event | None = None,
+    reload_event: RequestEvent | None = None,
     log_format: str | None = None,
     log_level: str | None = None,
     parent_pid: int | None = None,
-    wake_event: SignalEvent | threading.Event | None = None,
+    wake_event: RequestEvent | None = None,
     notify_parent: bool = False,
     worker_index: int = 0,
 ) -> None:
@@ -89,13 +96,13 @@ def run_worker(
         The YAML file; re-read for its ``thresholds`` whenever ``reload_event`` is set.
     stop_event : StopEvent
         Set to stop after the job in hand.
-    reload_event : SignalEvent or threading.Event, optional
+    reload_event : RequestEvent, optional
         Set (by SIGHUP) to re-read the thresholds before the next job.
     log_format, log_level : str, optional
         Override the configuration's logging settings (the command line's).
     parent_pid : int, optional
         Stop when this process is no longer our parent (it was killed outright).
-    wake_event : SignalEvent or threading.Event, optional
+    wake_event : RequestEvent, optional
         Set (on :data:`~triage.supervisor.JOBS_QUEUED` from the daemon's completeness
         sweep) to look for a job now rather than after ``worker.poll_seconds``; also
         set when stopping.
@@ -173,8 +180,8 @@ def _work(
     worker: Worker,
     config_path: Path,
     stop_event: StopEvent,
-    reload_event: SignalEvent | threading.Event | None,
-    wake_event: SignalEvent | threading.Event | None,
+    reload_event: RequestEvent | None,
+    wake_event: RequestEvent | None,
     parent: ParentWatch | None,
 ) -> None:
     """Take jobs until ``stop_event`` is set or the parent is gone; between jobs, apply
@@ -367,15 +374,9 @@ def run_workers(
     # handler only notes the signal, which the loop logs.
     stop = SignalEvent()
     reload_requested = SignalEvent()
-    stop_signal: list[int] = []
-
-    def on_stop(signum: int, _frame: object) -> None:
-        stop_signal.append(signum)
-        stop.set()
-
     handlers = {
-        signal.SIGTERM: on_stop,
-        signal.SIGINT: on_stop,
+        signal.SIGTERM: lambda signum, _f: stop.set(signum),
+        signal.SIGINT: lambda signum, _f: stop.set(signum),
         signal.SIGHUP: lambda _s, _f: reload_requested.set(),
     }
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
@@ -394,8 +395,8 @@ def run_workers(
                 if reloaded is not config:
                     workers.reload()
                 config = reloaded
-        if stop_signal:
-            log.info("stop_requested", signal=signal.Signals(stop_signal[0]).name)
+        if stop.signum is not None:
+            log.info("stop_requested", signal=signal.Signals(stop.signum).name)
     finally:
         workers.stop()
         engine.dispose()
