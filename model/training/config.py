@@ -86,6 +86,15 @@ class SliceCNNSection(_Section):
     # about 10-20% less. The slices are then encoded by a float32 copy of the kept
     # weights, as the predictor runs them.
     precision: Literal["float32", "bfloat16"] = "float32"
+    # Positive slices added to each epoch from phantoms generated for it, never seen before,
+    # each with a negative slice of its own phantom, most near its level; 0 adds none.
+    # Every epoch otherwise shows the same positives of the training fold, and the CNN
+    # learns those slices rather than emboli (model/training/fresh.py). The phantoms are
+    # generated before the CNN trains: about a second of one core per positive phantom,
+    # which gives about 12 positive slices.
+    fresh_positives: int = Field(default=0, ge=0)
+    # The generator's difficulty for those phantoms.
+    fresh_difficulty: Literal["easy", "realistic", "hard"] = "realistic"
     # The optional first epoch with the backbone frozen, then fine-tuning at a lower rate.
     frozen_backbone_epochs: int = Field(default=0, ge=0)
     finetune_learning_rate: float = Field(default=1e-5, gt=0)

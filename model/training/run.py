@@ -33,6 +33,7 @@ from model.report import LevelData, level_metrics
 from model.stats import youden_threshold
 from model.training.config import TrainingConfig
 from model.training.data import CachedSeries, Excluded, build_cache
+from model.training.fresh import FreshPool, build_fresh_pool
 from model.training.stages import (
     SliceBatches,
     balanced_subset,
@@ -166,6 +167,7 @@ def _train_fold(
     series: list[CachedSeries],
     fold_of: dict[str, int],
     out: Path,
+    fresh: FreshPool | None = None,
 ) -> FoldOutcome:
     work = out / "work" / f"fold{fold}"
     done = work / "done.json"
@@ -200,6 +202,7 @@ def _train_fold(
             augment_probability=cfg.slice_cnn.augment_probability if cfg.slice_cnn.augment else 0,
             balanced=True,
             matched_negatives=matched,
+            fresh=fresh,
         )
         val_batches = SliceBatches(
             val,
@@ -339,6 +342,17 @@ def train(
     )
     if not series:
         raise ValueError("no usable labelled series; see the excluded list in training_report.json")
+    fresh = None
+    if cfg.slice_cnn.fresh_positives:
+        fresh = build_fresh_pool(
+            out / "cache",
+            preprocess_config(cfg),
+            cfg.slice_cnn.fresh_difficulty,
+            cfg.slice_cnn.fresh_positives,
+            cfg.slice_cnn.epochs,
+            cfg.seed,
+            workers,
+        )
     if cache_only:
         return None
     keys = [s.series_instance_uid for s in series]
@@ -351,12 +365,12 @@ def train(
     if only_fold is not None:
         if not 0 <= only_fold < cfg.folds:
             raise ValueError(f"--fold must be between 0 and {cfg.folds - 1}, not {only_fold}")
-        _train_fold(only_fold, cfg, series, fold_of, out)
+        _train_fold(only_fold, cfg, series, fold_of, out, fresh)
         return None
     trained = cfg.train_folds or cfg.folds
     if trained > cfg.folds:
         raise ValueError(f"train_folds ({trained}) cannot exceed folds ({cfg.folds})")
-    outcomes = [_train_fold(k, cfg, series, fold_of, out) for k in range(trained)]
+    outcomes = [_train_fold(k, cfg, series, fold_of, out, fresh) for k in range(trained)]
     oof = _out_of_fold(outcomes, cfg)
     calibrated = oof.levels(calibrated=True)
     metrics = {lvl.name: _summary_metrics(level_metrics(lvl)) for lvl in calibrated}

@@ -21,6 +21,7 @@ from model.augment import augment
 from model.network import slice_encoder
 from model.training.config import SequenceSection, SliceCNNSection
 from model.training.data import CachedSeries, expand_channels
+from model.training.fresh import FreshPool
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,9 @@ class SliceBatches(keras.utils.PyDataset):
     sample). The same probability for both classes matters: when only positive slices
     were augmented, the CNN learnt to recognise augmentation (noise, blur, rotated
     corners) instead of emboli. ``matched_negatives`` draws the negatives at the
-    positives' levels (:func:`negative_draw_weights`). Validation uses none of these.
+    positives' levels (:func:`negative_draw_weights`). ``fresh`` (training) adds each
+    epoch the pool's slices of that epoch, from phantoms generated for it (balanced,
+    augmented alike). Validation uses none of these.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class SliceBatches(keras.utils.PyDataset):
         augment_probability: float = 0.0,
         balanced: bool = False,
         matched_negatives: bool = False,
+        fresh: FreshPool | None = None,
     ) -> None:
         super().__init__()
         self.series = series
@@ -127,6 +131,8 @@ class SliceBatches(keras.utils.PyDataset):
         self.seed = seed
         self.augment_probability = augment_probability
         self.balanced = balanced
+        self.fresh = fresh
+        self.fresh_epoch = 0
         labels = np.array([s.label for s in self.samples], dtype=bool)
         self.positives = np.flatnonzero(labels)
         self.negatives = np.flatnonzero(~labels)
@@ -141,7 +147,8 @@ class SliceBatches(keras.utils.PyDataset):
         """Samples per epoch: all of them, or the positives and as many negatives."""
         if not self.balanced:
             return len(self.samples)
-        return len(self.positives) + min(len(self.positives), len(self.negatives))
+        extra = 0 if self.fresh is None else 2 * self.fresh.per_epoch
+        return len(self.positives) + min(len(self.positives), len(self.negatives)) + extra
 
     def __len__(self) -> int:
         return math.ceil(self.epoch_size() / self.batch_size)
@@ -155,7 +162,12 @@ class SliceBatches(keras.utils.PyDataset):
                 replace=False,
                 p=self.negative_weights,
             )
-            self.order = rng.permutation(np.concatenate([self.positives, drawn]))
+            # Fresh slices are numbered after the samples: len(samples) + their index.
+            fresh = np.arange(0 if self.fresh is None else 2 * self.fresh.per_epoch)
+            self.fresh_epoch = self.epoch
+            self.order = rng.permutation(
+                np.concatenate([self.positives, drawn, len(self.samples) + fresh])
+            )
         elif self.shuffle:
             self.order = np.random.default_rng(self.seed + self.epoch).permutation(
                 len(self.samples)
@@ -174,13 +186,21 @@ class SliceBatches(keras.utils.PyDataset):
         images = []
         labels = []
         for i in chosen:
-            sample = self.samples[int(i)]
-            img = expand_channels(self.series[sample.series].volume()[sample.slot], self.channels)
+            if i < len(self.samples):
+                sample = self.samples[int(i)]
+                stored = self.series[sample.series].volume()[sample.slot]
+                label = sample.label
+            else:
+                assert self.fresh is not None
+                k = int(i) - len(self.samples)
+                stored = self.fresh.slices(self.fresh_epoch)[k]
+                label = bool(self.fresh.labels()[k])
+            img = expand_channels(stored, self.channels)
             rng = self.augmentation_rng(int(i))
             if rng is not None:
                 img = augment(img, rng)
             images.append(img)
-            labels.append(float(sample.label))
+            labels.append(float(label))
         return np.stack(images), np.asarray(labels, dtype=np.float32)
 
 
@@ -312,6 +332,7 @@ def train_slice_cnn(
         "best_val_loss": float(min(history["val_loss"])),
         # 1-based, as Keras prints it.
         "kept_epoch": 1 + int(np.argmax(kept) if by_auc else np.argmin(kept)),
+        "steps_per_epoch": len(train),
     }
     if statistics is not None:
         result["batch_norm_batches"] = recompute_batch_norm(cnn, statistics, cfg.batch_norm_batches)

@@ -325,6 +325,26 @@ def test_bfloat16_training_encodes_with_float32_weights(data: Path, tmp_path: Pa
     assert np.abs(encoded - expected["bfloat16"]).max() > 1e-4  # the test can tell them apart
 
 
+def test_training_adds_fresh_phantom_slices_to_every_epoch(data: Path, tmp_path: Path) -> None:
+    cfg = {**TINY, "train_folds": 1, "slice_cnn": {**TINY["slice_cnn"], "fresh_positives": 5}}
+    config = tmp_path / "training.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "bundle"
+    argv = ["train", "--config", str(config), "--data", str(data)]
+    assert main([*argv, "--labels", str(data / "train.csv"), "--out", str(out)]) == 0
+    (pool,) = (out / "cache").glob("fresh-*")
+    assert [p.name for p in pool.glob("*.npy")] == ["epoch000.npy"]  # one per epoch
+    assert np.load(pool / "epoch000.npy").shape == (10, 32, 32, 1)
+    done = json.loads((out / "work" / "fold0" / "done.json").read_text())
+    folds = json.loads((out / "folds.json").read_text())
+    preprocess = preprocess_config(TrainingConfig.model_validate(cfg))
+    series, _ = build_cache(data, data / "train.csv", out / "cache", preprocess)
+    train = [s for s in series if folds[s.series_instance_uid]["fold"] != 0]
+    positives = sum(int(s.slice_labels.sum()) for s in train)
+    # The fold's own positives, as many negatives, and the pool's five and five.
+    assert done["slice_cnn"]["steps_per_epoch"] == -(-(2 * positives + 10) // 32)
+
+
 def test_precise_batch_norm_statistics_are_the_mean_over_the_batches() -> None:
     import keras
 
