@@ -13,10 +13,11 @@ import pytest
 from dicom_factory import ACCESSION, BIRTH_DATE, PATIENT_ID, PATIENT_NAME, ct_slice
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import Comprehensive3DSRStorage, generate_uid
+from pydicom.uid import PYDICOM_ROOT_UID, Comprehensive3DSRStorage, generate_uid
 
 from model.synthetic import StudyIdentity, StudyParams, ct_series, generate_study
 from triage.report import AnalysisResult, ReportUIDs, build_sr
+from triage.report.device import DEFAULT_MANUFACTURER, Device
 
 SHA = "0123456789abcdef" * 4
 THRESHOLDS = {"stack": 0.42, "slice": 0.5}
@@ -102,7 +103,8 @@ def code_value(item: Dataset) -> tuple[str, str]:
 def test_positive_sr_is_in_the_study_and_says_present_with_certainty(tmp_path: Path) -> None:
     sources = headers()
     result = make_result(sources)
-    _, ds = write_and_read(build_sr(result, sources, institution_name="General Hospital"), tmp_path)
+    hospital = Device.create(DEFAULT_MANUFACTURER, None, "General Hospital", PYDICOM_ROOT_UID)
+    _, ds = write_and_read(build_sr(result, sources, device=hospital), tmp_path)
 
     assert ds.SOPClassUID == Comprehensive3DSRStorage
     assert ds.Modality == "SR"

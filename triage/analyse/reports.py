@@ -17,11 +17,13 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import PYDICOM_ROOT_UID
 
 from triage.analyse.decide import Outcome
 from triage.config import ReportConfig
 from triage.logs import describe_error, error_frames
 from triage.report import AnalysisResult, build_kos, build_sr
+from triage.report.device import Device
 from triage.report.source import conformant_header
 
 ALGORITHM_NAME = "CTPA PE triage (CNN+BiLSTM)"
@@ -114,12 +116,10 @@ def analysis_result(seed: str, outcome: Outcome, bundle: Any) -> AnalysisResult:
 
 def builder_options(cfg: ReportConfig, patient_study: Dataset | None) -> dict[str, Any]:
     """The device and patient arguments every report builder takes."""
-    return {
-        "manufacturer": cfg.manufacturer,
-        "device_serial": cfg.device_serial_number,
-        "institution_name": cfg.institution_name,
-        "patient_study": patient_study,
-    }
+    device = Device.create(
+        cfg.manufacturer, cfg.device_serial_number, cfg.institution_name, PYDICOM_ROOT_UID
+    )
+    return {"device": device, "patient_study": patient_study}
 
 
 def read_headers(files: list[Path], bound: Any) -> list[Dataset]:

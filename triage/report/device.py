@@ -6,10 +6,14 @@ from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom.sr.codedict import codes
+from pydicom.uid import PYDICOM_ROOT_UID
 
 from triage import __version__
 from triage.report.result import AnalysisResult
 from triage.report.uids import derive_uid
+
+DEFAULT_MANUFACTURER = "ctpa-triage open-source project"
+"""The Manufacturer when the configuration names none."""
 
 MODEL_NAME = "ctpa-triage"
 """The Manufacturer's Model Name of this software, in the header and the observer context."""
@@ -51,6 +55,11 @@ class Device:
         if uid is None:
             uid = derive_uid(uid_prefix, "device", manufacturer, serial_number or "")
         return cls(manufacturer, serial_number, uid, institution_name)
+
+    @classmethod
+    def default(cls, uid_prefix: str = PYDICOM_ROOT_UID) -> Device:
+        """This project as the device, with no serial number or institution."""
+        return cls.create(DEFAULT_MANUFACTURER, None, None, uid_prefix)
 
     def observer_context(self, result: AnalysisResult) -> hd.sr.ObserverContext:
         """The device observer (TID 1002/1004): the algorithm, run by this software."""

@@ -14,7 +14,7 @@ from triage import __version__
 from triage.report.device import MODEL_NAME, Device
 from triage.report.result import AnalysisResult
 from triage.report.source import by_sop_instance_uid, check_sources, evidence
-from triage.report.sr import DEFAULT_MANUFACTURER, SERIES_DESCRIPTION
+from triage.report.sr import SERIES_DESCRIPTION
 from triage.report.uids import ReportUIDs
 
 KOS_SERIES_NUMBER = 9902
@@ -29,11 +29,8 @@ def build_kos(
     result: AnalysisResult,
     source_datasets: Sequence[Dataset],
     *,
-    manufacturer: str = DEFAULT_MANUFACTURER,
-    device_serial: str | None = None,
-    institution_name: str | None = None,
+    device: Device | None = None,
     uid_prefix: str = PYDICOM_ROOT_UID,
-    device_uid: str | None = None,
     content_datetime: datetime.datetime | None = None,
     patient_study: Dataset | None = None,
 ) -> hd.ko.KeyObjectSelectionDocument | None:
@@ -51,7 +48,7 @@ def build_kos(
         Headers of the analysed series (at least the flagged slices). The patient and
         study attributes come from the first one, made conformant (see
         :mod:`triage.report.conform`).
-    manufacturer, device_serial, institution_name, uid_prefix, device_uid, content_datetime
+    device, uid_prefix, content_datetime
         As for :func:`triage.report.build_sr`, so both objects name the same device.
     patient_study : pydicom.Dataset or None, optional
         As for :func:`triage.report.build_sr`.
@@ -72,7 +69,7 @@ def build_kos(
     if result.decision != "present" or not result.flagged_sop_instance_uids:
         return None
     uids = ReportUIDs.for_result(result, series_uid, uid_prefix)
-    device = Device.create(manufacturer, device_serial, institution_name, uid_prefix, device_uid)
+    device = device or Device.default(uid_prefix)
     headers = by_sop_instance_uid(source_datasets)
     flagged = [headers[uid] for uid in result.flagged_sop_instance_uids]
 
@@ -91,8 +88,8 @@ def build_kos(
         series_number=KOS_SERIES_NUMBER,
         sop_instance_uid=uids.kos_sop_instance_uid,
         instance_number=1,
-        manufacturer=manufacturer,
-        institution_name=institution_name,
+        manufacturer=device.manufacturer,
+        institution_name=device.institution_name,
         contributing_equipment=[device.contributing_equipment(result)],
         series_description=SERIES_DESCRIPTION,
         content_date=when.date(),

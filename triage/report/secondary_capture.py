@@ -29,7 +29,7 @@ from triage import __version__
 from triage.report.device import MODEL_NAME, Device
 from triage.report.result import AnalysisResult
 from triage.report.source import by_sop_instance_uid, check_sources, evidence
-from triage.report.sr import DEFAULT_MANUFACTURER, SERIES_DESCRIPTION
+from triage.report.sr import SERIES_DESCRIPTION
 from triage.report.uids import derive_uid
 
 SC_SERIES_NUMBER = 9903
@@ -255,11 +255,8 @@ def build_secondary_capture(
     source_datasets: Sequence[Dataset],
     key_slices: Sequence[KeySlice],
     *,
-    manufacturer: str = DEFAULT_MANUFACTURER,
-    device_serial: str | None = None,
-    institution_name: str | None = None,
+    device: Device | None = None,
     uid_prefix: str = PYDICOM_ROOT_UID,
-    device_uid: str | None = None,
     content_datetime: datetime.datetime | None = None,
     patient_study: Dataset | None = None,
 ) -> list[hd.sc.SCImage]:
@@ -275,7 +272,7 @@ def build_secondary_capture(
         made conformant (see :mod:`triage.report.conform`).
     key_slices : Sequence[KeySlice]
         The flagged slices to show, in order (most probable first).
-    manufacturer, device_serial, institution_name, uid_prefix, device_uid, content_datetime
+    device, uid_prefix, content_datetime
         As for :func:`triage.report.build_sr`, so every object names the same device.
     patient_study : pydicom.Dataset or None, optional
         As for :func:`triage.report.build_sr`.
@@ -346,7 +343,7 @@ def build_secondary_capture(
         spacings.append((float(spacing[0]), float(spacing[1])) if spacing else None)
 
     sc_series, sop_uids = sc_uids(result, series_uid, len(pages), uid_prefix)
-    device = Device.create(manufacturer, device_serial, institution_name, uid_prefix, device_uid)
+    device = device or Device.default(uid_prefix)
     reference = evidence([patient_study or source_datasets[0]])[0]
     when = content_datetime or datetime.datetime.now()
     images = []
@@ -363,14 +360,14 @@ def build_secondary_capture(
             series_number=SC_SERIES_NUMBER,
             sop_instance_uid=sop_uid,
             instance_number=number,
-            manufacturer=manufacturer,
+            manufacturer=device.manufacturer,
             # highdicom annotates this as int, but takes (and needs) millimetres.
             pixel_spacing=spacing,  # type: ignore[arg-type]
             patient_orientation=orientation,
             transfer_syntax_uid="1.2.840.10008.1.2.1",
             contributing_equipment=[device.contributing_equipment(result)],
             series_description=SERIES_DESCRIPTION,
-            institution_name=institution_name,
+            institution_name=device.institution_name,
             manufacturer_model_name=MODEL_NAME,
             software_versions=__version__,
             device_serial_number=device.serial_number,

@@ -18,8 +18,6 @@ from triage.report.uids import ReportUIDs, derive_uid
 
 SR_SERIES_NUMBER = 9901
 SERIES_DESCRIPTION = "AI PE triage - NOT FOR DIAGNOSTIC USE"
-DEFAULT_MANUFACTURER = "ctpa-triage open-source project"
-
 PULMONARY_EMBOLISM = codes.SCT.PulmonaryEmbolism  # (59282003, SCT)
 CERTAINTY_OF_FINDING = codes.DCM.CertaintyOfFinding  # (111012, DCM)
 DECISION_CODES = {
@@ -47,11 +45,8 @@ def build_sr(
     result: AnalysisResult,
     source_datasets: Sequence[Dataset],
     *,
-    manufacturer: str = DEFAULT_MANUFACTURER,
-    device_serial: str | None = None,
-    institution_name: str | None = None,
+    device: Device | None = None,
     uid_prefix: str = PYDICOM_ROOT_UID,
-    device_uid: str | None = None,
     content_datetime: datetime.datetime | None = None,
     patient_study: Dataset | None = None,
 ) -> hd.sr.Comprehensive3DSR:
@@ -74,17 +69,12 @@ def build_sr(
         Headers of the analysed series (at least the flagged slices). The patient and
         study attributes come from the first one, made conformant (see
         :mod:`triage.report.conform`); all are listed as evidence.
-    manufacturer : str, optional
-        Manufacturer of this software, for the header and the device observer.
-    device_serial : str or None, optional
-        Serial number of this installation; omitted when ``None``.
-    institution_name : str or None, optional
-        The institution that runs this installation; omitted when ``None``.
+    device : Device or None, optional
+        The software that writes the report: manufacturer, serial number, institution and
+        Device Observer UID (:meth:`Device.create`); this project's name under the UID
+        root when ``None``.
     uid_prefix : str, optional
         The UID root for the derived UIDs (pydicom's by default).
-    device_uid : str or None, optional
-        The Device Observer UID; derived from `manufacturer` and `device_serial`
-        when ``None``.
     content_datetime : datetime.datetime or None, optional
         Content Date and Time; now when ``None``. Pass the time the result was made to
         get a byte-stable rebuild.
@@ -106,7 +96,7 @@ def build_sr(
     """
     series_uid = check_sources(result, source_datasets)
     uids = ReportUIDs.for_result(result, series_uid, uid_prefix)
-    device = Device.create(manufacturer, device_serial, institution_name, uid_prefix, device_uid)
+    device = device or Device.default(uid_prefix)
     headers = by_sop_instance_uid(source_datasets)
 
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = [
@@ -130,13 +120,13 @@ def build_sr(
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=uids.sr_sop_instance_uid,
         instance_number=1,
-        manufacturer=manufacturer,
+        manufacturer=device.manufacturer,
         # The algorithm reported everything it found; what is still missing is a
         # human's verification, which the preliminary and unverified flags carry.
         is_complete=True,
         is_final=False,
         is_verified=False,
-        institution_name=institution_name,
+        institution_name=device.institution_name,
         contributing_equipment=[device.contributing_equipment(result)],
         series_description=SERIES_DESCRIPTION,
         content_date=when.date(),
