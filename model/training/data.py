@@ -97,8 +97,7 @@ def _preprocess_one(
     except (SeriesRejectedError, OSError) as err:
         return str(err)
     tmp = volume_path.with_suffix(".tmp.npy")
-    stored = pre.volume[..., :1] if config.channel_windows == "repeat" else pre.volume
-    np.save(tmp, quantize(stored))
+    np.save(tmp, quantize(stored_channels(pre.volume, config)))
     tmp.replace(volume_path)
     meta_path.write_text(
         json.dumps(
@@ -192,6 +191,11 @@ def build_cache(
             )
         )
     return cached, excluded
+
+
+def stored_channels(volume: NDArray[np.float32], config: PreprocessConfig) -> NDArray[np.float32]:
+    """The channels the cache keeps: one when every channel repeats the same window."""
+    return volume[..., :1] if config.channel_windows == "repeat" else volume
 
 
 def quantize(volume: NDArray[np.floating]) -> NDArray[np.uint8]:

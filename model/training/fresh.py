@@ -35,7 +35,7 @@ from model.preprocess import PreprocessConfig
 from model.preprocess.reading import CTVolume
 from model.preprocess.transform import preprocess_volume
 from model.synthetic.phantom import Phantom, StudyParams, generate_study
-from model.training.data import quantize
+from model.training.data import quantize, stored_channels
 
 _STREAM = 0x66726573  # "fres": this module's seed stream, apart from study_seeds'
 _NEAR_SLOTS = 5  # a negative within this many slots of a positive counts as its level
@@ -60,9 +60,14 @@ class FreshPool:
         """
         return np.load(self.path(epoch % self.epochs), mmap_mode="r")
 
-    def labels(self) -> NDArray[np.bool_]:
-        """The labels of every epoch's file: positives first."""
-        return np.arange(2 * self.per_epoch) < self.per_epoch
+    @property
+    def size(self) -> int:
+        """Slices in each epoch's file."""
+        return 2 * self.per_epoch
+
+    def label(self, index: int) -> bool:
+        """The label of slice ``index`` of an epoch's file: positives come first."""
+        return index < self.per_epoch
 
 
 def phantom_volume(phantom: Phantom) -> CTVolume:
@@ -87,9 +92,8 @@ def phantom_slices(
     cache's uint8 steps; padding slots are never drawn.
     """
     phantom = generate_study(seed, StudyParams(positive=True, difficulty=difficulty))
-    size = config.input_size
-    empty = np.zeros((0, size, size, 1 if config.channel_windows == "repeat" else 3), np.uint8)
     pre = preprocess_volume(phantom_volume(phantom), config)
+    stored = stored_channels(pre.volume, config)
     # Each slot is labelled by the source slice it shows, as build_cache labels by SOP.
     labels = np.array(
         [uid is not None and bool(phantom.slice_labels[int(uid)]) for uid in pre.sop_instance_uids]
@@ -97,8 +101,8 @@ def phantom_slices(
     positives = np.flatnonzero(labels)
     negatives = np.flatnonzero(pre.mask & ~labels)
     if len(positives) == 0 or len(negatives) == 0:  # its emboli lie outside the window
-        return empty, empty
-    distance = np.abs(negatives[:, None] - positives[None, :]).min(axis=1, initial=10**6)
+        return quantize(stored[:0]), quantize(stored[:0])
+    distance = np.abs(negatives[:, None] - positives[None, :]).min(axis=1)
     near = distance <= _NEAR_SLOTS
     weights = np.full(len(negatives), (1.0 - _NEAR_SHARE) / len(negatives))
     if near.any():
@@ -107,7 +111,6 @@ def phantom_slices(
     rng = np.random.default_rng([seed, _STREAM])
     count = min(len(positives), len(negatives))
     drawn = np.sort(rng.choice(negatives, count, replace=False, p=weights))
-    stored = pre.volume if config.channel_windows != "repeat" else pre.volume[..., :1]
     return quantize(stored[positives[:count]]), quantize(stored[drawn])
 
 
@@ -117,11 +120,8 @@ def _epoch_seeds(seed: int, epoch: int) -> list[int]:
     return [int(s) for s in state]
 
 
-def _write_epoch(job: tuple[Path, int, int, int, str, PreprocessConfig]) -> int:
-    """Generate phantoms until ``per_epoch`` positives; write them and their negatives.
-
-    Returns how many phantoms it took.
-    """
+def _write_epoch(job: tuple[Path, int, int, int, str, PreprocessConfig]) -> None:
+    """Generate phantoms until ``per_epoch`` positives; write them and their negatives."""
     path, seed, epoch, per_epoch, difficulty, config = job
     positives: list[NDArray[np.uint8]] = []
     negatives: list[NDArray[np.uint8]] = []
@@ -139,13 +139,12 @@ def _write_epoch(job: tuple[Path, int, int, int, str, PreprocessConfig]) -> int:
         if found >= per_epoch:
             break
     if found < per_epoch:
-        raise ValueError(f"{per_epoch} fresh positives a epoch need more than {used} phantoms")
+        raise ValueError(f"{per_epoch} fresh positives per epoch need more than {used} phantoms")
     pos_all = np.concatenate(positives)[:per_epoch]
     neg_all = np.concatenate(negatives)[:per_epoch]
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, np.concatenate([pos_all, neg_all]))
     tmp.replace(path)
-    return used
 
 
 def build_fresh_pool(

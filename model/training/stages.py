@@ -147,7 +147,7 @@ class SliceBatches(keras.utils.PyDataset):
         """Samples per epoch: all of them, or the positives and as many negatives."""
         if not self.balanced:
             return len(self.samples)
-        extra = 0 if self.fresh is None else 2 * self.fresh.per_epoch
+        extra = 0 if self.fresh is None else self.fresh.size
         return len(self.positives) + min(len(self.positives), len(self.negatives)) + extra
 
     def __len__(self) -> int:
@@ -163,7 +163,7 @@ class SliceBatches(keras.utils.PyDataset):
                 p=self.negative_weights,
             )
             # Fresh slices are numbered after the samples: len(samples) + their index.
-            fresh = np.arange(0 if self.fresh is None else 2 * self.fresh.per_epoch)
+            fresh = np.arange(0 if self.fresh is None else self.fresh.size)
             self.fresh_epoch = self.epoch
             self.order = rng.permutation(
                 np.concatenate([self.positives, drawn, len(self.samples) + fresh])
@@ -185,16 +185,17 @@ class SliceBatches(keras.utils.PyDataset):
         chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         images = []
         labels = []
+        pool = None if self.fresh is None else self.fresh.slices(self.fresh_epoch)
         for i in chosen:
             if i < len(self.samples):
                 sample = self.samples[int(i)]
                 stored = self.series[sample.series].volume()[sample.slot]
                 label = sample.label
             else:
-                assert self.fresh is not None
+                assert self.fresh is not None and pool is not None
                 k = int(i) - len(self.samples)
-                stored = self.fresh.slices(self.fresh_epoch)[k]
-                label = bool(self.fresh.labels()[k])
+                stored = pool[k]
+                label = self.fresh.label(k)
             img = expand_channels(stored, self.channels)
             rng = self.augmentation_rng(int(i))
             if rng is not None:
