@@ -18,6 +18,9 @@ CHANNEL_WINDOWS: dict[str, tuple[tuple[float, float], ...]] = {
     # enhanced arteries and veins (165-500 HU) saturate and air is black, so clot is the
     # only mid-grey in the lung fields.
     "pe_clot_mediastinum": ((100.0, 700.0), (50.0, 150.0), (40.0, 400.0)),
+    # The PE and lung windows, then the filling-defect map (model/preprocess/defect.py),
+    # which is not a window and so is not listed.
+    "pe_lung_defect": ((100.0, 700.0), (-600.0, 1500.0)),
     # 2.5-D: the PE window of the slice above, the slice itself and the slice below.
     "pe_neighbours": ((100.0, 700.0),) * 3,
 }

@@ -13,6 +13,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from model.preprocess.config import PreprocessConfig
+from model.preprocess.defect import box_extreme, filling_defect_map
 from model.preprocess.reading import CTVolume, read_series
 from model.preprocess.segment import chest_mask_lowres
 
@@ -172,6 +173,20 @@ def _source_index(n_in: int, n_out: int) -> NDArray[np.intp]:
     return np.minimum(centres.astype(np.intp), n_in - 1)
 
 
+def _max_resize(stack: NDArray[np.float32], size: int) -> NDArray[np.float32]:
+    """Shrink ``(slices, rows, columns)`` to ``size`` x ``size``, keeping each box's maximum.
+
+    Each output pixel takes the largest value of the source box around the pixel under
+    its centre, the box wide enough that the boxes cover every source pixel: a lit pixel
+    survives any shrink factor, where a bilinear resize would average it away.
+    """
+    rows, cols = stack.shape[1:]
+    side = 2 * (-(-max(rows, cols) // size) // 2) + 1
+    peaks = box_extreme(stack, side, peak=True) if side > 1 else stack
+    r, c = _source_index(rows, size), _source_index(cols, size)
+    return np.ascontiguousarray(peaks[:, r][:, :, c])
+
+
 def _chest_square(
     cavity: NDArray[np.bool_], f: int, rows: int, cols: int
 ) -> tuple[int, int, int, int]:
@@ -248,6 +263,11 @@ def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> Preprocesse
         # One resize of the HU, then each window: a third of the resizing.
         resized = _resize(field_hu, size)
         channels = [_window(resized, centre, width) for centre, width in windows]
+        if config.channel_windows == "pe_lung_defect":
+            # From the source pixels, shrunk by the maximum: a defect a few source
+            # pixels wide would not survive a bilinear resize.
+            pixel_mm = float(np.mean(volume.pixel_spacing))
+            channels.append(_max_resize(filling_defect_map(field_hu, pixel_mm), size))
     out = np.empty((config.num_slices, size, size, config.channels), dtype=np.float32)
     for channel, image in enumerate(channels):
         out[:n, ..., channel] = image

@@ -22,9 +22,10 @@ class PreprocessSection(_Section):
     z_window: Literal["top", "lungs"] = "top"
     # "repeat": the one window below in every channel (the paper); "pe_lung_mediastinum":
     # the PE, lung and mediastinal windows as three channels (RSNA-STR 2020 winners);
-    # "pe_neighbours": 2.5-D, the PE window of the slice above, itself and the one below.
+    # "pe_neighbours": 2.5-D, the PE window of the slice above, itself and the one below;
+    # "pe_lung_defect": the PE and lung windows and a source-resolution filling-defect map.
     channel_windows: Literal[
-        "repeat", "pe_lung_mediastinum", "pe_clot_mediastinum", "pe_neighbours"
+        "repeat", "pe_lung_mediastinum", "pe_clot_mediastinum", "pe_neighbours", "pe_lung_defect"
     ] = "repeat"
     window_center: float = 100.0
     window_width: float = Field(default=700.0, gt=0)
