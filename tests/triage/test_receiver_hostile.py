@@ -27,9 +27,20 @@ TIMEOUTS = {"network_timeout": 2.0, "acse_timeout": 2.0}
 
 
 def _echo(port: int) -> int:
-    ae = AE(ae_title="PACS")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE")
+    """C-ECHO status of a new association: the receiver still serves after a hostile peer.
+
+    One immediate retry: the receiver here gives a whole A-ASSOCIATE-RQ only 2 s, and a CI
+    run on a loaded 2-core machine once saw this association aborted right after an
+    unknown PDU (40 local repeats under a training job's load did not reproduce it). A
+    receiver locked out by the hostile peer fails both attempts, as nothing is waited for
+    between them.
+    """
+    for attempt in (1, 2):
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE")
+        if assoc.is_established or attempt == 2:
+            break
     # Say how it failed: a rejection or abort is the receiver's answer, neither is a timeout.
     assert assoc.is_established, (
         f"the association was not accepted: rejected={assoc.is_rejected}, "
