@@ -35,10 +35,9 @@ AUTH = "Basic " + base64.b64encode(b"admin:change-me").decode()
 
 # Seeds of one realistic synthetic study with emboli and one without, outside the demo
 # bundle's training and test sets (the same as `triage demo`). This test is of the
-# pipeline, not of the model: the positive is one the demo bundle 0.4.0 flags (0.757
-# against its stack threshold of 0.721; of the positives from seeds 90011 and
-# 90013-90029 it flags only this one), the negative scores 0.377. The bundle's
-# accuracy is in its report.
+# pipeline, not of the model: the demo bundle 0.5.0 flags the positive (0.867 against
+# its stack threshold of 0.597) and not the negative (0.245). The bundle's accuracy is
+# in its report.
 POSITIVE_SEED, NEGATIVE_SEED = 90025, 90012
 
 

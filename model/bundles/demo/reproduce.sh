@@ -11,10 +11,13 @@
 # triage-model; "python3 -m model" where the package is on PYTHONPATH but not installed).
 # WORKERS sets the processes that synthesise and preprocess (default: every CPU).
 #
-# Time: each stage prints its own. Measured on a 2-core CPU shared with other jobs:
-# synthesis of the training set 645 s and of the held-out sets 3,118 s (one worker; for
-# 0.3.0, reused for 0.4.0), training of 0.4.0 about 3,700 s, evaluation about 1,100 s:
-# about 2.4 hours in all, over the 2-hour goal.
+# Time: each stage prints its own. Measured on the project's 2-core CPU: synthesis of the
+# training set 645 s and of the held-out sets 3,118 s (one worker; measured for 0.3.0 and
+# reused since); training of 0.5.0 3,140 s (preprocessing with the filling-defect map
+# 520 s, 30 CNN epochs of 50-87 s, encodings and the sequence model); evaluation 520 s
+# realistic, 417 s easy, 335 s hard (the last two partly beside another job). About 2.3
+# hours in all, over the 2-hour goal by the held-out synthesis, which was timed with one
+# worker; it was not re-timed with two.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 work="${1:?usage: reproduce.sh WORK_DIR [all|train|evaluate]}"
