@@ -11,13 +11,12 @@
 # triage-model; "python3 -m model" where the package is on PYTHONPATH but not installed).
 # WORKERS sets the processes that synthesise and preprocess (default: every CPU).
 #
-# Time: each stage prints its own. Measured on the project's 2-core CPU: synthesis of the
-# training set 645 s and of the held-out sets 3,118 s (one worker; measured for 0.3.0 and
-# reused since); training of 0.5.0 3,140 s (preprocessing with the filling-defect map
-# 520 s, 30 CNN epochs of 50-87 s, encodings and the sequence model); evaluation 520 s
-# realistic, 417 s easy, 335 s hard (the last two partly beside another job). About 2.3
-# hours in all, over the 2-hour goal by the held-out synthesis, which was timed with one
-# worker; it was not re-timed with two.
+# Time: each stage prints its own. Measured for 0.5.0 on the project's 2-core CPU with two
+# workers: synthesis of the training set 413 s and of the held-out sets 409 s (realistic
+# 205, easy 94, hard 110; each identical to the sets the report was made from); training
+# 3,140 s (preprocessing with the filling-defect map 520 s, 30 CNN epochs of 50-87 s,
+# encodings and the sequence model); evaluation 520 s realistic, 417 s easy, 335 s hard
+# (the last two partly beside another job). About 87 minutes in all.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 work="${1:?usage: reproduce.sh WORK_DIR [all|train|evaluate]}"
