@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from triage import DEFAULT_MANUFACTURER
 from triage.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -474,7 +475,7 @@ class ReportConfig(_Section):
     """What the SR and KOS say about who made them."""
 
     institution_name: str | None = None
-    manufacturer: str = "ctpa-triage open-source project"
+    manufacturer: str = DEFAULT_MANUFACTURER
     device_serial_number: str = "0"
 
 

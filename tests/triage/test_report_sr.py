@@ -16,8 +16,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import PYDICOM_ROOT_UID, Comprehensive3DSRStorage, generate_uid
 
 from model.synthetic import StudyIdentity, StudyParams, ct_series, generate_study
+from triage import DEFAULT_MANUFACTURER
 from triage.report import AnalysisResult, ReportUIDs, build_sr
-from triage.report.device import DEFAULT_MANUFACTURER, Device
+from triage.report.device import Device
 
 SHA = "0123456789abcdef" * 4
 THRESHOLDS = {"stack": 0.42, "slice": 0.5}

@@ -8,12 +8,9 @@ import highdicom as hd
 from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_ROOT_UID
 
-from triage import __version__
+from triage import DEFAULT_MANUFACTURER, __version__
 from triage.report.result import AnalysisResult
 from triage.report.uids import derive_uid
-
-DEFAULT_MANUFACTURER = "ctpa-triage open-source project"
-"""The Manufacturer when the configuration names none."""
 
 MODEL_NAME = "ctpa-triage"
 """The Manufacturer's Model Name of this software, in the header and the observer context."""
