@@ -81,6 +81,14 @@ class PreprocessConfig:
         Margin added around the chest cavity before zeroing the rest.
     segment_pixel_mm : float
         Segmentation runs on a grid downsampled to about this pixel size, for speed.
+    defect_surround_hu : float
+        With ``pe_lung_defect``: pixels darker than this are the dark surround that an
+        occluded artery needs around most of it (model/preprocess/defect.py). -500 (the
+        default, 0.5.0's map): lung only. -60: mediastinal fat too, so occluded hilar
+        arteries light up.
+    defect_drop_isolated : bool
+        With ``pe_lung_defect``: clear lit map pixels with no lit neighbour at the source
+        resolution (vessel-edge partial volume, not clot).
     """
 
     num_slices: int = 96
@@ -99,6 +107,8 @@ class PreprocessConfig:
     bone_threshold_hu: float = 600.0
     cavity_margin_mm: float = 3.0
     segment_pixel_mm: float = 2.0
+    defect_surround_hu: float = -500.0
+    defect_drop_isolated: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):

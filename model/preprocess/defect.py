@@ -20,7 +20,10 @@ from scipy import ndimage
 _CLOT_HU = (-60.0, 180.0)
 _BLOOD_HU = 200.0
 _PLATEAU_MAX_HU = 160.0
-_LUNG_HU = -500.0
+# What counts as dark around an occluded artery, by default: lung. An artery at the hilum
+# runs in mediastinal fat (about -100 HU), so a threshold above fat also finds occluded
+# hilar arteries (PreprocessConfig.defect_surround_hu).
+SURROUND_HU = -500.0
 # The widest defect looked for: a segmental artery's lumen (5-8 mm).
 _DEFECT_MM = 8.0
 # How much lung must surround an occluded artery: half of the 9 mm square around it (a
@@ -30,6 +33,8 @@ _LUNG_SQUARE_MM = 9.0
 _LUNG_FRACTION = 0.5
 # A defect this many HU darker than the blood around it scores 1.
 _FULL_CONTRAST_HU = 250.0
+# A pixel at least this lit is part of a candidate defect (for drop_isolated).
+_LIT = 0.3
 
 
 def _odd(pixels: float) -> int:
@@ -68,7 +73,12 @@ def _take(a: NDArray[np.float32], start: int, stop: int | None, axis: int) -> ND
     return a[tuple(index)]
 
 
-def filling_defect_map(hu: NDArray[np.float32], pixel_mm: float) -> NDArray[np.float32]:
+def filling_defect_map(
+    hu: NDArray[np.float32],
+    pixel_mm: float,
+    surround_hu: float = SURROUND_HU,
+    drop_isolated: bool = False,
+) -> NDArray[np.float32]:
     """Score each pixel of ``(slices, rows, columns)`` HU in ``[0, 1]`` as a filling defect.
 
     The larger of two terms, each computed per slice:
@@ -77,7 +87,8 @@ def filling_defect_map(hu: NDArray[np.float32], pixel_mm: float) -> NDArray[np.f
       enhanced blood (the black top-hat), scaled by how much darker it is than the
       blood around it;
     - *occluded artery*: a plateau of clot density (its 3x3 neighbourhood stays in the
-      clot range, so not the edge of a bright vessel) with lung around most of it.
+      clot range, so not the edge of a bright vessel) with lung (or whatever is darker
+      than ``surround_hu``) around most of it.
 
     Parameters
     ----------
@@ -85,6 +96,13 @@ def filling_defect_map(hu: NDArray[np.float32], pixel_mm: float) -> NDArray[np.f
         Slices in HU, at the source resolution.
     pixel_mm : float
         In-plane pixel size.
+    surround_hu : float
+        Pixels darker than this count as the dark surround of an occluded artery: lung
+        at the default; above -100 HU, mediastinal fat too.
+    drop_isolated : bool
+        Clear lit pixels with no lit 8-neighbour. Most lit pixels in negative phantoms are
+        single source pixels at the edges of bright vessels (partial volume passes through
+        clot density); an embolus a segmental artery wide lights tens of them.
     """
     smooth = ndimage.gaussian_filter(hu.astype(np.float32, copy=False), (0, 0.7, 0.7))
     side = _odd(_DEFECT_MM / pixel_mm)
@@ -97,6 +115,22 @@ def filling_defect_map(hu: NDArray[np.float32], pixel_mm: float) -> NDArray[np.f
         box_extreme(smooth, 3, peak=True) < _PLATEAU_MAX_HU
     )
     near = _odd(_LUNG_SQUARE_MM / pixel_mm)
-    lung = ndimage.uniform_filter((smooth < _LUNG_HU).astype(np.float32), size=(1, near, near))
-    occluded = plateau & (lung > _LUNG_FRACTION)
-    return np.maximum(partial, occluded.astype(np.float32))
+    dark = ndimage.uniform_filter((smooth < surround_hu).astype(np.float32), size=(1, near, near))
+    occluded = plateau & (dark > _LUNG_FRACTION)
+    score = np.maximum(partial, occluded.astype(np.float32))
+    if drop_isolated:
+        lit = score >= _LIT
+        score[lit & ~_any_neighbour(lit)] = 0.0
+    return score
+
+
+def _any_neighbour(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Whether any of each pixel's eight in-plane neighbours is set (not the pixel itself)."""
+    padded = np.pad(mask, ((0, 0), (1, 1), (1, 1)))
+    rows, cols = mask.shape[1:]
+    out = np.zeros_like(mask)
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            if dr or dc:
+                out |= padded[:, 1 + dr : 1 + dr + rows, 1 + dc : 1 + dc + cols]
+    return out

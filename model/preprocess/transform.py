@@ -267,7 +267,13 @@ def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> Preprocesse
             # From the source pixels, shrunk by the maximum: a defect a few source
             # pixels wide would not survive a bilinear resize.
             pixel_mm = float(np.mean(volume.pixel_spacing))
-            channels.append(_max_resize(filling_defect_map(field_hu, pixel_mm), size))
+            defects = filling_defect_map(
+                field_hu,
+                pixel_mm,
+                surround_hu=config.defect_surround_hu,
+                drop_isolated=config.defect_drop_isolated,
+            )
+            channels.append(_max_resize(defects, size))
     out = np.empty((config.num_slices, size, size, config.channels), dtype=np.float32)
     for channel, image in enumerate(channels):
         out[:n, ..., channel] = image

@@ -32,6 +32,11 @@ class PreprocessSection(_Section):
     segment: bool = True
     crop: bool = False
     min_slices: int = Field(default=10, ge=1)
+    # The filling-defect map (pe_lung_defect): what counts as dark around an occluded
+    # artery (-500: lung only, as 0.5.0; -60: mediastinal fat too, for hilar arteries),
+    # and whether lit pixels without a lit neighbour are cleared (vessel-edge blips).
+    defect_surround_hu: float = -500.0
+    defect_drop_isolated: bool = False
 
 
 class NetworkSection(_Section):

@@ -119,3 +119,42 @@ def test_the_defect_channel_keeps_a_defect_that_a_bilinear_resize_loses() -> Non
     assert not out[6:].any()
     with pytest.raises(ValueError, match="needs channels: 3"):
         PreprocessConfig(channels=1, channel_windows="pe_lung_defect")
+
+
+def _hilar_slice() -> tuple[np.ndarray, np.ndarray]:
+    """Mediastinal fat (-100 HU) with lung beside it, and an occluded artery 5 mm across
+    at their border, more of it in fat than in lung: a hilar segmental artery."""
+    shape = (64, 64)
+    hu = np.full(shape, -100.0, dtype=np.float32)
+    hu[:, 36:] = LUNG
+    artery = _disc(shape, (32, 32), 3.6)
+    hu[artery] = CLOT
+    return hu, artery
+
+
+def test_an_occluded_artery_in_mediastinal_fat_lights_only_with_fat_as_its_surround() -> None:
+    hu, artery = _hilar_slice()
+    core = (32, 32)
+    # Lung alone is too little of its surround, so 0.5.0's map leaves it dark ...
+    assert filling_defect_map(hu[None], PIXEL_MM)[0][core] == 0.0
+    # ... and counting fat as dark finds it.
+    score = filling_defect_map(hu[None], PIXEL_MM, surround_hu=-60.0)[0]
+    assert score[core] == 1.0
+    # The fat and the lung themselves stay dark either way.
+    assert score[~ndimage.binary_dilation(artery, iterations=2)].max() == 0.0
+
+
+def test_drop_isolated_clears_single_lit_pixels_and_keeps_defects() -> None:
+    hu, _ = _lung_slice()
+    # One dark source pixel inside the patent artery's blood (noise): after the map's
+    # smoothing it alone falls into the clot range, its neighbours stay blood.
+    hu[24, 24] = -300.0
+    full = filling_defect_map(hu[None], PIXEL_MM)[0]
+    kept = filling_defect_map(hu[None], PIXEL_MM, drop_isolated=True)[0]
+    lit = full >= 0.3
+    isolated = lit & (ndimage.convolve(lit.astype(int), np.ones((3, 3)), mode="constant") == 1)
+    assert isolated.any()
+    assert not kept[isolated].any()
+    # Everything else is untouched: the partial defect and the occluded artery still light.
+    assert np.array_equal(kept[~isolated], full[~isolated])
+    assert kept[24, 70] > 0.9 and kept[70, 48] == 1.0
