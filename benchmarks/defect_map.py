@@ -26,11 +26,10 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
-from model.preprocess.defect import filling_defect_map
+from model.preprocess.defect import LIT, filling_defect_map
 from model.preprocess.segment import chest_mask_lowres
 from model.synthetic import StudyParams, generate_study
 
-LIT = 0.3
 INPUT_PIXEL_MM = 1.6
 SIZE_BINS = ((1, 9), (10, 29), (30, 99), (100, 299), (300, None))
 

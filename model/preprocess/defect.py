@@ -26,15 +26,17 @@ _PLATEAU_MAX_HU = 160.0
 SURROUND_HU = -500.0
 # The widest defect looked for: a segmental artery's lumen (5-8 mm).
 _DEFECT_MM = 8.0
-# How much lung must surround an occluded artery: half of the 9 mm square around it (a
-# segmental artery 5 mm across fills a quarter of it; a lobar one 8 mm across, more than
-# half, which leaves those to the partial-defect term and the CNN's other channels).
-_LUNG_SQUARE_MM = 9.0
-_LUNG_FRACTION = 0.5
+# How much dark surround (lung, or whatever is darker than surround_hu) an occluded
+# artery needs: half of the 9 mm square around it (a segmental artery 5 mm across fills a
+# quarter of it; a lobar one 8 mm across, more than half, which leaves those to the
+# partial-defect term and the CNN's other channels).
+_SURROUND_SQUARE_MM = 9.0
+_SURROUND_FRACTION = 0.5
 # A defect this many HU darker than the blood around it scores 1.
 _FULL_CONTRAST_HU = 250.0
-# A pixel at least this lit is part of a candidate defect (for drop_isolated).
-_LIT = 0.3
+# A pixel at least this lit is part of a candidate defect (for drop_isolated, and what
+# benchmarks/defect_map.py counts as lit).
+LIT = 0.3
 
 
 def _odd(pixels: float) -> int:
@@ -114,12 +116,12 @@ def filling_defect_map(
     plateau = (box_extreme(smooth, 3, peak=False) > _CLOT_HU[0]) & (
         box_extreme(smooth, 3, peak=True) < _PLATEAU_MAX_HU
     )
-    near = _odd(_LUNG_SQUARE_MM / pixel_mm)
+    near = _odd(_SURROUND_SQUARE_MM / pixel_mm)
     dark = ndimage.uniform_filter((smooth < surround_hu).astype(np.float32), size=(1, near, near))
-    occluded = plateau & (dark > _LUNG_FRACTION)
+    occluded = plateau & (dark > _SURROUND_FRACTION)
     score = np.maximum(partial, occluded.astype(np.float32))
     if drop_isolated:
-        lit = score >= _LIT
+        lit = score >= LIT
         score[lit & ~_any_neighbour(lit)] = 0.0
     return score
 
