@@ -322,7 +322,11 @@ class Receiver:
         closed = self.server.close_connections()
         if closed:
             log.info("connections_closed_on_shutdown", count=closed)
-        _wait_for_threads([a.dul for a in self.server.active_associations], time.monotonic() + 1.0)
+        # The reactors of the closed associations still run their abort handlers (which
+        # log): wait for them too, under the same second, so none logs after stop returns.
+        last = time.monotonic() + 1.0
+        _wait_for_threads([a.dul for a in self.server.active_associations], last)
+        _wait_for_threads(self.server.active_associations, last)
 
     def _requested(self) -> list[Association]:
         # Connections that never sent an A-ASSOCIATE-RQ have nothing to finish.
