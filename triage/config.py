@@ -215,7 +215,7 @@ class WorkerConfig(_Section):
     max_attempts: int = Field(default=3, ge=1)
     # How often an idle worker looks for a queued job.
     poll_seconds: float = Field(default=1.0, gt=0)
-    # Flagged slices (most probable first) that get a Grad-CAM heat map and key images in
+    # Flagged slices (most probable first) that get a heat map (model.explain) and key images in
     # the result's outbox for the study view, after the result is stored; 0: none.
     heatmap_slices: int = Field(default=8, ge=0)
 

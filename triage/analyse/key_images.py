@@ -2,7 +2,8 @@
 
 Made by the worker after the result, its reports and its deliveries are committed, so that
 the heat maps never delay the flag. For the top-K flagged slices (``worker.heatmap_slices``)
-:class:`model.explain.Explainer` makes a Grad-CAM heat map on the source slice's grid, and
+:class:`model.explain.Explainer` makes a heat map on the source slice's grid (Grad-CAM
+sharpened by the input gradient), and
 each slice is written to the result's outbox folder (``key_images/``, see
 :func:`triage.storage.outbox.write_key_images`) as three PNGs:
 
@@ -126,7 +127,7 @@ def explain(
     top_k: int,
     cache: dict[int, Any],
 ) -> list[Any]:
-    """Grad-CAM heat maps (``model.explain.SliceHeatmap``) of the top-K flagged slices.
+    """Heat maps (``model.explain.SliceHeatmap``) of the top-K flagged slices.
 
     On the model input the prediction was made on; where the predictor kept none, the
     series is preprocessed again.
@@ -181,9 +182,9 @@ def key_images(
 
 
 def index(
-    outcome: Outcome, headers: Sequence[Dataset], images: Sequence[KeyImage]
+    outcome: Outcome, headers: Sequence[Dataset], images: Sequence[KeyImage], method: str
 ) -> dict[str, Any]:
-    """The content of ``key_images.json``."""
+    """The content of ``key_images.json``; ``method`` is the explainer's."""
     probabilities = outcome.slice_probabilities or {}
     curve_headers = [ds for ds in headers if str(ds.SOPInstanceUID) in probabilities]
     positions = positions_mm(curve_headers) if curve_headers else np.empty(0)
@@ -199,7 +200,7 @@ def index(
         key=lambda point: float(point["position_mm"]),  # type: ignore[arg-type]
     )
     return {
-        "method": "grad-cam",
+        "method": method,
         "threshold": outcome.thresholds.slice,
         "windows": {
             "pe": {"center": PE_WINDOW[0], "width": PE_WINDOW[1]},
@@ -258,7 +259,7 @@ def make_key_images(
     heatmaps = explain(predictor, files, outcome, top_k, cache)
     explained = time.perf_counter() - started
     images = key_images(heatmaps, files, headers)
-    content = index(outcome, headers, images)
+    content = index(outcome, headers, images, _explainer(predictor, cache).method)
     files_out: dict[str, bytes] = {}
     for entry, image in zip(content["images"], images, strict=True):
         files_out[entry["pe_window"]] = _png(windowed(image.hu, *PE_WINDOW), "L")
@@ -275,7 +276,7 @@ def make_key_images(
             content["secondary_capture"].append(
                 {"file": name, "sop_instance_uid": str(dataset.SOPInstanceUID)}
             )
-    # What they cost, for benchmarks/latency.py: the heat maps (Grad-CAM) and everything
+    # What they cost, for benchmarks/latency.py: the heat maps and everything
     # (with reading the key slices, the PNGs and the Secondary Capture).
     content["seconds"] = {"heatmaps": explained, "total": time.perf_counter() - started}
     files_out[KEY_IMAGES_INDEX] = json.dumps(content, indent=1).encode()

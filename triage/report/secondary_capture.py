@@ -332,9 +332,7 @@ def build_secondary_capture(
             f"Slice at {z:.1f} mm, instance {header.get('InstanceNumber', '?')}",
             f"PE probability {100.0 * result.slice_probabilities.get(key.sop_instance_uid, 0):.0f}%"
             f" - {result.algorithm_version}",
-            "W700/L100; colour: where the model looked (Grad-CAM)"
-            if key.heatmap is not None
-            else "W700/L100",
+            "W700/L100; colour: where the model looked" if key.heatmap is not None else "W700/L100",
         ]
         pages.append(render_key_slice(key, caption))
         iop = [float(v) for v in header.ImageOrientationPatient]
