@@ -72,6 +72,15 @@ class SliceCNNSection(_Section):
     # hilum is positive, and then a negative study's hilum outscores most emboli.
     # The validation subset is drawn the same way.
     negatives: Literal["uniform", "matched"] = "uniform"
+    # The share of each epoch's negatives taken from the hardest: every
+    # hard_negative_every epochs the CNN scores hard_negative_pool negative training slices
+    # drawn at random, and the highest-scoring of them join the following epochs' draw
+    # (model.training.stages.HardNegativeMiner). A negative study's stack probability is
+    # its highest slices', and a random draw seldom shows the CNN the few negative slices
+    # that look like clot. 0: a random draw only.
+    hard_negatives: float = Field(default=0.0, ge=0, lt=1)
+    hard_negative_pool: int = Field(default=4000, ge=1)
+    hard_negative_every: int = Field(default=2, ge=1)
     # Batches of un-augmented training slices over which the kept CNN's batch-norm
     # statistics are re-estimated after training ("precise BN"); 0 keeps the moving
     # averages of training, which lag the weights.

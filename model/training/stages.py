@@ -139,6 +139,8 @@ class SliceBatches(keras.utils.PyDataset):
         self.negative_weights = negative_draw_weights(
             self.samples, self.negatives, balanced and matched_negatives
         )
+        # Negatives that every draw takes before the random ones (HardNegativeMiner's).
+        self.hard = np.empty(0, dtype=np.intp)
         self.epoch = 0
         self.order = np.arange(len(self.samples))
         self.on_epoch_end()
@@ -154,25 +156,40 @@ class SliceBatches(keras.utils.PyDataset):
         return math.ceil(self.epoch_size() / self.batch_size)
 
     def on_epoch_end(self) -> None:
+        self._draw(self.epoch)
+        self.epoch += 1
+
+    def redraw(self) -> None:
+        """Draw the coming epoch's order again (after :attr:`hard` changed)."""
+        self._draw(self.epoch - 1)
+
+    def _draw(self, epoch: int) -> None:
         if self.balanced:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            drawn = rng.choice(
-                self.negatives,
-                min(len(self.positives), len(self.negatives)),
-                replace=False,
-                p=self.negative_weights,
+            rng = np.random.default_rng([self.seed, epoch])
+            wanted = min(len(self.positives), len(self.negatives))
+            hard = self.hard[:wanted]
+            rest, weights = self.negatives, self.negative_weights
+            if len(hard):
+                keep = ~np.isin(rest, hard)
+                rest = rest[keep]
+                if weights is not None:
+                    weights = weights[keep] / weights[keep].sum()
+            drawn = np.concatenate(
+                [hard, rng.choice(rest, wanted - len(hard), replace=False, p=weights)]
             )
             # Fresh slices are numbered after the samples: len(samples) + their index.
             fresh = np.arange(0 if self.fresh is None else self.fresh.size)
-            self.fresh_epoch = self.epoch
+            self.fresh_epoch = epoch
             self.order = rng.permutation(
                 np.concatenate([self.positives, drawn, len(self.samples) + fresh])
             )
         elif self.shuffle:
-            self.order = np.random.default_rng(self.seed + self.epoch).permutation(
-                len(self.samples)
-            )
-        self.epoch += 1
+            self.order = np.random.default_rng(self.seed + epoch).permutation(len(self.samples))
+
+    def image(self, index: int) -> NDArray[np.float32]:
+        """Sample ``index``'s model input, never augmented."""
+        sample = self.samples[index]
+        return expand_channels(self.series[sample.series].volume()[sample.slot], self.channels)
 
     def augmentation_rng(self, index: int) -> np.random.Generator | None:
         """The generator that augments sample ``index`` this epoch, or None to leave it."""
@@ -203,6 +220,58 @@ class SliceBatches(keras.utils.PyDataset):
             images.append(img)
             labels.append(float(label))
         return np.stack(images), np.asarray(labels, dtype=np.float32)
+
+
+class HardNegativeMiner(keras.callbacks.Callback):
+    """Every ``every`` epochs, put the negatives the CNN now scores highest into the draw.
+
+    A negative study's stack probability comes from its highest slices, so what ranks a
+    negative study above a small embolus is the one negative slice in a hundred that looks
+    like clot (in the phantoms, a lit region of the filling-defect map among about seven
+    per slice). A uniform draw of as many negatives as positives shows each negative slice
+    about once in the whole training, and those few rarely. The miner scores ``pool``
+    negatives drawn at random (seeded, un-augmented, inference mode) and makes the
+    ``share`` of the next epochs' negatives the highest-scoring of them
+    (:attr:`SliceBatches.hard`); the rest stay a random draw, so the CNN still sees the
+    ordinary negatives.
+    """
+
+    def __init__(
+        self, batches: SliceBatches, share: float, pool: int, every: int, seed: int
+    ) -> None:
+        super().__init__()
+        self.batches, self.share, self.pool, self.every, self.seed = (
+            batches,
+            share,
+            pool,
+            every,
+            seed,
+        )
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if (epoch + 1) % self.every:
+            return
+        negatives = self.batches.negatives
+        rng = np.random.default_rng([self.seed, epoch, 3])
+        pool = rng.choice(negatives, min(self.pool, len(negatives)), replace=False)
+        scores = np.concatenate(
+            [
+                np.asarray(
+                    self.model(
+                        np.stack([self.batches.image(int(i)) for i in chunk]), training=False
+                    )
+                ).reshape(-1)
+                for chunk in np.array_split(pool, max(1, math.ceil(len(pool) / 64)))
+            ]
+        )
+        wanted = round(self.share * min(len(self.batches.positives), len(negatives)))
+        self.batches.hard = pool[np.argsort(-scores, kind="stable")[:wanted]]
+        self.batches.redraw()
+        floor = float(np.sort(scores)[::-1][max(wanted - 1, 0)]) if wanted else float("nan")
+        print(
+            f"hard negatives: the {wanted} of {len(pool)} scored at or above {floor:.3f}",
+            file=sys.stderr,
+        )
 
 
 def _tensorboard(log_dir: Path) -> list[Any]:
@@ -292,6 +361,17 @@ def train_slice_cnn(
         ),
         *_tensorboard(log_dir),
     ]
+    if cfg.hard_negatives > 0:
+        callbacks.insert(
+            0,
+            HardNegativeMiner(
+                train,
+                cfg.hard_negatives,
+                cfg.hard_negative_pool,
+                cfg.hard_negative_every,
+                train.seed,
+            ),
+        )
     for norm in _batch_norms(cnn):
         norm.momentum = cfg.batch_norm_momentum
     history: dict[str, list[float]] = {}

@@ -13,10 +13,11 @@ import yaml
 from model.cli import main
 from model.folds import assign_folds
 from model.training.config import TrainingConfig, load_training_config
-from model.training.data import build_cache
+from model.training.data import CachedSeries, build_cache
 from model.training.run import network_config, preprocess_config
 from model.training.stages import (
     UNIFORM_SHARE,
+    HardNegativeMiner,
     SliceBatches,
     SliceSample,
     balanced_subset,
@@ -64,6 +65,41 @@ def test_bad_training_config_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"slice_cnn\.epochz: unknown key") as info:
         load_training_config(path)
     assert "network.backbone" in str(info.value)
+
+
+def test_hard_negatives_are_the_ones_the_cnn_scores_highest_and_join_the_draw(
+    tmp_path: Path,
+) -> None:
+    # 40 slots: 5 positives, then negatives each brighter than the last.
+    slots = np.repeat((np.arange(40) * 6).astype(np.uint8), 32 * 32).reshape(40, 32, 32, 1)
+    np.save(tmp_path / "series.npy", slots)
+    labels = np.arange(40) < 5
+    series = CachedSeries(
+        "s", "t", "p", True, tmp_path / "series.npy", np.ones(40, bool), labels, ["x"] * 40
+    )
+    batches = SliceBatches([series], slice_samples([series]), 4, 1, True, 0, balanced=True)
+    # A "CNN" whose score rises with brightness: the brightest negatives are the hardest.
+    image = keras.Input((32, 32, 1))
+    score = keras.layers.Dense(1, activation="sigmoid", kernel_initializer="ones")(
+        keras.layers.GlobalAveragePooling2D()(image)
+    )
+    miner = HardNegativeMiner(batches, share=0.6, pool=100, every=2, seed=0)
+    miner.set_model(keras.Model(image, score))
+    before = [int(i) for i in batches.order]
+    miner.on_epoch_end(0)  # not a mining epoch
+    assert len(batches.hard) == 0 and [int(i) for i in batches.order] == before
+    miner.on_epoch_end(1)
+    assert sorted(int(i) for i in batches.hard) == [37, 38, 39]  # 0.6 of 5 negatives
+    for _ in range(2):
+        chosen = [int(i) for i in batches.order]
+        # Every positive, the three hard negatives and two random ones, none twice.
+        assert len(chosen) == len(set(chosen)) == 10
+        assert set(range(5)) <= set(chosen) and {37, 38, 39} <= set(chosen)
+        batches.on_epoch_end()
+    config = TrainingConfig.model_validate({"slice_cnn": {"hard_negatives": 0.5}})
+    assert config.slice_cnn.hard_negatives == 0.5
+    with pytest.raises(ValueError):
+        TrainingConfig.model_validate({"slice_cnn": {"hard_negatives": 1.0}})
 
 
 def test_matched_negatives_are_drawn_at_the_positives_levels() -> None:
