@@ -15,7 +15,7 @@ same series (its ``timings.total``: read, preprocess, CNN, sequence model; not t
 process start), ``vs-predict`` = (end-to-end - predict) / predict, and ``non-model`` =
 (end-to-end - the worker's model stage) / predict, which is what the daemon adds
 whatever the two model runs' own variation; ``heat-maps`` is what the worker spends on the
-study view's Grad-CAM heat maps after the SR is stored (``worker.heatmap_slices`` slices,
+study view's heat maps after the SR is stored (``worker.heatmap_slices`` slices,
 on the model input the prediction kept; from ``key_images.json``), and ``heat/model`` that
 against the worker's model stage. The last row holds the medians.
 """
