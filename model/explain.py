@@ -473,10 +473,11 @@ class Explainer:
                 for i, feature_map in enumerate(cams):
                     # Each fold's map is scaled to [0, 1] before averaging: their logits
                     # differ in scale.
-                    on_input = _normalised(feature_to_input(feature_map, cam.geometry, size))
-                    if gradients is not None:
-                        on_input = sharpened(on_input, gradients[i])
-                    maps[first + i] += on_input
+                    on_input = feature_to_input(feature_map, cam.geometry, size)
+                    if gradients is None:
+                        maps[first + i] += _normalised(on_input)
+                    else:
+                        maps[first + i] += sharpened(on_input, gradients[i])
         heatmaps = []
         for (uid, slot), image, probability in zip(chosen, maps, probabilities, strict=True):
             on_input = _normalised(image)

@@ -205,15 +205,13 @@ class SliceBatches(keras.utils.PyDataset):
         pool = None if self.fresh is None else self.fresh.slices(self.fresh_epoch)
         for i in chosen:
             if i < len(self.samples):
-                sample = self.samples[int(i)]
-                stored = self.series[sample.series].volume()[sample.slot]
-                label = sample.label
+                img = self.image(int(i))
+                label = self.samples[int(i)].label
             else:
                 assert self.fresh is not None and pool is not None
                 k = int(i) - len(self.samples)
-                stored = pool[k]
+                img = expand_channels(pool[k], self.channels)
                 label = self.fresh.label(k)
-            img = expand_channels(stored, self.channels)
             rng = self.augmentation_rng(int(i))
             if rng is not None:
                 img = augment(img, rng)
@@ -240,13 +238,11 @@ class HardNegativeMiner(keras.callbacks.Callback):
         self, batches: SliceBatches, share: float, pool: int, every: int, seed: int
     ) -> None:
         super().__init__()
-        self.batches, self.share, self.pool, self.every, self.seed = (
-            batches,
-            share,
-            pool,
-            every,
-            seed,
-        )
+        self.batches = batches
+        self.share = share
+        self.pool = pool
+        self.every = every
+        self.seed = seed
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if (epoch + 1) % self.every:
@@ -265,9 +261,10 @@ class HardNegativeMiner(keras.callbacks.Callback):
             ]
         )
         wanted = round(self.share * min(len(self.batches.positives), len(negatives)))
-        self.batches.hard = pool[np.argsort(-scores, kind="stable")[:wanted]]
+        hardest = np.argsort(-scores, kind="stable")[:wanted]
+        self.batches.hard = pool[hardest]
         self.batches.redraw()
-        floor = float(np.sort(scores)[::-1][max(wanted - 1, 0)]) if wanted else float("nan")
+        floor = float(scores[hardest[-1]]) if wanted else float("nan")
         print(
             f"hard negatives: the {wanted} of {len(pool)} scored at or above {floor:.3f}",
             file=sys.stderr,
