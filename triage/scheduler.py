@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from sqlalchemy.orm import Session, sessionmaker
@@ -64,12 +65,31 @@ def _run_sweep(name: str, sweep: Callable[[], object]) -> None:
         log.error(f"{name}_sweep_failed", error=str(err))
 
 
+class SweepScheduler(BackgroundScheduler):
+    """A background scheduler whose ``shutdown(wait=True)`` cannot deadlock on a sweep.
+
+    APScheduler 3 waits for the running jobs while it holds its job-store lock, and the
+    completeness sweep takes that lock to bring its own next run forward: a stop request
+    that arrived mid-sweep hung the daemon. This one stops the scheduler without waiting
+    (releasing the lock) and then waits for the sweeps on its executor.
+    """
+
+    def __init__(self) -> None:
+        self._sweeps = ThreadPoolExecutor()
+        super().__init__(timezone="UTC", executors={"default": self._sweeps})
+
+    def shutdown(self, wait: bool = True) -> None:
+        super().shutdown(wait=False)
+        if wait:
+            self._sweeps.shutdown(wait=True)
+
+
 def build_scheduler(
     sessions: sessionmaker[Session],
     config: Config,
     on_jobs_queued: Callable[[], None] | None = None,
     dispatcher: Dispatcher | None = None,
-) -> BackgroundScheduler:
+) -> SweepScheduler:
     """A scheduler with the sweeps registered; the caller starts and stops it.
 
     ``on_jobs_queued`` is called after a completeness sweep that completed series (the
@@ -77,7 +97,7 @@ def build_scheduler(
     ``dispatcher`` (a new one by default), whose threads send them; the caller closes it.
     """
     dispatcher = dispatcher or Dispatcher(sessions, config)
-    scheduler = BackgroundScheduler(timezone="UTC")
+    scheduler = SweepScheduler()
 
     def every(seconds: float, job_id: str, run: Callable[..., None], *args: object) -> None:
         # Never two runs of one sweep at once, and ticks missed meanwhile collapse into one.
