@@ -13,7 +13,8 @@ def add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``train``."""
     p = sub.add_parser(
         "train",
-        help="train a bundle with five-fold cross-validation from weak labels",
+        help="train a bundle with five-fold cross-validation (or a separate validation "
+        "set) from weak labels",
         description="Preprocess every labelled series once (cached), train the slice CNN and "
         "the sequence model per fold (a finished fold is not trained again when rerun), pick "
         "thresholds by the Youden index on out-of-fold predictions, and write the bundle. "
@@ -51,6 +52,20 @@ def add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "reuses the finished folds and writes the bundle",
     )
     p.add_argument(
+        "--validation-data",
+        type=Path,
+        metavar="DIR",
+        help="a separate validation set (its own studies and patients) instead of folds: one "
+        "model trains on every --data series, and DIR picks its kept epochs and fits the "
+        "calibrator and thresholds",
+    )
+    p.add_argument(
+        "--validation-labels",
+        type=Path,
+        metavar="CSV",
+        help="the labels of --validation-data (default: DIR/train.csv)",
+    )
+    p.add_argument(
         "--cache-only",
         action="store_true",
         help="preprocess the series into OUT/cache and stop (before training folds in parallel)",
@@ -62,6 +77,12 @@ def _run_train(args: argparse.Namespace) -> int:
     from model.training.config import load_training_config
     from model.training.run import train
 
+    validation = None
+    if args.validation_data is not None:
+        labels = args.validation_labels or args.validation_data / "train.csv"
+        validation = (args.validation_data, labels)
+    elif args.validation_labels is not None:
+        raise ValueError("--validation-labels needs --validation-data")
     bundle = train(
         load_training_config(args.config),
         args.data,
@@ -71,14 +92,15 @@ def _run_train(args: argparse.Namespace) -> int:
         workers=args.workers,
         only_fold=args.fold,
         cache_only=args.cache_only,
+        validation=validation,
     )
     if bundle is None:
         done = "series preprocessed" if args.cache_only else f"fold {args.fold} trained"
         print(f"{done} in {args.out}; run without --fold or --cache-only to write the bundle")
         return 0
     report = json.loads((args.out / "training_report.json").read_text())
-    stack = report["out_of_fold"]["stack"]
-    auc = stack.get("roc_auc") or {}
+    kind = "out_of_fold" if "out_of_fold" in report else "validation"
+    auc = report[kind]["stack"].get("roc_auc") or {}
     print(f"bundle {bundle.name} {bundle.version} written to {args.out}")
     print(
         f"series {report['data']['series']} ({report['data']['positive_series']} positive), "
@@ -86,7 +108,7 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     if auc:
         print(
-            f"out-of-fold stack ROC AUC {auc['estimate']:.3f} "
+            f"{kind.replace('_', '-')} stack ROC AUC {auc['estimate']:.3f} "
             f"({auc['low']:.3f}-{auc['high']:.3f}); thresholds: "
             f"stack {bundle.thresholds['stack'].value:.4f}, "
             f"slice {bundle.thresholds['slice'].value:.4f}"

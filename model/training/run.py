@@ -90,9 +90,9 @@ def _strategy_scope() -> Iterator[None]:
 
 @dataclass
 class FoldOutcome:
-    """What one fold left behind."""
+    """What one fold (or the training set with a separate validation set) left behind."""
 
-    fold: int
+    fold: int | None  # None: every training series, validated on a separate set
     cnn_weights: Path
     sequence_weights: Path
     sequence_val_loss: float
@@ -169,10 +169,29 @@ def _train_fold(
     out: Path,
     fresh: FreshPool | None = None,
 ) -> FoldOutcome:
-    work = out / "work" / f"fold{fold}"
+    """Train on every fold but ``fold`` and validate on ``fold``."""
+    train = [s for s in series if fold_of[s.series_instance_uid] != fold]
+    val = [s for s in series if fold_of[s.series_instance_uid] == fold]
+    return _train_split(fold, f"fold{fold}", cfg.seed * 1000 + fold, train, val, cfg, out, fresh)
+
+
+def _train_split(
+    fold: int | None,
+    name: str,
+    seed: int,
+    train: list[CachedSeries],
+    val: list[CachedSeries],
+    cfg: TrainingConfig,
+    out: Path,
+    fresh: FreshPool | None,
+) -> FoldOutcome:
+    """Train the slice CNN and the sequence model on ``train``; ``val`` picks their kept
+    epochs and gives the predictions that the calibrator and thresholds are fitted on.
+    Work goes to ``out/work/<name>``; a finished split is reused when rerun."""
+    work = out / "work" / name
     done = work / "done.json"
     if done.is_file():
-        print(f"fold {fold}: finished earlier, reusing {work}", file=sys.stderr)
+        print(f"{name}: finished earlier, reusing {work}", file=sys.stderr)
         data = json.loads(done.read_text())
         return FoldOutcome(
             fold,
@@ -182,9 +201,6 @@ def _train_fold(
             data["oof"],
         )
     work.mkdir(parents=True, exist_ok=True)
-    train = [s for s in series if fold_of[s.series_instance_uid] != fold]
-    val = [s for s in series if fold_of[s.series_instance_uid] == fold]
-    seed = cfg.seed * 1000 + fold
     channels = cfg.network.channels
     net = network_config(cfg)
     matched = cfg.slice_cnn.negatives == "matched"
@@ -212,7 +228,7 @@ def _train_fold(
             shuffle=False,
             seed=seed,
         )
-        logs = out / "tensorboard" / f"fold{fold}"
+        logs = out / "tensorboard" / name
         statistics = SliceBatches(
             train,
             slice_samples(train),
@@ -293,17 +309,19 @@ class OutOfFold:
         return out
 
 
-def _out_of_fold(outcomes: list[FoldOutcome], cfg: TrainingConfig) -> OutOfFold:
+def _fold_source(outcomes: list[FoldOutcome], cfg: TrainingConfig) -> str:
+    folds = [o.fold for o in outcomes]
+    if len(folds) < cfg.folds:
+        return f"out-of-fold predictions of folds {', '.join(map(str, folds))} of {cfg.folds}"
+    return f"out-of-fold predictions of all {cfg.folds} folds"
+
+
+def _out_of_fold(outcomes: list[FoldOutcome], cfg: TrainingConfig, source: str) -> OutOfFold:
+    """Pool the validation predictions of ``outcomes`` and fit the calibrators on them."""
     stack_y = [bool(o["label"]) for f in outcomes for o in f.oof]
     stack_s = [float(o["stack"]) for f in outcomes for o in f.oof]
     slice_y = [bool(v) for f in outcomes for o in f.oof for v in o["slice_labels"]]
     slice_s = [float(v) for f in outcomes for o in f.oof for v in o["slice_scores"]]
-    folds = [o.fold for o in outcomes]
-    source = (
-        f"out-of-fold predictions of folds {', '.join(map(str, folds))} of {cfg.folds}"
-        if len(folds) < cfg.folds
-        else f"out-of-fold predictions of all {cfg.folds} folds"
-    )
     calibrators = {
         "stack": fit_calibrator(cfg.calibration, stack_y, stack_s, source),
         "slice": fit_calibrator(cfg.calibration, slice_y, slice_s, source),
@@ -323,6 +341,7 @@ def train(
     workers: int = 1,
     only_fold: int | None = None,
     cache_only: bool = False,
+    validation: tuple[Path, Path] | None = None,
 ) -> Bundle | None:
     """Train every fold (skipping finished ones) and write the bundle into ``out``.
 
@@ -331,10 +350,17 @@ def train(
     ``out``) can train folds side by side, and a last run without it writes the bundle.
     With ``cache_only``, preprocess the series into the cache and return None.
 
+    ``validation`` (a data folder and its labels CSV) replaces the folds: one model trains
+    on every training series, and the separate set picks its kept epochs and gives the
+    predictions that the calibrator and thresholds are fitted on. A fold that picks its
+    epoch on its own held-out series also reports on them, which flatters it; a separate
+    set keeps the report's figures for a test set.
+
     Raises
     ------
     ValueError
-        If the data cannot fill the folds, or a configuration value is unusable.
+        If the data cannot fill the folds, the validation set shares a series or patient
+        with the training set, or a configuration value is unusable.
     """
     out.mkdir(parents=True, exist_ok=True)
     series, excluded = build_cache(
@@ -342,6 +368,12 @@ def train(
     )
     if not series:
         raise ValueError("no usable labelled series; see the excluded list in training_report.json")
+    val_series: list[CachedSeries] = []
+    if validation is not None:
+        val_series, _ = build_cache(
+            *validation, out / "cache", preprocess_config(cfg), None, workers
+        )
+        _check_separate(series, val_series)
     fresh = None
     if cfg.slice_cnn.fresh_positives:
         fresh = build_fresh_pool(
@@ -355,6 +387,13 @@ def train(
         )
     if cache_only:
         return None
+    if validation is not None:
+        if only_fold is not None:
+            raise ValueError("--fold cannot be combined with a separate validation set")
+        seed = cfg.seed * 1000 + cfg.folds  # not any fold's seed
+        outcomes = [_train_split(None, "validation", seed, series, val_series, cfg, out, fresh)]
+        source = f"predictions on the separate validation set ({len(val_series)} series)"
+        return _write(cfg, out, outcomes, _out_of_fold(outcomes, cfg, source), series, excluded)
     keys = [s.series_instance_uid for s in series]
     groups = {s.series_instance_uid: s.patient for s in series}
     fold_of = assign_folds(
@@ -371,7 +410,33 @@ def train(
     if trained > cfg.folds:
         raise ValueError(f"train_folds ({trained}) cannot exceed folds ({cfg.folds})")
     outcomes = [_train_fold(k, cfg, series, fold_of, out, fresh) for k in range(trained)]
-    oof = _out_of_fold(outcomes, cfg)
+    oof = _out_of_fold(outcomes, cfg, _fold_source(outcomes, cfg))
+    return _write(cfg, out, outcomes, oof, series, excluded, fold_of)
+
+
+def _check_separate(train: list[CachedSeries], val: list[CachedSeries]) -> None:
+    """A validation series or patient that is also in training would flatter the figures."""
+    if not val:
+        raise ValueError("the validation set has no usable labelled series")
+    shared = {s.series_instance_uid for s in train} & {s.series_instance_uid for s in val}
+    patients = {s.patient for s in train} & {s.patient for s in val}
+    if shared or patients:
+        raise ValueError(
+            f"the validation set shares {len(shared)} series and {len(patients)} patients "
+            "with the training set; it must be separate"
+        )
+
+
+def _write(
+    cfg: TrainingConfig,
+    out: Path,
+    outcomes: list[FoldOutcome],
+    oof: OutOfFold,
+    series: list[CachedSeries],
+    excluded: list[Excluded],
+    fold_of: dict[str, int] | None = None,
+) -> Bundle:
+    """Write the training report and the bundle of the chosen models."""
     calibrated = oof.levels(calibrated=True)
     metrics = {lvl.name: _summary_metrics(level_metrics(lvl)) for lvl in calibrated}
     raw_metrics = {
@@ -389,12 +454,17 @@ def train(
         sequence.load_weights(outcome.sequence_weights)
         models.append((cnn, sequence))
     summary = _data_summary(series, excluded)
-    report = {
-        "data": summary,
-        "folds": {k: fold_of[k] for k in sorted(fold_of)},
-        "folds_trained": [o.fold for o in outcomes],
-        "out_of_fold": metrics,
-        "out_of_fold_raw": raw_metrics,
+    # Named for what the figures are: out of fold, or on the separate validation set.
+    kind = "out_of_fold" if fold_of is not None else "validation"
+    report: dict[str, Any] = {"data": summary}
+    if fold_of is not None:
+        report["folds"] = {k: fold_of[k] for k in sorted(fold_of)}
+        report["folds_trained"] = [o.fold for o in outcomes]
+    else:
+        report["validation_series"] = [o["series_instance_uid"] for o in outcomes[0].oof]
+    report |= {
+        kind: metrics,
+        f"{kind}_raw": raw_metrics,
         "calibration": {k: c.to_dict() for k, c in oof.calibrators.items()},
     }
     (out / "training_report.json").write_text(json.dumps(report, indent=1))
@@ -417,12 +487,13 @@ def train(
             "training": {
                 "config": cfg.model_dump(),
                 "data": summary,
-                "folds_file": "folds.json",
+                "folds_file": "folds.json" if fold_of is not None else None,
                 "bundle_models": cfg.bundle_models,
-                "folds_in_bundle": [o.fold for o in chosen],
-                "folds_trained": [o.fold for o in outcomes],
+                "folds_in_bundle": [o.fold for o in chosen if o.fold is not None],
+                "folds_trained": [o.fold for o in outcomes if o.fold is not None],
+                "validation_series": len(outcomes[0].oof) if fold_of is None else None,
             },
-            "metrics": {"out_of_fold": metrics, "out_of_fold_raw": raw_metrics},
+            "metrics": {kind: metrics, f"{kind}_raw": raw_metrics},
         },
         models,
     )

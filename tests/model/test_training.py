@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -331,6 +332,45 @@ def test_train_then_evaluate(
     )
     assert main(argv) == 0
     assert "slice CNN: finished earlier" not in capsys.readouterr().err
+
+
+def test_a_separate_validation_set_replaces_the_folds(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One model trains on every training series; the separate set picks its epochs and
+    gives the calibrator and thresholds, and a set that shares series is refused."""
+    from model.synthetic import write_dataset
+
+    val = tmp_path / "validation"
+    write_dataset(val, 6, positive_fraction=0.5, seed=6, matrix=64, difficulty="easy")
+    config = tmp_path / "training.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "bundle"
+    argv = ["train", "--config", str(config), "--data", str(data)]
+    argv += ["--labels", str(data / "train.csv"), "--out", str(out)]
+    assert main([*argv, "--validation-data", str(val)]) == 0
+    assert "validation stack ROC AUC" in capsys.readouterr().out
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    val_uids = {r["SeriesInstanceUID"] for r in csv.DictReader((val / "train.csv").open())}
+    for level in ("stack", "slice"):
+        provenance = manifest["thresholds"][level]["provenance"]
+        expected = f"predictions on the separate validation set ({len(val_uids)} series)"
+        assert provenance == f"Youden on calibrated {expected}"
+    assert manifest["metrics"]["validation"]["stack"]["n"] == len(val_uids)
+    assert "out_of_fold" not in manifest["metrics"]
+    assert manifest["training"]["folds_file"] is None
+    assert not (out / "folds.json").exists()
+    report = json.loads((out / "training_report.json").read_text())
+    assert set(report["validation_series"]) == val_uids
+    done = json.loads((out / "work" / "validation" / "done.json").read_text())
+    assert done["train_series"] == manifest["training"]["data"]["series"]
+    assert done["validation_series"] == len(val_uids)
+
+    # The training set as its own validation set would flatter every figure.
+    leaky = [*argv[:-1], str(tmp_path / "leaky"), "--validation-data", str(data)]
+    assert main(leaky) == 2
+    assert "must be separate" in capsys.readouterr().err
 
 
 def test_bfloat16_training_encodes_with_float32_weights(data: Path, tmp_path: Path) -> None:
