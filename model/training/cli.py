@@ -16,8 +16,10 @@ def add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="train a bundle with five-fold cross-validation (or a separate validation "
         "set) from weak labels",
         description="Preprocess every labelled series once (cached), train the slice CNN and "
-        "the sequence model per fold (a finished fold is not trained again when rerun), pick "
-        "thresholds by the Youden index on out-of-fold predictions, and write the bundle. "
+        "the sequence model per fold (a finished fold is not trained again when rerun), or "
+        "once on every series with --validation-data, fit the calibrator and pick thresholds "
+        "by the Youden index on the out-of-fold (or validation-set) predictions, and write "
+        "the bundle. "
         "TensorBoard logs go to OUT/tensorboard.",
     )
     p.add_argument(
