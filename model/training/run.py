@@ -191,7 +191,8 @@ def _train_split(
     work = out / "work" / name
     done = work / "done.json"
     if done.is_file():
-        print(f"{name}: finished earlier, reusing {work}", file=sys.stderr)
+        label = f"fold {fold}" if fold is not None else "the model with a validation set"
+        print(f"{label}: finished earlier, reusing {work}", file=sys.stderr)
         data = json.loads(done.read_text())
         return FoldOutcome(
             fold,

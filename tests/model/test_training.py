@@ -366,6 +366,9 @@ def test_a_separate_validation_set_replaces_the_folds(
     done = json.loads((out / "work" / "validation" / "done.json").read_text())
     assert done["train_series"] == manifest["training"]["data"]["series"]
     assert done["validation_series"] == len(val_uids)
+    # Resumable like a fold: a rerun reuses the finished model.
+    assert main([*argv, "--validation-data", str(val)]) == 0
+    assert "the model with a validation set: finished earlier" in capsys.readouterr().err
 
     # The training set as its own validation set would flatter every figure.
     leaky = [*argv[:-1], str(tmp_path / "leaky"), "--validation-data", str(data)]
