@@ -48,14 +48,23 @@ def cavity_mask(hu: NDArray[np.float32], pixel_mm: float) -> NDArray[np.bool_]:
 LUNG_HU, NEAR_LUNG_MM = -400.0, 5.0
 
 
+def near_lung(
+    hu: NDArray[np.float32], cavity: NDArray[np.bool_], pixel_mm: float
+) -> NDArray[np.bool_]:
+    """Per slice, the lung inside the cavity dilated in-plane by NEAR_LUNG_MM."""
+    iterations = max(1, round(NEAR_LUNG_MM / pixel_mm))
+    return np.stack(
+        [ndi.binary_dilation(s, iterations=iterations) for s in (hu < LUNG_HU) & cavity]
+    )
+
+
 def lit_blobs(
-    score: NDArray[np.float32], lung: NDArray[np.bool_], pixel_mm: float
+    score: NDArray[np.float32], near: NDArray[np.bool_], pixel_mm: float
 ) -> tuple[int, int]:
     """Connected lit regions of one slice after a max-shrink to about INPUT_PIXEL_MM, and
-    how many of them touch the lung dilated by NEAR_LUNG_MM."""
+    how many of them touch ``near`` (the slice's :func:`near_lung`)."""
     f = max(1, round(INPUT_PIXEL_MM / pixel_mm))
     h, w = (score.shape[0] // f) * f, (score.shape[1] // f) * f
-    near = ndi.binary_dilation(lung, iterations=max(1, round(NEAR_LUNG_MM / pixel_mm)))
     small = score[:h, :w].reshape(h // f, f, w // f, f).max(axis=(1, 3))
     near_small = near[:h, :w].reshape(h // f, f, w // f, f).any(axis=(1, 3))
     labels, count = ndi.label(small >= LIT)
@@ -92,6 +101,8 @@ def main() -> None:
             else:
                 chosen = np.arange(15, len(hu) - 15, 6)
             cavity = cavity_mask(hu, pixel_mm)[chosen]
+            # Once per phantom, not per setting: it does not depend on the map.
+            lung = None if positive else near_lung(hu[chosen], cavity, pixel_mm)
             for k, (surround_hu, drop) in enumerate(settings):
                 score = filling_defect_map(
                     hu[chosen], pixel_mm, surround_hu=surround_hu, drop_isolated=drop
@@ -103,8 +114,8 @@ def main() -> None:
                         near = ndi.binary_dilation(embolus, iterations=2)
                         recall[k].append((int(embolus.sum()), bool(score[j][near].max() >= LIT)))
                     else:
-                        lung = (hu[z] < LUNG_HU) & cavity[j]
-                        blobs[k].append(lit_blobs(score[j], lung, pixel_mm))
+                        assert lung is not None
+                        blobs[k].append(lit_blobs(score[j], lung[j], pixel_mm))
     print(
         f"{args.n} positive and {args.n} negative {args.difficulty} phantoms from seed "
         f"{args.first_seed}; recall by embolus voxels on the slice"

@@ -172,13 +172,11 @@ def _train_fold(
     """Train on every fold but ``fold`` and validate on ``fold``."""
     train = [s for s in series if fold_of[s.series_instance_uid] != fold]
     val = [s for s in series if fold_of[s.series_instance_uid] == fold]
-    return _train_split(fold, f"fold{fold}", cfg.seed * 1000 + fold, train, val, cfg, out, fresh)
+    return _train_split(fold, train, val, cfg, out, fresh)
 
 
 def _train_split(
     fold: int | None,
-    name: str,
-    seed: int,
     train: list[CachedSeries],
     val: list[CachedSeries],
     cfg: TrainingConfig,
@@ -187,11 +185,15 @@ def _train_split(
 ) -> FoldOutcome:
     """Train the slice CNN and the sequence model on ``train``; ``val`` picks their kept
     epochs and gives the predictions that the calibrator and thresholds are fitted on.
-    Work goes to ``out/work/<name>``; a finished split is reused when rerun."""
+    ``fold`` None is the model with a separate validation set. Work goes to
+    ``out/work/fold<k>`` (or ``out/work/validation``); a finished split is reused."""
+    name = "validation" if fold is None else f"fold{fold}"
+    # The validation-set model's seed is none of the folds'.
+    seed = cfg.seed * 1000 + (cfg.folds if fold is None else fold)
     work = out / "work" / name
     done = work / "done.json"
     if done.is_file():
-        label = f"fold {fold}" if fold is not None else "the model with a validation set"
+        label = "the model with a validation set" if fold is None else f"fold {fold}"
         print(f"{label}: finished earlier, reusing {work}", file=sys.stderr)
         data = json.loads(done.read_text())
         return FoldOutcome(
@@ -391,8 +393,7 @@ def train(
     if validation is not None:
         if only_fold is not None:
             raise ValueError("--fold cannot be combined with a separate validation set")
-        seed = cfg.seed * 1000 + cfg.folds  # not any fold's seed
-        outcomes = [_train_split(None, "validation", seed, series, val_series, cfg, out, fresh)]
+        outcomes = [_train_split(None, series, val_series, cfg, out, fresh)]
         source = f"predictions on the separate validation set ({len(val_series)} series)"
         return _write(cfg, out, outcomes, _out_of_fold(outcomes, cfg, source), series, excluded)
     keys = [s.series_instance_uid for s in series]
