@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from model.explain import METHODS, Explainer, SliceHeatmap
 from model.predict import Predictor
@@ -35,12 +34,8 @@ def peak_distances_mm(
     phantom: Phantom, series: WrittenSeries, heatmaps: list[SliceHeatmap]
 ) -> list[float]:
     """3-D distance in mm from each heat map's peak to the nearest embolus voxel."""
-    spacing = phantom.geometry.pixel_spacing
-    # Slices are written one per phantom slice, in order; distances along z use the
-    # thickness between them.
-    distance = ndi.distance_transform_edt(
-        ~phantom.embolus_mask, sampling=(phantom.geometry.slice_thickness, spacing, spacing)
-    )
+    # Slices are written one per phantom slice, in order.
+    distance = phantom.embolus_distance_mm()
     index = {uid: k for k, uid in enumerate(series.sop_instance_uids)}
     return [float(distance[(index[h.sop_instance_uid], *h.peak)]) for h in heatmaps]
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import ndimage
 
 from model.synthetic.anatomy import (
     Anatomy,
@@ -170,6 +171,24 @@ class Phantom:
     def n_slices(self) -> int:
         """Number of slices."""
         return int(self.hu.shape[0])
+
+    def embolus_distance_mm(self) -> NDArray[np.float64]:
+        """Distance in mm from each voxel to the nearest embolus voxel (0 inside one).
+
+        3-D, with the slice spacing along the slices: what a heat map's peak is measured
+        against (``benchmarks/heatmap_localisation.py``). Infinite everywhere when there
+        is no embolus.
+        """
+        if not self.embolus_mask.any():
+            return np.full(self.embolus_mask.shape, np.inf)
+        spacing = self.geometry.pixel_spacing
+        return np.asarray(
+            ndimage.distance_transform_edt(
+                ~self.embolus_mask,
+                sampling=(self.geometry.slice_thickness, spacing, spacing),
+            ),
+            dtype=np.float64,
+        )
 
 
 _STREAMS = ("decide", "anatomy", "geometry", "tree", "emboli", "contrast", "noise", "veins")

@@ -268,6 +268,37 @@ def test_heat_maps_cover_the_top_k_flagged_slices_on_the_source_grid(demo_case: 
         Explainer(demo_case.predictor.slice_cnns, method="occlusion")
 
 
+def test_the_heat_map_peaks_on_an_embolus_on_most_flagged_slices(demo_case: DemoCase) -> None:
+    """The demo bundle's own flagged slices of a synthetic positive: the generator knows
+    every embolus voxel, so each peak is measured against them (3-D, 5 mm, as
+    benchmarks/heatmap_localisation.py reports over many studies)."""
+    predictor, series = demo_case.predictor, demo_case.series
+    threshold = float(predictor.bundle.thresholds["slice"].value)
+    explanation = Explainer(predictor.slice_cnns).explain(
+        series, demo_case.prediction.slice_probabilities, top_k=8, threshold=threshold
+    )
+    assert len(explanation.heatmaps) >= 4, "too few flagged slices to measure"
+    distance = demo_case.phantom.embolus_distance_mm()
+    index = {uid: k for k, uid in enumerate(demo_case.axial.sop_instance_uids)}
+    found = [float(distance[(index[h.sop_instance_uid], *h.peak)]) for h in explanation.heatmaps]
+    hits = sum(d <= 5.0 for d in found)
+    assert hits > len(found) / 2, f"peaks within 5 mm of an embolus: {hits} of {len(found)}"
+
+
+def test_the_embolus_distance_is_zero_inside_and_grows_with_the_slices_away() -> None:
+    phantom = generate_study(101, StudyParams(positive=True, difficulty="easy"))
+    distance = phantom.embolus_distance_mm()
+    assert (distance[phantom.embolus_mask] == 0).all()
+    assert (distance[~phantom.embolus_mask] > 0).all()
+    # One slice beyond the last embolus slice, straight along the normal: the slice spacing.
+    last = int(np.flatnonzero(phantom.slice_labels)[-1])
+    if last + 1 < phantom.n_slices:
+        below = distance[last + 1][phantom.embolus_mask[last]]
+        assert below.min() == pytest.approx(phantom.geometry.slice_thickness)
+    negative = generate_study(102, StudyParams(positive=False, difficulty="easy"))
+    assert np.isinf(negative.embolus_distance_mm()).all()
+
+
 _BACKEND_PROBE = """
 import sys
 import numpy as np
