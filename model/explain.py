@@ -13,8 +13,9 @@ paper's Guided Grad-CAM, with the plain gradient in place of guided backpropagat
 On 10 realistic positives the demo bundle 0.5.0's peaks came within 5 mm of an embolus on
 35 of 80 explained slices with the product, as many as hold an embolus at all (the others
 are slices the model flagged wrongly), 21 with Grad-CAM alone; on 10 easy positives, 69
-of 80, again as many as hold one (``benchmarks/heatmap_localisation.py``). The map is put back on the source slice's
-pixel grid by inverting, exactly, the two geometric steps between them:
+of 80, again as many as hold one (``benchmarks/heatmap_localisation.py``). The map is put
+back on the source slice's pixel grid by inverting, exactly, the two geometric steps
+between them:
 
 1. feature cell to input pixel: the centre of each cell's receptive field, from the
    strides, kernels and paddings along the backbone (:func:`feature_geometry`);

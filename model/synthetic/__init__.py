@@ -7,11 +7,12 @@ Importable without TensorFlow. The entry points:
 - :func:`write_study` writes a phantom as DICOM files (:class:`WriteOptions` picks the
   storage variant and extra series) and returns a :class:`WrittenStudy`.
 - :func:`write_dataset` writes many studies in the RSNA-STR PE layout with ``train.csv``
-  and ``patients.csv``.
+  and ``patients.csv``; :func:`plan_dataset` says what it writes (seeds, labels and
+  patients), so a data set's phantoms can be generated again without reading it.
 - :func:`write_preview` saves a montage of one study with the emboli outlined.
 """
 
-from model.synthetic.dataset import DatasetSummary, write_dataset
+from model.synthetic.dataset import DatasetSummary, PlannedStudy, plan_dataset, write_dataset
 from model.synthetic.dicom_writer import (
     TRANSFER_SYNTAXES,
     StudyIdentity,
@@ -43,6 +44,7 @@ __all__ = [
     "ExamLabels",
     "Geometry",
     "Phantom",
+    "PlannedStudy",
     "StudyIdentity",
     "StudyParams",
     "Tissue",
@@ -53,6 +55,7 @@ __all__ = [
     "dose_report_dataset",
     "generate_study",
     "localizer_dataset",
+    "plan_dataset",
     "render_preview",
     "write_dataset",
     "write_preview",

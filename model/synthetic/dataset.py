@@ -59,6 +59,90 @@ def study_seeds(seed: int, n_studies: int) -> list[int]:
 
 
 @dataclass(frozen=True)
+class PlannedStudy:
+    """One study of a data set before it is written: everything it is generated from.
+
+    Parameters
+    ----------
+    seed : int
+        The study's seed (:func:`~model.synthetic.phantom.generate_study`).
+    params : StudyParams
+        Positive or not, difficulty, slices, matrix and patient.
+    options : WriteOptions
+        How its files are stored.
+    patient : int
+        The patient's number; two studies of one patient share it.
+    """
+
+    seed: int
+    params: StudyParams
+    options: WriteOptions
+    patient: int
+
+    @property
+    def identity(self) -> StudyIdentity:
+        """The UIDs and patient the study is written with."""
+        return StudyIdentity.from_seed(self.seed, self.patient)
+
+
+def plan_dataset(
+    n_studies: int,
+    positive_fraction: float = 0.5,
+    seed: int = 0,
+    difficulty: str | Difficulty = "realistic",
+    n_slices: int | None = None,
+    matrix: int = 512,
+    vary_storage: bool = True,
+    extra_series: bool = False,
+    second_study_fraction: float = 0.2,
+) -> list[PlannedStudy]:
+    """The studies :func:`write_dataset` writes for these arguments, in order, unwritten.
+
+    A held-out set's phantoms can be generated again from it (their embolus voxels are
+    not in the files), to split an evaluation by what each positive holds.
+    """
+    if n_studies < 1:
+        raise ValueError("n_studies must be at least 1.")
+    if not 0.0 <= positive_fraction <= 1.0:
+        raise ValueError("positive_fraction must be between 0 and 1.")
+    if not 0.0 <= second_study_fraction <= 1.0:
+        raise ValueError("second_study_fraction must be between 0 and 1.")
+    get_difficulty(difficulty)
+    # One stream, drawn in this order (positives, patients, storage in study order), so
+    # the data set is the same whatever the number of workers that write it.
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 4001]))
+    n_pos = round(n_studies * positive_fraction)
+    positive = np.zeros(n_studies, dtype=bool)
+    positive[rng.permutation(n_studies)[:n_pos]] = True
+    seeds = study_seeds(seed, n_studies)
+
+    patients: list[int] = []
+    for i, s in enumerate(seeds):
+        repeat = (
+            i > 0 and patients.count(patients[-1]) == 1 and rng.random() < second_study_fraction
+        )
+        patients.append(patients[-1] if repeat else s)
+
+    plan = []
+    for i, study_seed in enumerate(seeds):
+        options = (
+            WriteOptions.random(rng) if vary_storage else WriteOptions(transfer_syntax="explicit")
+        )
+        options = replace(
+            options, localizer=extra_series, thin=extra_series, dose_report=extra_series
+        )
+        params = StudyParams(
+            positive=bool(positive[i]),
+            difficulty=difficulty,
+            n_slices=n_slices,
+            matrix=matrix,
+            patient_seed=patients[i],
+        )
+        plan.append(PlannedStudy(study_seed, params, options, patients[i]))
+    return plan
+
+
+@dataclass(frozen=True)
 class _WrittenStudy:
     """One study of a data set, as the parent process needs it for the CSVs."""
 
@@ -69,12 +153,12 @@ class _WrittenStudy:
     positive_slices: int
 
 
-def _write_one(job: tuple[int, StudyParams, WriteOptions, int, Path]) -> _WrittenStudy:
+def _write_one(job: tuple[PlannedStudy, Path]) -> _WrittenStudy:
     """Generate and write one study (in a worker process)."""
-    study_seed, params, options, patient, out = job
-    phantom = generate_study(study_seed, params)
-    identity = StudyIdentity.from_seed(study_seed, patient)
-    axial = write_study(phantom, out, options, identity).axial
+    study, out = job
+    phantom = generate_study(study.seed, study.params)
+    identity = study.identity
+    axial = write_study(phantom, out, study.options, identity).axial
     exam = [phantom.exam.as_row()[c] for c in EXAM_COLUMNS]
     rows: list[list[object]] = [
         [
@@ -149,29 +233,20 @@ def write_dataset(
     DatasetSummary
         Counts and timing.
     """
-    if n_studies < 1:
-        raise ValueError("n_studies must be at least 1.")
-    if not 0.0 <= positive_fraction <= 1.0:
-        raise ValueError("positive_fraction must be between 0 and 1.")
-    if not 0.0 <= second_study_fraction <= 1.0:
-        raise ValueError("second_study_fraction must be between 0 and 1.")
-    get_difficulty(difficulty)
+    plan = plan_dataset(
+        n_studies,
+        positive_fraction,
+        seed,
+        difficulty,
+        n_slices,
+        matrix,
+        vary_storage,
+        extra_series,
+        second_study_fraction,
+    )
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 4001]))
-    n_pos = round(n_studies * positive_fraction)
-    positive = np.zeros(n_studies, dtype=bool)
-    positive[rng.permutation(n_studies)[:n_pos]] = True
-    seeds = study_seeds(seed, n_studies)
-
-    patients: list[int] = []
-    for i, s in enumerate(seeds):
-        repeat = (
-            i > 0 and patients.count(patients[-1]) == 1 and rng.random() < second_study_fraction
-        )
-        patients.append(patients[-1] if repeat else s)
-
     slices = positive_slices = 0
     with (
         open(out / "train.csv", "w", newline="") as train_file,
@@ -181,36 +256,17 @@ def write_dataset(
         train.writerow([*IMAGE_COLUMNS, *EXAM_COLUMNS])
         patient_rows = csv.writer(patient_file)
         patient_rows.writerow(PATIENT_COLUMNS)
-        # Storage options are drawn in study order before any work is farmed out, so the
-        # data set is the same whatever the number of workers.
-        jobs = []
-        for i, study_seed in enumerate(seeds):
-            options = (
-                WriteOptions.random(rng)
-                if vary_storage
-                else WriteOptions(transfer_syntax="explicit")
-            )
-            options = replace(
-                options, localizer=extra_series, thin=extra_series, dose_report=extra_series
-            )
-            params = StudyParams(
-                positive=bool(positive[i]),
-                difficulty=difficulty,
-                n_slices=n_slices,
-                matrix=matrix,
-                patient_seed=patients[i],
-            )
-            jobs.append((study_seed, params, options, patients[i], out))
-        for study in process_map(_write_one, jobs, workers):
-            train.writerows(study.rows)
-            patient_rows.writerow([study.study_instance_uid, study.patient_id])
-            slices += study.slices
-            positive_slices += study.positive_slices
+        jobs = [(study, out) for study in plan]
+        for written in process_map(_write_one, jobs, workers):
+            train.writerows(written.rows)
+            patient_rows.writerow([written.study_instance_uid, written.patient_id])
+            slices += written.slices
+            positive_slices += written.positive_slices
     return DatasetSummary(
         out_dir=out,
         studies=n_studies,
-        positives=n_pos,
-        patients=len(set(patients)),
+        positives=sum(bool(study.params.positive) for study in plan),
+        patients=len({study.patient for study in plan}),
         slices=slices,
         positive_slices=positive_slices,
         seconds=time.perf_counter() - start,

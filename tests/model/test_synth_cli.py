@@ -17,6 +17,7 @@ from model.synthetic import (
     IMAGE_COLUMNS,
     StudyParams,
     generate_study,
+    plan_dataset,
     write_dataset,
 )
 
@@ -105,6 +106,35 @@ def test_some_patients_have_two_studies(tmp_path: Path) -> None:
         assert ds.PatientID == row["PatientID"]
         by_patient[ds.PatientID].add((str(ds.PatientName), ds.PatientBirthDate))
     assert all(len(v) == 1 for v in by_patient.values())
+
+
+def test_the_plan_says_which_studies_are_written_and_their_phantoms_come_back(
+    tmp_path: Path,
+) -> None:
+    """plan_dataset gives each written study's UID, patient and label, and its phantom."""
+    args = {"seed": 3, "n_slices": 8, "matrix": 64, "second_study_fraction": 0.5}
+    write_dataset(tmp_path, 6, **args)  # type: ignore[arg-type]
+    plan = plan_dataset(6, **args)  # type: ignore[arg-type]
+    patients = {r["StudyInstanceUID"]: r["PatientID"] for r in _rows(tmp_path / "patients.csv")}
+    assert [s.identity.study_instance_uid for s in plan] == list(patients)
+    assert [s.identity.patient_id for s in plan] == list(patients.values())
+    labels: dict[str, int] = defaultdict(int)
+    for row in _rows(tmp_path / "train.csv"):
+        labels[row["StudyInstanceUID"]] |= int(row["pe_present_on_image"])
+    assert [int(s.params.positive) for s in plan] == [labels[u] for u in patients]
+    assert sum(s.params.positive for s in plan) == 3
+    # The phantom generated again from the plan is the one written: same pixels.
+    study = plan[0]
+    phantom = generate_study(study.seed, study.params)
+    uid = study.identity.study_instance_uid
+    # Instance order and numbering vary by study; the position says which slice it is.
+    by_z = {
+        round(float(d.ImagePositionPatient[2]), 3): d
+        for d in map(dcmread, (tmp_path / uid).rglob("*.dcm"))
+    }
+    ds = by_z[round(phantom.geometry.slice_z[0], 3)]
+    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    assert np.array_equal(hu, phantom.hu[0].astype(np.float32))
 
 
 def test_two_studies_of_one_patient_share_the_body() -> None:
