@@ -70,14 +70,17 @@ class PlannedStudy:
         Positive or not, difficulty, slices, matrix and patient.
     options : WriteOptions
         How its files are stored.
-    patient : int
-        The patient's number; two studies of one patient share it.
     """
 
     seed: int
     params: StudyParams
     options: WriteOptions
-    patient: int
+
+    @property
+    def patient(self) -> int:
+        """The patient's number; two studies of one patient share it (without one given,
+        the study is its own patient, as in :func:`generate_study`)."""
+        return self.seed if self.params.patient_seed is None else self.params.patient_seed
 
     @property
     def identity(self) -> StudyIdentity:
@@ -138,7 +141,7 @@ def plan_dataset(
             matrix=matrix,
             patient_seed=patients[i],
         )
-        plan.append(PlannedStudy(study_seed, params, options, patients[i]))
+        plan.append(PlannedStudy(study_seed, params, options))
     return plan
 
 
