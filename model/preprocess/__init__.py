@@ -5,7 +5,8 @@
   :class:`SeriesRejectedError` saying what is wrong.
 - :func:`preprocess_volume` resamples to the target spacing, segments the chest cavity,
   windows, resizes and pads to a :class:`PreprocessedSeries`.
-- :func:`preprocess_series` does both and records the timings.
+- :func:`preprocess_series` does both and records the timings
+  (:func:`preprocess_or_reason` in a worker process).
 - :class:`PreprocessConfig` holds every parameter; the weight bundle records it.
 """
 
@@ -15,6 +16,7 @@ from model.preprocess.segment import chest_mask_lowres, segment_chest
 from model.preprocess.transform import (
     FieldOfView,
     PreprocessedSeries,
+    preprocess_or_reason,
     preprocess_series,
     preprocess_volume,
 )
@@ -26,6 +28,7 @@ __all__ = [
     "PreprocessedSeries",
     "SeriesRejectedError",
     "chest_mask_lowres",
+    "preprocess_or_reason",
     "preprocess_series",
     "preprocess_volume",
     "read_series",

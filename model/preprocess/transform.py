@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from model.preprocess.config import PreprocessConfig
 from model.preprocess.defect import box_extreme, filling_defect_map
-from model.preprocess.reading import CTVolume, read_series
+from model.preprocess.reading import CTVolume, SeriesRejectedError, read_series
 from model.preprocess.segment import chest_mask_lowres
 
 
@@ -336,3 +336,16 @@ def preprocess_series(files: Sequence[str | Path], config: PreprocessConfig) -> 
     result = preprocess_volume(volume, config)
     result.timings = {"read": read_s, "preprocess": result.timings["preprocess"]}
     return result
+
+
+def preprocess_or_reason(
+    job: tuple[Sequence[str | Path], PreprocessConfig],
+) -> PreprocessedSeries | str:
+    """:func:`preprocess_series` of ``(files, config)`` for a worker process: a series
+    that cannot be used gives the reason instead of raising, so that it does not end a
+    ``process_map`` over many series."""
+    files, config = job
+    try:
+        return preprocess_series(files, config)
+    except (SeriesRejectedError, OSError) as err:
+        return str(err)

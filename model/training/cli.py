@@ -134,13 +134,16 @@ def add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--precision", choices=["float32", "bfloat16"], help="override the bundle's precision"
     )
+    add_workers(p, "read and preprocess series while the network scores others")
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from model.training.evaluate import evaluate
 
-    report = evaluate(args.bundle, args.data, args.labels, args.out, args.precision)
+    report = evaluate(
+        args.bundle, args.data, args.labels, args.out, args.precision, workers=args.workers
+    )
     for level, m in report["levels"].items():
         auc = m.get("roc_auc")
         text = (

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from model.labels import SeriesLabels, read_labels, read_patients
 from model.parallel import process_map
-from model.preprocess import PreprocessConfig, SeriesRejectedError, preprocess_series
+from model.preprocess import PreprocessConfig, preprocess_or_reason
 
 
 @dataclass(frozen=True)
@@ -92,10 +92,9 @@ def _preprocess_one(
 ) -> str | None:
     """Preprocess one series into the cache (in a worker process); the reason if rejected."""
     files, config, volume_path, meta_path, patient, study_uid = job
-    try:
-        pre = preprocess_series(files, config)
-    except (SeriesRejectedError, OSError) as err:
-        return str(err)
+    pre = preprocess_or_reason((files, config))
+    if isinstance(pre, str):
+        return pre
     tmp = volume_path.with_suffix(".tmp.npy")
     np.save(tmp, quantize(stored_channels(pre.volume, config)))
     tmp.replace(volume_path)

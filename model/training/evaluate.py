@@ -9,9 +9,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from model.labels import read_labels
+from model.labels import SeriesLabels, read_labels
+from model.parallel import process_map
 from model.predict import Prediction, Predictor
-from model.preprocess import SeriesRejectedError
+from model.preprocess import preprocess_or_reason
 from model.report import LevelData, write_report
 from model.stats import delong_test
 from model.training.data import series_files
@@ -27,10 +28,15 @@ class ScoredData:
     excluded: list[dict[str, str]] = field(default_factory=list)
 
 
-def score(predictor: Predictor, data_dir: Path, labels_csv: Path) -> ScoredData:
-    """Run the predictor over every labelled, determinate series."""
+def score(predictor: Predictor, data_dir: Path, labels_csv: Path, workers: int = 1) -> ScoredData:
+    """Run the predictor over every labelled, determinate series.
+
+    With ``workers`` above one, worker processes read and preprocess the next series
+    while the network scores this one (at most ``workers`` series wait, ~75 MB each).
+    """
     out = ScoredData()
-    for uid, series in tqdm(sorted(read_labels(labels_csv).items()), desc="predict", unit="series"):
+    jobs: list[tuple[str, SeriesLabels, list[Path]]] = []
+    for uid, series in sorted(read_labels(labels_csv).items()):
         if series.indeterminate:
             out.excluded.append({"series_instance_uid": uid, "reason": "indeterminate exam"})
             continue
@@ -38,14 +44,23 @@ def score(predictor: Predictor, data_dir: Path, labels_csv: Path) -> ScoredData:
         if not files:
             out.excluded.append({"series_instance_uid": uid, "reason": "no files"})
             continue
-        try:
-            prediction = predictor.predict(files)
-        except (SeriesRejectedError, OSError) as err:
-            out.excluded.append({"series_instance_uid": uid, "reason": str(err)})
+        jobs.append((uid, series, files))
+    config = predictor.preprocess_config
+    prepared = process_map(
+        preprocess_or_reason, [(files, config) for _, _, files in jobs], workers, ahead=workers
+    )
+    for (uid, series, _), pre in tqdm(
+        zip(jobs, prepared, strict=True), total=len(jobs), desc="predict", unit="series"
+    ):
+        if isinstance(pre, str):
+            out.excluded.append({"series_instance_uid": uid, "reason": pre})
             continue
-        # The headers (~3 MB for 96 slices) are for a report on one series; hundreds of
-        # them kept for the whole evaluation would take gigabytes.
+        prediction = predictor.predict_preprocessed(pre)
+        # The headers (~3 MB for 96 slices) and the model input (~75 MB at 256 px) are
+        # for a report on one series; hundreds of them kept for the whole evaluation
+        # would take gigabytes.
         prediction.headers = []
+        prediction.series = None
         out.predictions[uid] = prediction
         out.labels[uid] = series.positive
         out.image_labels[uid] = series.image_labels
@@ -112,11 +127,19 @@ def _raw_levels(data: ScoredData, calibrated: list[LevelData]) -> list[LevelData
 
 
 def evaluate(
-    bundle_dir: Path, data_dir: Path, labels_csv: Path, out_dir: Path, precision: str | None = None
+    bundle_dir: Path,
+    data_dir: Path,
+    labels_csv: Path,
+    out_dir: Path,
+    precision: str | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Write the evaluation report of a bundle on labelled data; return ``report.json``."""
+    """Write the evaluation report of a bundle on labelled data; return ``report.json``.
+
+    ``workers`` processes preprocess series while the network scores (see :func:`score`).
+    """
     predictor = Predictor.load(bundle_dir, precision=precision)
-    data = score(predictor, data_dir, labels_csv)
+    data = score(predictor, data_dir, labels_csv, workers)
     if not data.predictions:
         raise ValueError("no labelled series could be scored; see the reasons above")
     thresholds = predictor.bundle.thresholds

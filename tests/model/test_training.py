@@ -222,6 +222,20 @@ def _weights(bundle: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.timeout(900)  # trains the folds twice: in one process, then one per process
+def _evaluate_args(bundle: Path, data: Path, report_dir: Path) -> list[str]:
+    return [
+        "evaluate",
+        "--bundle",
+        str(bundle),
+        "--data",
+        str(data),
+        "--labels",
+        str(data / "train.csv"),
+        "--out",
+        str(report_dir),
+    ]
+
+
 def test_train_then_evaluate(
     data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -281,22 +295,7 @@ def test_train_then_evaluate(
     assert main([*split, "--fold", "2"]) == 2
 
     report_dir = tmp_path / "report"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--bundle",
-                str(out),
-                "--data",
-                str(data),
-                "--labels",
-                str(data / "train.csv"),
-                "--out",
-                str(report_dir),
-            ]
-        )
-        == 0
-    )
+    assert main(_evaluate_args(out, data, report_dir)) == 0
     report = json.loads((report_dir / "report.json").read_text())
     stack = report["levels"]["stack"]
     assert stack["n"] == oof["n"]
@@ -311,6 +310,15 @@ def test_train_then_evaluate(
         assert (report_dir / name).is_file()
     md = (report_dir / "report.md").read_text()
     assert f"ROC AUC {stack['roc_auc']['estimate']:.3f}" in md
+
+    # Series preprocessed in worker processes (every CPU, the default above) score as
+    # one process scores them.
+    serial_dir = tmp_path / "report_serial"
+    serial = [*_evaluate_args(out, data, serial_dir), "--workers", "1"]
+    assert main(serial) == 0
+    predictions = (report_dir / "predictions.csv").read_text()
+    assert (serial_dir / "predictions.csv").read_text() == predictions
+    assert predictions.count("\n") == stack["n"] + 1
 
     # A change to the stack head alone retrains the sequence model on the saved slice CNN
     # and encodings; a change to the CNN's section retrains it.
