@@ -9,15 +9,18 @@
 # Environment: TRIAGE_MODEL overrides the command (default
 # triage-model; "python3 -m model" where the package is on PYTHONPATH but not installed).
 # WORKERS sets the processes that synthesise and preprocess (default: every CPU).
+# WORK_DIR needs about 55 GB of disk: the studies (train 17 GB, validation and held-out
+# realistic 8 GB each, easy and hard 4 each) and the preprocessing cache (11 GB).
 #
-# Time: each stage prints its own. Measured for 0.6.0 on the project's 2-core CPU with two
-# workers, stage by stage (not in one run): synthesis of the training set 413 s, of the
-# validation set 183 s and of the held-out sets 409 s (realistic 205, easy 94, hard 110;
-# each identical to the sets the reports were made from); training 5,450 s (preprocessing
-# of the 600 series about 12 min, 30 CNN epochs of 103-154 s, encodings and the sequence
-# model about 14 min; partly beside other jobs); evaluation 573 s realistic, 362 s easy,
-# 314 s hard (the last two partly beside other jobs). About 2 h 10 min in all: over the
-# 2-hour budget; fewer CNN epochs are the lever (the kept epoch was 28 of 30).
+# Time: each stage prints its own, and the last line the whole. Measured for 0.7.0 in one
+# run of `reproduce.sh WORK all` on the project's 2-core CPU (two workers; in its first
+# 40 minutes a niced test and a half-minute evaluation ran beside it): 6,120 s (102 min) in
+# all. Synthesis 821 s (training set 323, validation set 163,
+# held-out realistic 168, easy 81, hard 86); training 4,421 s (preprocessing of the 600
+# series about 11 min, 24 CNN epochs of 102-149 s, the encodings and the sequence model
+# about 10 min); evaluation 878 s (realistic 429, easy 216, hard 233). The CNN's training
+# is reproducible on this CPU: the run's losses matched an earlier run's to every printed
+# digit, and its weights and reports are the ones committed.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 work="${1:?usage: reproduce.sh WORK_DIR [all|train|evaluate]}"
@@ -25,6 +28,7 @@ step="${2:-all}"
 tm=(${TRIAGE_MODEL:-triage-model})
 workers="${WORKERS:-$(nproc)}"
 mkdir -p "$work"
+began=$(date +%s)
 
 stage() {  # stage NAME COMMAND...: run it and print how long it took
   local name="$1" start
@@ -58,7 +62,7 @@ if [[ "$step" == all || "$step" == evaluate ]]; then
       --studies "$studies" --seed "$seed" --positive-fraction 0.5 --difficulty "$difficulty" \
       --workers "$workers"
     stage "evaluate-$difficulty" "${tm[@]}" evaluate --bundle "$work/bundle" --data "$data" \
-      --labels "$data/train.csv" --out "$work/report_$difficulty"
+      --labels "$data/train.csv" --out "$work/report_$difficulty" --workers "$workers"
   done
   # The bundle proper (manifest and weights) plus the training report (and the fold
   # assignment, when training.yaml trains folds rather than with the validation set).
@@ -72,3 +76,4 @@ if [[ "$step" == all || "$step" == evaluate ]]; then
   cp -r "$work/report_hard" "$here/report/hard"
   echo "demo bundle written to $here"
 fi
+echo "reproduce.sh ${step}: $(($(date +%s) - began)) s in all" | tee -a "$work/stages.txt"
