@@ -126,7 +126,13 @@ def test_p_data_dripped_one_byte_a_second_is_aborted_after_the_network_timeout(
     start_receiver,
 ) -> None:
     rx = start_receiver(receiver=TIMEOUTS)
-    elapsed = drip_p_data(rx.port, threading.Event(), source="127.0.0.1")
+    # None: the association was not accepted. One immediate retry, as in _echo: a CI run
+    # on a loaded 2-core machine once saw the first A-ASSOCIATE-RQ go unaccepted within
+    # the 2-s ACSE timeout. A receiver that never accepts fails both attempts.
+    for _ in (1, 2):
+        elapsed = drip_p_data(rx.port, threading.Event(), source="127.0.0.1")
+        if elapsed is not None:
+            break
     assert elapsed is not None and elapsed < 4.0
     assert _echo(rx.port) == 0x0000
 
