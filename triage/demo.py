@@ -40,8 +40,8 @@ from triage.send import send_files
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 # Fresh realistic studies (the generator's default): seeds outside the demo bundle's training
-# and test sets. The demo bundle 0.7.0 flags the positive (0.952) and not the negative
-# (0.191), so that the demo shows both paths: the KOS and the flag, and a plain SR.
+# and test sets. The demo bundle 0.8.0 flags the positive (0.979) and not the negative
+# (0.149), so that the demo shows both paths: the KOS and the flag, and a plain SR.
 DEMO_STUDIES = ((90025, True), (90012, False))
 
 

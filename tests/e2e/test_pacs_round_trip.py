@@ -35,8 +35,8 @@ AUTH = "Basic " + base64.b64encode(b"admin:change-me").decode()
 
 # Seeds of one realistic synthetic study with emboli and one without, outside the demo
 # bundle's training and test sets (the same as `triage demo`). This test is of the
-# pipeline, not of the model: the demo bundle 0.7.0 flags the positive (0.952 against
-# its stack threshold of 0.556) and not the negative (0.191). The bundle's accuracy is
+# pipeline, not of the model: the demo bundle 0.8.0 flags the positive (0.979 against
+# its stack threshold of 0.536) and not the negative (0.149). The bundle's accuracy is
 # in its report.
 POSITIVE_SEED, NEGATIVE_SEED = 90025, 90012
 
