@@ -57,6 +57,26 @@ def inference_function(
     raise ValueError(f"no inference function for the Keras backend {backend!r}")
 
 
+def run_in_batches(
+    function: Callable[[Any], Any], images: Any, batch_size: int, *, pad: bool = False
+) -> Any:
+    """``function`` over ``images`` in batches of ``batch_size``, concatenated.
+
+    With ``pad``, a short last batch is padded with zeros to the full size and the padding's
+    outputs dropped, so that a backend that compiles per shape (:func:`recompiles_per_shape`)
+    runs one program for every study. ``images`` must hold at least one image.
+    """
+    chunks = []
+    for first in range(0, len(images), batch_size):
+        batch = images[first : first + batch_size]
+        real = len(batch)
+        if pad and real < batch_size:
+            filler = np.zeros((batch_size - real, *batch.shape[1:]), batch.dtype)
+            batch = np.concatenate([batch, filler])
+        chunks.append(function(batch)[:real])
+    return np.concatenate(chunks)
+
+
 def _numpy(outputs: Any) -> Any:
     """Outputs (a tensor or a dict of them) as float32 NumPy arrays."""
     if isinstance(outputs, dict):

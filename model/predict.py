@@ -335,17 +335,12 @@ class Predictor:
         """Return one fold's slice encodings of a stack of images, in CNN batches."""
         if len(volume) == 0:
             return np.zeros((0, self.network_config.encoding_dim), np.float32)
-        encoder = self._encoders[fold]
-        chunks = []
-        for first in range(0, len(volume), self.batch_size):
-            batch = volume[first : first + self.batch_size]
-            real = len(batch)
-            if self._pad_batches and real < self.batch_size:
-                # Pad to the full batch so that one compiled program serves every study.
-                pad = np.zeros((self.batch_size - real, *batch.shape[1:]), batch.dtype)
-                batch = np.concatenate([batch, pad])
-            chunks.append(encoder(batch)[:real])
-        return np.concatenate(chunks).astype(np.float32)
+        from model.compiled import run_in_batches
+
+        encoded = run_in_batches(
+            self._encoders[fold], volume, self.batch_size, pad=self._pad_batches
+        )
+        return np.asarray(encoded, dtype=np.float32)
 
     def predict_preprocessed(self, series: PreprocessedSeries) -> Prediction:
         """Run the ensemble on an already preprocessed series (timings: cnn, sequence)."""

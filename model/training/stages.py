@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model.augment import augment
-from model.compiled import inference_function
+from model.compiled import inference_function, run_in_batches
 from model.network import slice_encoder
 from model.training.config import SequenceSection, SliceCNNSection
 from model.training.data import CachedSeries, expand_channels
@@ -438,9 +438,7 @@ def encode_series(
         slots = np.flatnonzero(s.mask)
         if slots.size:
             x = expand_channels(np.asarray(s.volume()[slots]), channels)
-            out[i, slots] = np.concatenate(
-                [run(x[first : first + batch_size]) for first in range(0, len(x), batch_size)]
-            )
+            out[i, slots] = run_in_batches(run, x, batch_size)
     return out
 
 
