@@ -14,15 +14,16 @@
 #
 # Time: each stage prints its own, and the last line the whole. Measured for 0.8.0 in one
 # run of `reproduce.sh WORK all` on the project's 2-core CPU (two workers; nothing else ran
-# beside it but two niced 80-s tests near the start): 7,216 s (120 min) in all, 16 s over
-# the project's 2 hours. Synthesis 989 s (training set 330, validation set 324, held-out
-# realistic 171, easy 80, hard 84); training 5,364 s (preprocessing of the 800 series about
-# 15 min, 24 CNN epochs of 119-157 s with the 400-study validation, the encodings of 800
-# series about 17 min and the sequence model about 4); evaluation 863 s (realistic 434, easy
-# 206, hard 223). 0.7.0, with a 200-study validation set, took 6,120 s. The CNN's training is
-# reproducible on this CPU: the run's losses matched the earlier runs' to every printed digit,
-# and it kept 0.7.0's epochs, so its weights are 0.7.0's byte for byte; its weights and
-# reports are the ones committed.
+# beside it but one niced unit test near the start): 6,594 s (110 min) in all, inside the
+# project's 2 hours. Synthesis 970 s (training set 341, validation set 309, held-out
+# realistic 159, easy 77, hard 84); training 4,804 s (preprocessing of the 800 series 14 min,
+# 24 CNN epochs of 118-143 s with the 400-study validation, 56 min, the encodings of 800
+# series 7 min and the sequence model with its calibrator 3); evaluation 820 s (realistic 400, easy
+# 195, hard 225). An earlier run, whose training encoded through keras predict (1.27 s per
+# series against 0.69 now), took 7,216 s. The CNN's training is reproducible on this CPU:
+# both runs kept the same epochs (CNN 23, validation loss 0.362; sequence 7) and wrote the
+# committed weights byte for byte, and the same reports and predictions (only the bundle
+# hash differs: the manifest records when it was made).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 work="${1:?usage: reproduce.sh WORK_DIR [all|train|evaluate]}"
