@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model.augment import augment
-from model.compiled import inference_function, run_in_batches
+from model.compiled import inference_function, recompiles_per_shape, run_in_batches
 from model.network import slice_encoder
 from model.training.config import SequenceSection, SliceCNNSection
 from model.training.data import CachedSeries, expand_channels
@@ -433,12 +433,14 @@ def encode_series(
     encoder = slice_encoder(cnn)
     dim = int(encoder.output.shape[-1])
     run = inference_function(encoder, input_shape=tuple(encoder.input.shape))
+    # As in the predictor: under jax every new batch length would cost a compilation.
+    pad = recompiles_per_shape(jit_compile=False)
     out = np.zeros((len(series), len(series[0].mask), dim), np.float32)
     for i, s in enumerate(series):
         slots = np.flatnonzero(s.mask)
         if slots.size:
             x = expand_channels(np.asarray(s.volume()[slots]), channels)
-            out[i, slots] = run_in_batches(run, x, batch_size)
+            out[i, slots] = run_in_batches(run, x, batch_size, pad=pad)
     return out
 
 
