@@ -18,8 +18,8 @@
 # project's 2 hours. Synthesis 970 s (training set 341, validation set 309, held-out
 # realistic 159, easy 77, hard 84); training 4,804 s (preprocessing of the 800 series 14 min,
 # 24 CNN epochs of 118-143 s with the 400-study validation, 56 min, the encodings of 800
-# series 7 min and the sequence model with its calibrator 3); evaluation 820 s (realistic 400, easy
-# 195, hard 225). An earlier run, whose training encoded through keras predict (1.27 s per
+# series 7 min and the sequence model with its calibrator 3); evaluation 820 s (realistic
+# 400, easy 195, hard 225). An earlier run, whose training encoded through keras predict (1.27 s per
 # series against 0.69 now), took 7,216 s. The CNN's training is reproducible on this CPU:
 # both runs kept the same epochs (CNN 23, validation loss 0.362; sequence 7) and wrote the
 # committed weights byte for byte, and the same reports and predictions (only the bundle
