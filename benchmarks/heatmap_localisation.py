@@ -24,7 +24,6 @@ import numpy as np
 
 from model.explain import METHODS, Explainer, SliceHeatmap
 from model.predict import Predictor
-from model.preprocess import preprocess_series
 from model.synthetic import Phantom, StudyParams, WrittenSeries, generate_study, write_study
 
 DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "model" / "bundles" / "demo"
@@ -73,7 +72,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             axial = write_study(phantom, folder).series[0]
             start = time.perf_counter()
-            series = preprocess_series(axial.paths, predictor.preprocess_config)
+            series = predictor.preprocess(axial.paths)
             prediction = predictor.predict_preprocessed(series)
             model_s.append(time.perf_counter() - start)
         if not heatmap_s:

@@ -161,6 +161,7 @@ def main() -> None:
                 predictor = Predictor.load(
                     bundle_dir,
                     precision=precision,
+                    threads=args.threads,
                     batch_size=args.batch_size,
                     jit_compile=xla == "xla",
                 )

@@ -1,11 +1,19 @@
-"""``map`` over worker processes, for the CPU-bound per-study work of data preparation."""
+"""CPU-bound work spread over cores: studies over processes, slices over threads.
+
+- :func:`process_map`: ``map`` over worker processes, for the per-study work of data
+  preparation (each study holds the GIL for long stretches of Python).
+- :func:`over_ranges`: one study's per-slice array work over threads, where NumPy
+  releases the GIL (the worker's preprocessing, on the critical path of every study).
+"""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from itertools import pairwise
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -39,3 +47,28 @@ def process_map(
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container may limit)."""
+    return len(os.sched_getaffinity(0))
+
+
+def over_ranges(fn: Callable[[slice], None], n: int, threads: int) -> None:
+    """Call ``fn`` on contiguous ranges that together cover ``range(n)``, in threads.
+
+    For work that is independent per slice and spends its time in NumPy, which releases
+    the GIL: ``fn`` writes its range's results in place. With ``threads`` of one (or
+    fewer than two items), one call on the whole range, in this thread. Twice as many
+    ranges as threads, so that one slow range does not leave the other threads idle.
+    The first error raised in a range reaches the caller, after every range has ended.
+    """
+    if threads <= 1 or n < 2:
+        fn(slice(0, n))
+        return
+    parts = min(n, 2 * threads)
+    bounds = [n * k // parts for k in range(parts + 1)]
+    with ThreadPoolExecutor(min(threads, parts)) as pool:
+        futures = [pool.submit(fn, slice(a, b)) for a, b in pairwise(bounds)]
+    for future in futures:
+        future.result()

@@ -186,6 +186,9 @@ class Predictor:
         Slices per CNN call.
     jit_compile : bool
         Compile the CNN with XLA.
+    threads : int, optional
+        Threads that preprocess a series (its per-slice steps); None uses every core this
+        process may run on.
     """
 
     def __init__(
@@ -195,12 +198,14 @@ class Predictor:
         precision: str,
         batch_size: int = 16,
         jit_compile: bool = False,
+        threads: int | None = None,
     ) -> None:
         import keras
 
         from model.backend import describe_device
         from model.compiled import inference_function, recompiles_per_shape
         from model.network import slice_encoder
+        from model.parallel import available_cores
 
         if batch_size < 1:
             raise PredictorError(f"batch_size must be at least 1, got {batch_size}")
@@ -208,6 +213,9 @@ class Predictor:
         self.precision = precision
         self.batch_size = batch_size
         self.jit_compile = jit_compile
+        # Preprocessing is on every study's critical path, before the CNN: on a GPU host
+        # it takes longer than the CNN unless the cores share it.
+        self.preprocess_threads = threads or available_cores()
         self.preprocess_config = bundle.preprocess_config()
         self.network_config = bundle.network_config()
         self.calibrators = bundle.calibrators()
@@ -247,8 +255,9 @@ class Predictor:
         precision : str, optional
             ``float32``, ``bfloat16`` or ``float16``; None uses the bundle's setting.
         threads : int, optional
-            CPU threads per operation (see :func:`configure_threads`); must be given before
-            TensorFlow has run anything in this process.
+            CPU threads per operation (see :func:`configure_threads`), and threads that
+            preprocess a series; must be given before TensorFlow has run anything in this
+            process. None: the backend's default, and every core for preprocessing.
         batch_size : int
             Slices per CNN call (16 by default).
         jit_compile : bool
@@ -286,7 +295,14 @@ class Predictor:
             folds=len(models),
             precision=chosen,
         )
-        predictor = cls(bundle, models, chosen, batch_size=batch_size, jit_compile=jit_compile)
+        predictor = cls(
+            bundle,
+            models,
+            chosen,
+            batch_size=batch_size,
+            jit_compile=jit_compile,
+            threads=threads,
+        )
         predictor.warmup()
         return predictor
 
@@ -324,12 +340,22 @@ class Predictor:
             The files are not one usable CT series.
         """
         start = time.perf_counter()
-        series = preprocess_series(files, self.preprocess_config)
+        series = self.preprocess(files)
         prediction = self.predict_preprocessed(series)
         prediction.timings["read"] = series.timings.get("read", 0.0)
         prediction.timings["preprocess"] = series.timings.get("preprocess", 0.0)
         prediction.timings["total"] = time.perf_counter() - start
         return prediction
+
+    def preprocess(self, files: Sequence[str | Path]) -> PreprocessedSeries:
+        """The bundle's preprocessing of one series, on the predictor's threads.
+
+        Raises
+        ------
+        SeriesRejectedError
+            The files are not one usable CT series.
+        """
+        return preprocess_series(files, self.preprocess_config, self.preprocess_threads)
 
     def encode(self, volume: NDArray[np.float32], fold: int = 0) -> NDArray[np.float32]:
         """Return one fold's slice encodings of a stack of images, in CNN batches."""

@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 from PIL import Image
 from pydicom.dataset import Dataset
 
+from model.parallel import over_ranges
 from model.preprocess.config import PreprocessConfig
 from model.preprocess.defect import box_extreme, filling_defect_map
 from model.preprocess.reading import CTVolume, SeriesRejectedError, read_series
@@ -207,7 +208,40 @@ def _chest_square(
     return top, left, side, side
 
 
-def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> PreprocessedSeries:
+def _channel_images(
+    field_hu: NDArray[np.float32], config: PreprocessConfig, pixel_mm: float
+) -> list[NDArray[np.float32]]:
+    """The input channels of some slices of the field of view, before the cavity mask.
+
+    Each is ``(slices, input_size, input_size)``; for ``pe_neighbours`` all three are the
+    slice's own PE window (the neighbours are shifted in after the mask, over the series).
+    """
+    size = config.input_size
+    windows = config.windows()
+    if config.channel_windows == "repeat":
+        # Window, then resize: the paper's order, kept so older bundles see the same input.
+        return [_resize(_window(field_hu, *windows[0]), size)] * config.channels
+    if config.channel_windows == "pe_neighbours":
+        return [_window(_resize(field_hu, size), *windows[0])] * 3
+    # One resize of the HU, then each window: a third of the resizing.
+    resized = _resize(field_hu, size)
+    channels = [_window(resized, centre, width) for centre, width in windows]
+    if config.channel_windows == "pe_lung_defect":
+        # From the source pixels, shrunk by the maximum: a defect a few source pixels
+        # wide would not survive a bilinear resize.
+        defects = filling_defect_map(
+            field_hu,
+            pixel_mm,
+            surround_hu=config.defect_surround_hu,
+            drop_isolated=config.defect_drop_isolated,
+        )
+        channels.append(_max_resize(defects, size))
+    return channels
+
+
+def preprocess_volume(
+    volume: CTVolume, config: PreprocessConfig, threads: int = 1
+) -> PreprocessedSeries:
     """Turn a CT volume into model input: resample, segment, crop, window, resize, pad.
 
     Parameters
@@ -216,6 +250,9 @@ def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> Preprocesse
         From :func:`~model.preprocess.reading.read_series`.
     config : PreprocessConfig
         Every parameter; the weight bundle records it.
+    threads : int
+        Threads for the per-slice steps (windows, resize, defect map, mask); the output
+        is the same for any count. One where processes already share out the studies.
 
     Returns
     -------
@@ -246,49 +283,39 @@ def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> Preprocesse
         cavity = cavity[chosen]
     n = len(hu)
     size = config.input_size
-    windows = config.windows()
     top, left, side_r, side_c = 0, 0, rows, cols
     if config.segment and config.crop:
         assert cavity is not None
         top, left, side_r, side_c = _chest_square(np.any(cavity, axis=0), f, rows, cols)
     field_hu = hu[:, top : top + side_r, left : left + side_c]
-    if config.channel_windows == "repeat":
-        # Window, then resize: the paper's order, kept so older bundles see the same input.
-        grey = _resize(_window(field_hu, *windows[0]), size)
-        channels = [grey] * config.channels
-    elif config.channel_windows == "pe_neighbours":
-        # Each slice's own PE window now; the neighbours are shifted in after the mask.
-        channels = [_window(_resize(field_hu, size), *windows[0])] * 3
-    else:
-        # One resize of the HU, then each window: a third of the resizing.
-        resized = _resize(field_hu, size)
-        channels = [_window(resized, centre, width) for centre, width in windows]
-        if config.channel_windows == "pe_lung_defect":
-            # From the source pixels, shrunk by the maximum: a defect a few source
-            # pixels wide would not survive a bilinear resize.
-            pixel_mm = float(np.mean(volume.pixel_spacing))
-            defects = filling_defect_map(
-                field_hu,
-                pixel_mm,
-                surround_hu=config.defect_surround_hu,
-                drop_isolated=config.defect_drop_isolated,
-            )
-            channels.append(_max_resize(defects, size))
-    out = np.empty((config.num_slices, size, size, config.channels), dtype=np.float32)
-    for channel, image in enumerate(channels):
-        out[:n, ..., channel] = image
+    # Zeroed pages come from the system for free: no pass over the padding slots.
+    out = np.zeros((config.num_slices, size, size, config.channels), dtype=np.float32)
+    inside: NDArray[np.bool_] | None = None
     if config.segment:
         assert cavity is not None
-        # Look the mask up at each output pixel directly: no full-resolution mask needed.
+        # The cavity mask looked up under each output pixel: no full-resolution mask.
         r = np.minimum((top + _source_index(side_r, size)) // f, cavity.shape[1] - 1)
         c = np.minimum((left + _source_index(side_c, size)) // f, cavity.shape[2] - 1)
+        inside = cavity[:, r][:, :, c]
+    pixel_mm = float(np.mean(volume.pixel_spacing))
+
+    def fill(part: slice) -> None:
+        images = _channel_images(field_hu[part], config, pixel_mm)
         # float32 times float32: multiplying by a bool array is several times slower.
-        out[:n] *= cavity[:, r, :][:, :, c].astype(np.float32)[..., None]
+        weight = None if inside is None else inside[part].astype(np.float32)
+        for channel, image in enumerate(images):
+            if weight is None:
+                out[part, ..., channel] = image
+            else:
+                np.multiply(image, weight, out=out[part, ..., channel])
+
+    # Every step after the segmentation is per slice: the slices are shared out among
+    # threads, and the result does not depend on how many.
+    over_ranges(fill, n, threads)
     if config.channel_windows == "pe_neighbours":
         # After the mask, so a neighbour channel shows that slice as its own slot would.
         out[:n, ..., 0] = neighbour_slices(out[:n, ..., 1], -1)
         out[:n, ..., 2] = neighbour_slices(out[:n, ..., 1], 1)
-    out[n:] = 0.0
     mask = np.zeros(config.num_slices, dtype=bool)
     mask[:n] = True
     uids: list[str | None] = [volume.sop_instance_uids[i] for i in nearest]
@@ -310,7 +337,9 @@ def preprocess_volume(volume: CTVolume, config: PreprocessConfig) -> Preprocesse
     )
 
 
-def preprocess_series(files: Sequence[str | Path], config: PreprocessConfig) -> PreprocessedSeries:
+def preprocess_series(
+    files: Sequence[str | Path], config: PreprocessConfig, threads: int = 1
+) -> PreprocessedSeries:
     """Read one series and turn it into model input; the one path training and daemon share.
 
     Parameters
@@ -319,6 +348,8 @@ def preprocess_series(files: Sequence[str | Path], config: PreprocessConfig) -> 
         Every DICOM file of the series, in any order.
     config : PreprocessConfig
         Every parameter; the weight bundle records it.
+    threads : int
+        Threads for the per-slice steps (see :func:`preprocess_volume`).
 
     Returns
     -------
@@ -333,7 +364,7 @@ def preprocess_series(files: Sequence[str | Path], config: PreprocessConfig) -> 
     start = time.perf_counter()
     volume = read_series(files, min_slices=config.min_slices)
     read_s = time.perf_counter() - start
-    result = preprocess_volume(volume, config)
+    result = preprocess_volume(volume, config, threads)
     result.timings = {"read": read_s, "preprocess": result.timings["preprocess"]}
     return result
 

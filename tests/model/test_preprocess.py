@@ -472,3 +472,21 @@ def test_neighbouring_slices_as_channels() -> None:
     assert out.sop_instance_uids[:6] == [f"1.2.3.{k}" for k in range(6)]
     with pytest.raises(ValueError, match="needs channels: 3"):
         PreprocessConfig(channels=1, channel_windows="pe_neighbours")
+
+
+@pytest.fixture(scope="module")
+def volume(phantom: Phantom, tmp_path_factory: pytest.TempPathFactory) -> CTVolume:
+    return read_series(_write(phantom, tmp_path_factory.mktemp("volume")))
+
+
+@pytest.mark.parametrize(
+    "layout", ["repeat", "pe_lung_mediastinum", "pe_lung_defect", "pe_neighbours"]
+)
+def test_the_input_is_the_same_on_any_number_of_threads(volume: CTVolume, layout: str) -> None:
+    # The per-slice steps are shared out among threads: the edges between the threads'
+    # ranges must not show (a filter reaching across slices would show them).
+    config = replace(SMALL, channel_windows=layout, crop=True, defect_drop_isolated=True)
+    one = preprocess_volume(volume, config, threads=1)
+    assert one.volume[: int(one.mask.sum())].any()
+    for threads in (2, 3, 7):
+        _assert_same(one, preprocess_volume(volume, config, threads=threads))

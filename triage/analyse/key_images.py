@@ -132,14 +132,12 @@ def explain(
     On the model input the prediction was made on; where the predictor kept none, the
     series is preprocessed again.
     """
-    from model.preprocess import preprocess_series
-
     probabilities = outcome.slice_probabilities or {}
     if top_k <= 0 or not probabilities or not outcome.flagged:
         return []
     series = outcome.series
     if series is None:
-        series = preprocess_series(files, predictor.preprocess_config)
+        series = predictor.preprocess(files)
     # Never more than were flagged: the same ranking, so the explained slices are flagged.
     explanation = _explainer(predictor, cache).explain(
         series,
