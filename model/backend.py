@@ -15,6 +15,7 @@ freshly spawned worker before the predictor loads.
 from __future__ import annotations
 
 import importlib.abc
+import importlib.machinery
 import json
 import os
 import re
@@ -74,16 +75,28 @@ def select_backend(name: str, environ: MutableMapping[str, str] | None = None) -
     env["KERAS_BACKEND"] = name
 
 
-class _RefuseTensorFlow(importlib.abc.MetaPathFinder):
-    """An import hook under which ``import tensorflow`` fails as if it were not installed."""
+class _RefuseTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """An import hook under which ``import tensorflow`` fails as if it were not installed.
 
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+    The refusal comes at loading, not at finding: a library that only asks where a module
+    lives (PyTorch's compiler looks up TensorFlow's folder, to leave its code alone, as
+    Keras's torch backend is imported) gets a spec without a location and carries on; a
+    finder that raised would end that import, and with it the worker's start.
+    """
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ModuleNotFoundError(
-                "TensorFlow is kept out of this process: Keras runs on another backend",
-                name=name,
-            )
+            return importlib.machinery.ModuleSpec(name, self, origin=None)
         return None
+
+    def create_module(self, spec: Any) -> None:
+        raise ModuleNotFoundError(
+            "TensorFlow is kept out of this process: Keras runs on another backend",
+            name=spec.name,
+        )
+
+    def exec_module(self, module: Any) -> None:  # never reached: create_module refuses
+        raise ModuleNotFoundError(module.__name__, name=module.__name__)
 
 
 def block_tensorflow() -> None:

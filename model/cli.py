@@ -185,7 +185,7 @@ def _add_predict(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         type=positive_int,
         default=None,
         metavar="N",
-        help="CPU threads per operation (default: one per core)",
+        help="CPU threads per operation and for preprocessing (default: one per core)",
     )
     p.add_argument(
         "--top",

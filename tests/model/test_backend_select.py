@@ -84,3 +84,31 @@ def test_select_backend_and_what_keras_will_load(tmp_path: Path) -> None:
     assert configured_backend(env) == "torch"
     with pytest.raises(BackendError, match="unknown Keras backend 'mxnet'"):
         select_backend("mxnet", env)
+
+
+_BLOCKED = """
+import importlib.util, json, sys
+from model.backend import block_tensorflow
+block_tensorflow()
+# What PyTorch's compiler does as Keras's torch backend loads: it asks where TensorFlow
+# lives (to leave its code alone) and must be told nowhere, not be stopped.
+spec = importlib.util.find_spec("tensorflow")
+try:
+    import tensorflow
+    refused = None
+except ModuleNotFoundError as err:
+    refused = err.name
+print(json.dumps({"origin": spec.origin, "refused": refused,
+                  "loaded": "tensorflow" in sys.modules}))
+"""
+
+
+def test_blocked_tensorflow_can_be_looked_up_but_not_imported() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _BLOCKED], capture_output=True, text=True, check=True
+    )
+    result = json.loads(out.stdout)
+    assert result == {"origin": None, "refused": "tensorflow", "loaded": False}
