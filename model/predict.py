@@ -315,7 +315,13 @@ class Predictor:
         """Trace (and with XLA, compile) every fold's functions on blank input.
 
         The first call of a traced function costs seconds; paying it at load keeps it out
-        of the first study's time.
+        of the first study's time. It also checks the outputs, so that a backend that
+        computes garbage in this precision fails at start-up, not on every study.
+
+        Raises
+        ------
+        PredictorError
+            The networks gave NaN or infinity.
         """
         config = self.network_config
         blank = np.zeros((1, config.input_size, config.input_size, config.channels), np.float32)
@@ -323,8 +329,24 @@ class Predictor:
         mask = np.zeros((1, config.num_slices), bool)
         mask[0, 0] = True
         for fold, sequence in enumerate(self._sequences):
-            self.encode(blank, fold)
-            sequence({"encodings": encodings, "mask": mask})
+            encoded = self.encode(blank, fold)
+            outputs = sequence({"encodings": encodings, "mask": mask})
+            self._require_finite(encoded, outputs["stack"], outputs["slice"])
+
+    def _require_finite(self, *arrays: Any) -> None:
+        """Raise if the networks gave NaN or infinity, which no weights here should.
+
+        A NaN stack probability compares below every threshold: unchecked, a broken
+        kernel would report every study as negative. (XLA's CPU compiler in jaxlib 0.11
+        does this to the compact CNN in bfloat16, for one.)
+        """
+        if all(np.isfinite(np.asarray(a, dtype=np.float32)).all() for a in arrays):
+            return
+        raise PredictorError(
+            f"the networks gave non-finite outputs in {self.precision} on the {self.backend} "
+            f"backend ({self.device}): its kernels mishandle this model in that precision "
+            "here; run it in float32 (model.precision, or --precision float32)"
+        )
 
     def predict(self, files: Sequence[str | Path]) -> Prediction:
         """Preprocess one series and run the ensemble on it.
@@ -338,6 +360,8 @@ class Predictor:
         ------
         SeriesRejectedError
             The files are not one usable CT series.
+        PredictorError
+            The networks gave NaN or infinity (never a probability that means nothing).
         """
         start = time.perf_counter()
         series = self.preprocess(files)
@@ -392,12 +416,16 @@ class Predictor:
             encodings = np.zeros((len(mask), self.network_config.encoding_dim), dtype=np.float32)
             encodings[real] = self.encode(images, fold)
             t1 = time.perf_counter()
+            # Checked here too: the sequence model can turn NaN encodings into plausible
+            # probabilities (0.5 per slice, on TensorFlow).
+            self._require_finite(encodings)
             outputs = sequence({"encodings": encodings[None], "mask": mask[None]})
             stacks.append(float(np.asarray(outputs["stack"])[0, 0]))
             slice_sum += np.asarray(outputs["slice"], dtype=np.float64)[0]
             t2 = time.perf_counter()
             cnn_s += t1 - t0
             sequence_s += t2 - t1
+        self._require_finite(stacks, slice_sum)
         slice_mean = slice_sum / len(self._sequences)
         # Calibration is monotone, so the largest raw value per SOP stays the largest.
         slice_calibrated = self.calibrators["slice"].apply(slice_mean)

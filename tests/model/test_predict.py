@@ -103,6 +103,31 @@ def test_bfloat16_is_close_to_float32(
     assert abs(result.stack_probability - predictor.predict(files).stack_probability) < 0.01
 
 
+def test_non_finite_outputs_fail_at_load_and_per_study_never_as_a_probability(
+    bundle_dir: Path, series: tuple[Path, list[Path], list[str]]
+) -> None:
+    # What a backend whose kernels mishandle a precision gives (XLA's CPU compiler in
+    # jaxlib 0.11, bfloat16): NaN, which compares below every threshold, so a study
+    # would be reported negative. A NaN weight stands in for the broken kernel here.
+    import numpy as np
+
+    from model.bundle import load_bundle
+    from model.predict import PredictorError
+
+    bundle = load_bundle(bundle_dir)
+    models = bundle.build_models("float32")
+    predictor = Predictor(bundle, models, "float32", batch_size=8)
+    predictor.warmup()
+    _, files, _ = series
+    assert 0.0 < predictor.predict(files).stack_probability < 1.0
+    encoding = models[1][0].get_layer("encoding")
+    encoding.bias.assign(np.full(encoding.bias.shape, np.nan, np.float32))
+    with pytest.raises(PredictorError, match="non-finite outputs in float32"):
+        predictor.predict(files)
+    with pytest.raises(PredictorError, match="run it in float32"):
+        Predictor(bundle, models, "float32", batch_size=8).warmup()
+
+
 def test_cli_predict_json(
     bundle_dir: Path,
     series: tuple[Path, list[Path], list[str]],
