@@ -26,8 +26,8 @@ Grad-CAM alone differentiates only the head (pooling and dense layers): one back
 forward pass per explained slice. The input gradient adds a forward and backward pass
 through the whole CNN; the worker makes the maps after the SR and the HL7 message are
 queued, so neither delays the flag.
-The gradient needs the backend's autodiff: TensorFlow's ``GradientTape`` or ``jax.grad``;
-on PyTorch :class:`Explainer` raises :class:`ExplainError`.
+The gradient needs the backend's autodiff: TensorFlow's ``GradientTape``, ``jax.grad`` or
+``torch.autograd``.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ _GRADIENT_SIGMA_PX = 1.5
 _HEAD = ("pool", "dense", "dropout", ENCODING_LAYER)
 _OUTPUT = "slice"
 _RESCALING = "to_unit_range"
-_AUTODIFF_BACKENDS = ("tensorflow", "jax")
+_AUTODIFF_BACKENDS = ("tensorflow", "jax", "torch")
 
 
 class ExplainError(ValueError):
@@ -272,6 +272,14 @@ def _gradient(head: Callable[[Any], Any], features: NDArray[np.float32]) -> NDAr
 
         grad = jax.grad(lambda a: jax.numpy.sum(head(a)))
         return np.asarray(grad(jax.numpy.asarray(features)), dtype=np.float32)
+    if backend == "torch":
+        import torch
+
+        # On Keras's device (the GPU where there is one); autograd on, whatever the caller.
+        tensor = keras.ops.convert_to_tensor(features).detach().requires_grad_(True)
+        with torch.enable_grad():
+            (gradient,) = torch.autograd.grad(head(tensor).sum(), tensor)
+        return np.asarray(gradient.detach().cpu().numpy(), dtype=np.float32)
     raise ExplainError(f"no gradients on the {backend} backend here")
 
 
@@ -297,7 +305,7 @@ class GradCAM:
         if keras.backend.backend() not in _AUTODIFF_BACKENDS:
             raise ExplainError(
                 f"heat maps need gradients, which are implemented for the "
-                f"{' and '.join(_AUTODIFF_BACKENDS)} backends, not {keras.backend.backend()}; "
+                f"{', '.join(_AUTODIFF_BACKENDS)} backends, not {keras.backend.backend()}; "
                 f"run the worker on one of those or turn heat maps off"
             )
         backbone = _backbone(cnn)
@@ -404,7 +412,7 @@ class Explainer:
     Raises
     ------
     ExplainError
-        The backend has no autodiff here (PyTorch), a backbone's geometry is unknown, or
+        The backend has no autodiff here, a backbone's geometry is unknown, or
         the method is not one of :data:`METHODS`.
     """
 

@@ -315,10 +315,31 @@ np.save(sys.argv[3] + "_gradient", cam.input_gradient(images))
 """
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("jax") is None, reason="JAX is not installed (pip install '.[jax]')"
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param(
+            "jax",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("jax") is None,
+                reason="JAX is not installed (pip install '.[jax]')",
+            ),
+        ),
+        pytest.param(
+            "torch",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("torch") is None,
+                reason=(
+                    "PyTorch is not installed: CI leaves it out, as its wheel pulls several "
+                    "GB of CUDA libraries; benchmarks/gpu_check.sh runs it on the GPU machine"
+                ),
+            ),
+        ),
+    ],
 )
-def test_grad_cam_and_input_gradient_are_the_same_on_jax_as_on_tensorflow(tmp_path: Path) -> None:
+def test_grad_cam_and_input_gradient_are_the_same_as_on_tensorflow(
+    tmp_path: Path, backend: str
+) -> None:
     cnn = build_slice_cnn("compact", 96, 3, None, seed=0, pooling="gem")
     weights, images = tmp_path / "cnn.weights.h5", tmp_path / "images.npy"
     cnn.save_weights(weights)
@@ -327,20 +348,21 @@ def test_grad_cam_and_input_gradient_are_the_same_on_jax_as_on_tensorflow(tmp_pa
     cam = GradCAM(cnn)
     reference, _ = cam(batch)
     reference_gradient = cam.input_gradient(batch)
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    out = tmp_path / backend
     run = subprocess.run(
-        [sys.executable, "-c", _BACKEND_PROBE, str(weights), str(images), str(tmp_path / "jax")],
+        [sys.executable, "-c", _BACKEND_PROBE, str(weights), str(images), str(out)],
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    on_jax = np.load(tmp_path / "jax.npy")
+    other = np.load(f"{out}.npy")
     assert reference.max() > 0
-    np.testing.assert_allclose(on_jax, reference, rtol=1e-4, atol=1e-6 * reference.max())
-    gradient_on_jax = np.load(tmp_path / "jax_gradient.npy")
+    np.testing.assert_allclose(other, reference, rtol=1e-4, atol=1e-6 * reference.max())
+    other_gradient = np.load(f"{out}_gradient.npy")
     assert reference_gradient.max() > 0
     np.testing.assert_allclose(
-        gradient_on_jax, reference_gradient, rtol=1e-4, atol=1e-6 * reference_gradient.max()
+        other_gradient, reference_gradient, rtol=1e-4, atol=1e-6 * reference_gradient.max()
     )

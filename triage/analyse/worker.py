@@ -53,7 +53,7 @@ __all__ = [
 
 log = get_logger(__name__)
 
-HEATMAP_BACKENDS = ("tensorflow", "jax")
+HEATMAP_BACKENDS = ("tensorflow", "jax", "torch")
 """Backends whose autodiff :mod:`model.explain` uses; on the others no heat maps."""
 
 
