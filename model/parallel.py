@@ -4,6 +4,8 @@
   preparation (each study holds the GIL for long stretches of Python).
 - :func:`over_ranges`: one study's per-slice array work over threads, where NumPy
   releases the GIL (the worker's preprocessing, on the critical path of every study).
+- :func:`spawned_pool`: processes kept for a worker's lifetime, for per-slice work that
+  holds the GIL (decoding compressed pixel data).
 """
 
 from __future__ import annotations
@@ -72,3 +74,14 @@ def over_ranges(fn: Callable[[slice], None], n: int, threads: int) -> None:
         futures = [pool.submit(fn, slice(a, b)) for a, b in pairwise(bounds)]
     for future in futures:
         future.result()
+
+
+def spawned_pool(workers: int) -> ProcessPoolExecutor | None:
+    """A pool of ``workers`` spawned processes that outlives one call; None for one worker.
+
+    Spawned, not forked, as in :func:`process_map`. The processes start with the first
+    job, not here, and end with the pool (at the latest when this process exits).
+    """
+    if workers <= 1:
+        return None
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))

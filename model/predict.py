@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
 from model.bundle import Bundle, load_bundle
+from model.parallel import available_cores, spawned_pool
 from model.preprocess import PreprocessedSeries, preprocess_series
 
 _log = structlog.get_logger(__name__)
@@ -205,7 +207,6 @@ class Predictor:
         from model.backend import describe_device
         from model.compiled import inference_function, recompiles_per_shape
         from model.network import slice_encoder
-        from model.parallel import available_cores
 
         if batch_size < 1:
             raise PredictorError(f"batch_size must be at least 1, got {batch_size}")
@@ -216,6 +217,9 @@ class Predictor:
         # Preprocessing is on every study's critical path, before the CNN: on a GPU host
         # it takes longer than the CNN unless the cores share it.
         self.preprocess_threads = threads or available_cores()
+        # Compressed pixel data is decoded in processes (the decoders hold the GIL); they
+        # start with the first compressed series and serve the predictor's lifetime.
+        self._decoders = spawned_pool(self.preprocess_threads)
         self.preprocess_config = bundle.preprocess_config()
         self.network_config = bundle.network_config()
         self.calibrators = bundle.calibrators()
@@ -378,8 +382,20 @@ class Predictor:
         ------
         SeriesRejectedError
             The files are not one usable CT series.
+        PredictorError
+            A process decoding the pixel data died (the next call starts new ones).
         """
-        return preprocess_series(files, self.preprocess_config, self.preprocess_threads)
+        try:
+            return preprocess_series(
+                files, self.preprocess_config, self.preprocess_threads, self._decoders
+            )
+        except BrokenProcessPool as err:
+            # A decoding process died (a decoder crashed on this data, or the system
+            # killed it): the pool serves nothing more, so the next series gets a new one.
+            assert self._decoders is not None
+            self._decoders.shutdown(wait=False, cancel_futures=True)
+            self._decoders = spawned_pool(self.preprocess_threads)
+            raise PredictorError(f"a process decoding the pixel data died: {err}") from err
 
     def encode(self, volume: NDArray[np.float32], fold: int = 0) -> NDArray[np.float32]:
         """Return one fold's slice encodings of a stack of images, in CNN batches."""

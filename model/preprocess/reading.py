@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,16 +148,25 @@ def _superior_positions(datasets: list[Dataset], paths: list[Path]) -> NDArray[n
     return ipp @ normal
 
 
-def _to_hu(ds: Dataset, path: Path) -> NDArray[np.float32]:
+def _stored_pixels(ds: Dataset, path: Path) -> NDArray[np.integer]:
+    """The stored integers of one slice; compressed syntaxes go through pylibjpeg."""
     try:
         # pydicom applies PixelRepresentation, so signed and unsigned storage both arrive
-        # as the stored integers; compressed syntaxes go through the pylibjpeg plugins.
-        stored = ds.pixel_array
+        # as the stored integers.
+        return ds.pixel_array
     except Exception as err:  # decoders raise many types; all mean the same to the caller
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise SeriesRejectedError(
             f"cannot decode the pixel data of {path} (transfer syntax {syntax}): {err}"
         ) from err
+
+
+def decode_file(path: Path) -> NDArray[np.integer]:
+    """:func:`_stored_pixels` of a file, for a decoding process (see :func:`read_series`)."""
+    return _stored_pixels(_read(path), path)
+
+
+def _to_hu(ds: Dataset, stored: NDArray[np.integer]) -> NDArray[np.float32]:
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     hu = stored.astype(np.float32)
@@ -167,7 +177,9 @@ def _to_hu(ds: Dataset, path: Path) -> NDArray[np.float32]:
     return hu
 
 
-def read_series(files: Sequence[str | Path], min_slices: int = 10) -> CTVolume:
+def read_series(
+    files: Sequence[str | Path], min_slices: int = 10, decoders: Executor | None = None
+) -> CTVolume:
     """Read the DICOM files of one CT series into a HU volume, cranial slice first.
 
     Slices are ordered by their position along the slice normal, never by InstanceNumber.
@@ -178,6 +190,11 @@ def read_series(files: Sequence[str | Path], min_slices: int = 10) -> CTVolume:
         Every file of the series, in any order.
     min_slices : int
         Fewer slices are rejected.
+    decoders : concurrent.futures.Executor, optional
+        Processes that decode compressed pixel data (JPEG-LS, JPEG 2000, ...), a slice
+        each (:func:`decode_file`). The decoders hold the GIL, so threads would not help,
+        and a 96-slice JPEG 2000 series takes seconds on one core. Uncompressed data is
+        read here: handing it over would cost more than it saves.
 
     Returns
     -------
@@ -208,8 +225,15 @@ def read_series(files: Sequence[str | Path], min_slices: int = 10) -> CTVolume:
         )
     first = datasets[0]
     hu = np.empty((len(paths), int(first.Rows), int(first.Columns)), dtype=np.float32)
-    for out_index, src in enumerate(order):
-        hu[out_index] = _to_hu(datasets[src], paths[src])
+    syntax = getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", None)
+    if decoders is not None and syntax is not None and syntax.is_compressed:
+        # Submitted all at once, collected in order: a rejection raises at its slice.
+        decoded = [decoders.submit(decode_file, paths[src]) for src in order]
+        stored = (future.result() for future in decoded)
+    else:
+        stored = (_stored_pixels(datasets[src], paths[src]) for src in order)
+    for out_index, (src, pixels) in enumerate(zip(order, stored, strict=True)):
+        hu[out_index] = _to_hu(datasets[src], pixels)
         # The pixels are in `hu` now; the rest of the dataset is kept as the header.
         del datasets[src].PixelData
     spacing = _floats(first, "PixelSpacing", 2, paths[0])

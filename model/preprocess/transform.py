@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -338,7 +339,10 @@ def preprocess_volume(
 
 
 def preprocess_series(
-    files: Sequence[str | Path], config: PreprocessConfig, threads: int = 1
+    files: Sequence[str | Path],
+    config: PreprocessConfig,
+    threads: int = 1,
+    decoders: Executor | None = None,
 ) -> PreprocessedSeries:
     """Read one series and turn it into model input; the one path training and daemon share.
 
@@ -350,6 +354,8 @@ def preprocess_series(
         Every parameter; the weight bundle records it.
     threads : int
         Threads for the per-slice steps (see :func:`preprocess_volume`).
+    decoders : concurrent.futures.Executor, optional
+        Processes that decode compressed pixel data (see :func:`read_series`).
 
     Returns
     -------
@@ -362,7 +368,7 @@ def preprocess_series(
         If the files are not one usable CT series.
     """
     start = time.perf_counter()
-    volume = read_series(files, min_slices=config.min_slices)
+    volume = read_series(files, min_slices=config.min_slices, decoders=decoders)
     read_s = time.perf_counter() - start
     result = preprocess_volume(volume, config, threads)
     result.timings = {"read": read_s, "preprocess": result.timings["preprocess"]}

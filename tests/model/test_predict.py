@@ -128,6 +128,33 @@ def test_non_finite_outputs_fail_at_load_and_per_study_never_as_a_probability(
         Predictor(bundle, models, "float32", batch_size=8).warmup()
 
 
+def test_a_dead_decoding_process_fails_one_series_and_the_next_gets_new_ones(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    import os
+    import signal
+
+    from model.predict import PredictorError
+    from model.synthetic import WriteOptions
+
+    phantom = generate_study(5, StudyParams(positive=True, n_slices=20, matrix=128))
+    written = write_study(phantom, tmp_path, WriteOptions(transfer_syntax="jpeg-ls"))
+    files = list(written.axial.paths)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedBundleWarning)
+        predictor = Predictor.load(bundle_dir, batch_size=8, threads=2)
+    first = predictor.predict(files)
+    pool = predictor._decoders
+    assert pool is not None and pool._processes  # compressed: decoded in processes
+    for pid in list(pool._processes):
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(PredictorError, match="decoding the pixel data died"):
+        predictor.predict(files)
+    again = predictor.predict(files)
+    assert predictor._decoders is not pool
+    assert again.stack_probability == first.stack_probability
+
+
 def test_cli_predict_json(
     bundle_dir: Path,
     series: tuple[Path, list[Path], list[str]],

@@ -490,3 +490,29 @@ def test_the_input_is_the_same_on_any_number_of_threads(volume: CTVolume, layout
     assert one.volume[: int(one.mask.sum())].any()
     for threads in (2, 3, 7):
         _assert_same(one, preprocess_volume(volume, config, threads=threads))
+
+
+@pytest.mark.parametrize("syntax", ["jpeg-ls", "jpeg2000"])
+def test_compressed_slices_decoded_in_processes_give_the_same_volume(
+    phantom: Phantom, tmp_path: Path, syntax: str
+) -> None:
+    from pydicom.encaps import encapsulate
+
+    from model.parallel import spawned_pool
+
+    files = _write(phantom, tmp_path, transfer_syntax=syntax)
+    decoders = spawned_pool(2)
+    assert decoders is not None
+    with decoders:
+        alone = read_series(files)
+        shared = read_series(files, decoders=decoders)
+        assert np.array_equal(alone.hu, shared.hu)
+        assert alone.sop_instance_uids == shared.sop_instance_uids
+        # A slice that cannot be decoded is named, wherever it was decoded.
+        broken = dcmread(files[7])
+        broken.PixelData = encapsulate([b"\x00" * 64])
+        broken.save_as(files[7])
+        for pool in (None, decoders):
+            with pytest.raises(SeriesRejectedError, match="cannot decode the pixel data") as info:
+                read_series(files, decoders=pool)
+            assert str(files[7]) in str(info.value)
