@@ -189,8 +189,8 @@ class Predictor:
     jit_compile : bool
         Compile the CNN with XLA.
     threads : int, optional
-        Threads that preprocess a series (its per-slice steps); None uses every core this
-        process may run on.
+        Threads that preprocess a series (its per-slice steps), and processes that decode
+        compressed pixel data; None uses every core this process may run on.
     """
 
     def __init__(
@@ -259,9 +259,10 @@ class Predictor:
         precision : str, optional
             ``float32``, ``bfloat16`` or ``float16``; None uses the bundle's setting.
         threads : int, optional
-            CPU threads per operation (see :func:`configure_threads`), and threads that
-            preprocess a series; must be given before TensorFlow has run anything in this
-            process. None: the backend's default, and every core for preprocessing.
+            CPU threads per operation (see :func:`configure_threads`), and the threads
+            and decoding processes that preprocess a series; must be given before
+            TensorFlow has run anything in this process. None: the backend's default, and
+            every core for preprocessing.
         batch_size : int
             Slices per CNN call (16 by default).
         jit_compile : bool

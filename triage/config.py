@@ -182,8 +182,8 @@ class ModelConfig(_Section):
     bundle: Path | None = None
     # float32, bfloat16 or float16; null uses the bundle's own setting.
     precision: Literal["float32", "bfloat16", "float16"] | None = None
-    # Threads per CPU operation, and threads that preprocess a series; null lets the
-    # backend decide, and preprocessing uses every core.
+    # Threads per CPU operation, and the threads and decoding processes that preprocess a
+    # series; null lets the backend decide, and preprocessing uses every core.
     threads: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=16, ge=1)
     # The Keras backend the workers run the model on (jax and torch need the extras).
