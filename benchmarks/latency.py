@@ -5,7 +5,10 @@ The wait for ``series.stable_seconds`` (the completeness rule) is left out: it i
 not work. Prints figures; asserts nothing.
 
     python benchmarks/latency.py [--bundle DIR] [--studies 4] [--stable-seconds 6]
-        [--backend tensorflow|jax|torch] [--device auto|cpu|cuda:N]
+        [--backend tensorflow|jax|torch] [--device auto|cpu|cuda:N] [--syntax explicit]
+
+``--syntax`` is the transfer syntax the studies are stored and sent in (``jpeg-ls`` or
+``jpeg2000``: what many PACS archives hold; their decoding is part of the model stage).
 
 The worker runs on ``--backend`` and ``--device`` (``model.backend`` and ``model.device``),
 and so does ``triage-model predict``.
@@ -83,13 +86,18 @@ def main() -> int:
     parser.add_argument("--stable-seconds", type=float, default=6.0)
     parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default="tensorflow")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--syntax",
+        default="explicit",
+        choices=("explicit", "implicit", "rle", "jpeg-ls", "jpeg2000"),
+    )
     args = parser.parse_args()
     # The same device for `triage-model predict` as for the worker.
     device_env: dict[str, str] = {}
     if args.device != "auto":
         select_device(args.device, device_env)
 
-    from model.synthetic import StudyParams, generate_study, write_study
+    from model.synthetic import StudyParams, WriteOptions, generate_study, write_study
 
     work = Path(tempfile.mkdtemp(prefix="triage-latency-"))
     pacs_port, arrivals, _ = _pacs()
@@ -137,7 +145,8 @@ def main() -> int:
         time.sleep(1)
         for i in range(args.studies):
             phantom = generate_study(7000 + i, StudyParams(n_slices=96, positive=i % 2 == 0))
-            series_dir = write_study(phantom, work / "studies").axial.paths[0].parent
+            options = WriteOptions(transfer_syntax=args.syntax)
+            series_dir = write_study(phantom, work / "studies", options).axial.paths[0].parent
             send_files([series_dir], "127.0.0.1", port, "BENCH", "TRIAGE")
             last_ack = time.time()
             study_uid = str(
@@ -197,7 +206,7 @@ def main() -> int:
     print(
         f"bundle {args.bundle}; worker (backend, device) {worker}; "
         f"stable_seconds {args.stable_seconds} s excluded; "
-        f"{args.studies} studies of 96 slices; seconds"
+        f"{args.studies} studies of 96 slices in {args.syntax}; seconds"
     )
     columns = {
         # last instance acknowledged -> SR acknowledged by the PACS

@@ -177,6 +177,16 @@ def _to_hu(ds: Dataset, stored: NDArray[np.integer]) -> NDArray[np.float32]:
     return hu
 
 
+def _compressed(ds: Dataset) -> bool:
+    """Whether the file's transfer syntax compresses the pixel data (False if unknown:
+    decoding it where it was read then names the problem, as for any file)."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        return bool(syntax is not None and syntax.is_compressed)
+    except ValueError:  # not a transfer syntax pydicom knows
+        return False
+
+
 def read_series(
     files: Sequence[str | Path], min_slices: int = 10, decoders: Executor | None = None
 ) -> CTVolume:
@@ -225,8 +235,7 @@ def read_series(
         )
     first = datasets[0]
     hu = np.empty((len(paths), int(first.Rows), int(first.Columns)), dtype=np.float32)
-    syntax = getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", None)
-    if decoders is not None and syntax is not None and syntax.is_compressed:
+    if decoders is not None and _compressed(first):
         # Submitted all at once, collected in order: a rejection raises at its slice.
         decoded = [decoders.submit(decode_file, paths[src]) for src in order]
         stored = (future.result() for future in decoded)

@@ -516,3 +516,19 @@ def test_compressed_slices_decoded_in_processes_give_the_same_volume(
             with pytest.raises(SeriesRejectedError, match="cannot decode the pixel data") as info:
                 read_series(files, decoders=pool)
             assert str(files[7]) in str(info.value)
+
+
+def test_an_unknown_transfer_syntax_is_rejected_with_or_without_decoding_processes(
+    series: list[Path],
+) -> None:
+    from model.parallel import spawned_pool
+
+    ds = dcmread(series[0])
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5"  # a private syntax nobody here decodes
+    ds.save_as(series[0], enforce_file_format=True)
+    decoders = spawned_pool(2)
+    assert decoders is not None
+    with decoders:
+        for pool in (None, decoders):
+            with pytest.raises(SeriesRejectedError, match=r"transfer syntax 1\.2\.3\.4\.5"):
+                read_series(series, min_slices=4, decoders=pool)
