@@ -412,18 +412,6 @@ def test_no_heat_maps_with_heatmap_slices_0_and_a_failure_costs_the_result_nothi
     assert sorted(p.name for p in outbox.iterdir()) == ["kos.dcm", "sr.dcm"]
     monkeypatch.undo()
 
-    # On a backend without autodiff (PyTorch) no heat maps, but the curve.
-    monkeypatch.setattr(predictor, "backend", "torch")
-    config = _config(tmp_path / "d", None, thresholds=thresholds)
-    sessions = open_db(config)
-    job_id = _spool_and_queue(config, sessions, study_files)
-    assert Worker(config, sessions, predictor, "host:1").run_once()
-    (result,) = _results(sessions, job_id)
-    folder = config.data_dir / "outbox" / str(result.id) / "key_images"
-    index = json.loads((folder / "key_images.json").read_text())
-    assert index["images"] == [] and len(index["curve"]) == len(result.slice_probabilities)
-    monkeypatch.undo()
-
     # Never more heat maps than flagged slices (8 asked for, 1 flagged).
     thresholds["max_flagged_slices"] = 1
     config = _config(tmp_path / "c", None, thresholds=thresholds)

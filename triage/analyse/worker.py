@@ -53,9 +53,6 @@ __all__ = [
 
 log = get_logger(__name__)
 
-HEATMAP_BACKENDS = ("tensorflow", "jax", "torch")
-"""Backends whose autodiff :mod:`model.explain` uses; on the others no heat maps."""
-
 
 class Worker:
     """One inference worker: claims jobs and takes each through analysis to its result.
@@ -209,13 +206,6 @@ class Worker:
         top_k = self.config.worker.heatmap_slices
         if top_k > 0 and not hasattr(self.predictor, "slice_cnns"):
             bound.warning("key_images_skipped", reason="the predictor has no slice CNNs")
-            top_k = 0
-        if top_k > 0 and self.predictor.backend not in HEATMAP_BACKENDS:
-            # Grad-CAM needs the backend's autodiff; the curve is still written.
-            bound.warning(
-                "key_images_skipped",
-                reason=f"no heat maps on the {self.predictor.backend} backend",
-            )
             top_k = 0
         try:
             written = make_key_images(
