@@ -47,6 +47,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from model.backend import select_device
+from model.synthetic import TRANSFER_SYNTAXES
 from triage.config import DEMO_BUNDLE
 from triage.demo import free_port, wait_for_port
 from triage.send import send_files
@@ -86,11 +87,7 @@ def main() -> int:
     parser.add_argument("--stable-seconds", type=float, default=6.0)
     parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default="tensorflow")
     parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--syntax",
-        default="explicit",
-        choices=("explicit", "implicit", "rle", "jpeg-ls", "jpeg2000"),
-    )
+    parser.add_argument("--syntax", default="explicit", choices=sorted(TRANSFER_SYNTAXES))
     args = parser.parse_args()
     # The same device for `triage-model predict` as for the worker.
     device_env: dict[str, str] = {}
