@@ -27,18 +27,18 @@ def process_map(
 ) -> Iterator[R]:
     """``fn`` over ``items``, in order; in ``workers`` processes when that is more than one.
 
-    The processes are spawned, not forked: the caller may hold threads (a TensorFlow or
-    JAX runtime, say). ``fn`` and the items must pickle. The pool lives until the
-    iterator is exhausted. ``ahead`` bounds the jobs handed to the pool and not yet
-    taken by the caller, for results too large to wait in memory all at once (a
-    preprocessed series is ~75 MB); None hands over every job at the start.
+    The processes come from :func:`spawned_pool`. ``fn`` and the items must pickle. The
+    pool lives until the iterator is exhausted. ``ahead`` bounds the jobs handed to the
+    pool and not yet taken by the caller, for results too large to wait in memory all at
+    once (a preprocessed series is ~75 MB); None hands over every job at the start.
     """
     jobs = list(items)
     if workers <= 1 or len(jobs) <= 1:
         yield from map(fn, jobs)
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    pool = spawned_pool(workers)
+    assert pool is not None  # more than one worker here
+    with pool:
         if ahead is None:
             yield from pool.map(fn, jobs)
             return
@@ -79,8 +79,9 @@ def over_ranges(fn: Callable[[slice], None], n: int, threads: int) -> None:
 def spawned_pool(workers: int) -> ProcessPoolExecutor | None:
     """A pool of ``workers`` spawned processes that outlives one call; None for one worker.
 
-    Spawned, not forked, as in :func:`process_map`. The processes start with the first
-    job, not here, and end with the pool (at the latest when this process exits).
+    Spawned, not forked: the caller may hold threads (a TensorFlow or JAX runtime, say).
+    The processes start with the first job, not here, and end with the pool (at the
+    latest when this process exits).
     """
     if workers <= 1:
         return None
