@@ -6,12 +6,16 @@ not work. Prints figures; asserts nothing.
 
     python benchmarks/latency.py [--bundle DIR] [--studies 4] [--stable-seconds 6]
         [--backend tensorflow|jax|torch] [--device auto|cpu|cuda:N] [--syntax explicit]
+        [--no-preprocess-early]
 
 ``--syntax`` is the transfer syntax the studies are stored and sent in (``jpeg-ls`` or
 ``jpeg2000``: what many PACS archives hold; their decoding is part of the model stage).
 
 The worker runs on ``--backend`` and ``--device`` (``model.backend`` and ``model.device``),
-and so does ``triage-model predict``.
+and so does ``triage-model predict``. ``--no-preprocess-early`` sets
+``worker.preprocess_early: false``: the worker then reads and preprocesses each series
+after it is complete, on the critical path, instead of while it waits out
+``stable_seconds`` (``early-prep`` is that work's time when it is done early).
 
 Columns: the stages of the end-to-end time, ``triage-model predict``'s own time on the
 same series (its ``timings.total``: read, preprocess, CNN, sequence model; not the
@@ -88,6 +92,7 @@ def main() -> int:
     parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default="tensorflow")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--syntax", default="explicit", choices=sorted(TRANSFER_SYNTAXES))
+    parser.add_argument("--preprocess-early", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     # The same device for `triage-model predict` as for the worker.
     device_env: dict[str, str] = {}
@@ -105,7 +110,7 @@ def main() -> int:
         # The sweep intervals and the worker's poll are the defaults: the daemon must not
         # make a study wait for them.
         "series": {"stable_seconds": args.stable_seconds},
-        "worker": {"processes": 1},
+        "worker": {"processes": 1, "preprocess_early": args.preprocess_early},
         "model": {"bundle": str(args.bundle), "backend": args.backend, "device": args.device},
         "web": {"port": web},
         "destinations": [
@@ -195,6 +200,7 @@ def main() -> int:
                     "predict_total": p["total"],
                     "predict_cnn": p["cnn"],
                     "heatmaps": heatmaps,
+                    "early": t.get("early_preprocess", 0.0),
                 }
             )
     finally:
@@ -203,6 +209,7 @@ def main() -> int:
     print(
         f"bundle {args.bundle}; worker (backend, device) {worker}; "
         f"stable_seconds {args.stable_seconds} s excluded; "
+        f"preprocess_early {args.preprocess_early}; "
         f"{args.studies} studies of 96 slices in {args.syntax}; seconds"
     )
     columns = {
@@ -213,6 +220,8 @@ def main() -> int:
         # the worker's predictor: read, preprocess, CNN, sequence model
         "model": lambda r: r["model"],
         "of-it-CNN": lambda r: r["cnn"],
+        # read + preprocess done while the series waited out stable_seconds (not in it)
+        "early-prep": lambda r: r["early"],
         # SR and KOS built and written to the outbox
         "report": lambda r: r["report"],
         # result row inserted -> SR acknowledged: outbox files, commit, wake-up,

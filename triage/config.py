@@ -219,6 +219,11 @@ class WorkerConfig(_Section):
     # Flagged slices (most probable first) that get a heat map (model.explain) and key images in
     # the result's outbox for the study view, after the result is stored; 0: none.
     heatmap_slices: int = Field(default=8, ge=0)
+    # An idle worker (checking every poll_seconds) reads and preprocesses a series once it
+    # has been quiet for half of series.stable_seconds and passes the selection rules,
+    # while it waits out the rest: its job then starts at the CNN. A late instance costs
+    # the work again, never a stale input (triage.analyse.early).
+    preprocess_early: bool = True
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> WorkerConfig:

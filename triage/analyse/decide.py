@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -20,6 +20,7 @@ from triage.db.models import Decision
 
 if TYPE_CHECKING:
     from model.predict import Prediction
+    from model.preprocess import PreprocessedSeries
 
 
 class SeriesPredictor(Protocol):
@@ -30,6 +31,14 @@ class SeriesPredictor(Protocol):
     backend: str
 
     def predict(self, files: Sequence[str | Path]) -> Prediction: ...
+
+
+class PreparingPredictor(SeriesPredictor, Protocol):
+    """A predictor that can also preprocess a series apart from predicting on it."""
+
+    def preprocess(self, files: Sequence[str | Path]) -> PreprocessedSeries: ...
+
+    def predict_preprocessed(self, series: PreprocessedSeries) -> Prediction: ...
 
 
 @dataclass(frozen=True)
@@ -115,15 +124,26 @@ def analyse(
     applied: AppliedThresholds,
     max_flagged_slices: int,
     spool_dir: Path,
+    prepared: PreprocessedSeries | None = None,
 ) -> Outcome:
     """Run the predictor on ``files`` and decide; a series it rejects is undetermined.
+
+    ``prepared`` is the model input already made from exactly ``files``
+    (:mod:`triage.analyse.early`): the predictor then starts at the CNN, and the timings
+    give the reading and preprocessing done before as ``early_preprocess``.
 
     Any other error of the predictor propagates: the attempt failed, and is retried.
     """
     from model.preprocess import SeriesRejectedError
 
     try:
-        prediction = predictor.predict(files)
+        if prepared is not None:
+            prediction = cast(PreparingPredictor, predictor).predict_preprocessed(prepared)
+            prediction.timings["early_preprocess"] = sum(
+                prepared.timings.get(stage, 0.0) for stage in ("read", "preprocess")
+            )
+        else:
+            prediction = predictor.predict(files)
     except (SeriesRejectedError, InvalidDicomError, FileNotFoundError) as err:
         # Retrying cannot make a short or unreadable series analysable. The reason
         # goes into the SR the PACS shows: a file is named as the spool knows it

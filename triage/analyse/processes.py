@@ -133,7 +133,14 @@ def run_worker(
                 notify(pid, DELIVERIES_STORED)
 
         _settle(predictor, worker_id)
-        worker = Worker(config, sessions, predictor, worker_id, on_deliveries=on_deliveries)
+        worker = Worker(
+            config,
+            sessions,
+            predictor,
+            worker_id,
+            on_deliveries=on_deliveries,
+            worker_index=worker_index,
+        )
         worker.start_heartbeat()
         log.info(
             "worker_started",
@@ -185,7 +192,8 @@ def _work(
     parent: ParentWatch | None,
 ) -> None:
     """Take jobs until ``stop_event`` is set or the parent is gone; between jobs, apply
-    a reload, and wait for a wake-up or ``worker.poll_seconds`` when the queue is empty."""
+    a reload; with the queue empty, preprocess a series about to be complete, or else wait
+    for a wake-up or ``worker.poll_seconds``."""
     poll = worker.config.worker.poll_seconds
     while not stop_event.is_set():
         if parent is not None and parent.gone():
@@ -195,7 +203,7 @@ def _work(
             reload_event.clear()
             _reload_thresholds(worker, config_path)
         try:
-            busy = worker.run_once()
+            busy = worker.run_once() or worker.prepare_early()
         except Exception as err:  # the database may be briefly away; try again
             log.error("worker_loop_failed", error=str(err), exc_info=True)
             busy = False

@@ -4,7 +4,8 @@
 
 1. claim it (:func:`triage.states.job.claim_job`) and keep its lease alive
    (:class:`~triage.analyse.lease.Heartbeat`);
-2. predict and decide (:func:`~triage.analyse.decide.analyse`);
+2. predict and decide (:func:`~triage.analyse.decide.analyse`), on the model input
+   made while the series was still quiet (:mod:`~triage.analyse.early`) where it holds;
 3. build the SR and KOS (:func:`~triage.analyse.reports.build_reports`);
 4. store the result, its reports and deliveries, and finish the job, in one
    transaction (:func:`~triage.analyse.store.store_result`);
@@ -12,7 +13,9 @@
    heat maps of the top flagged slices (:mod:`~triage.analyse.key_images`).
 
 A failed attempt gives the job back (``queued`` again, or ``failed`` once its attempts
-run out). Nothing here imports TensorFlow; the predictor is handed in already loaded.
+run out). Between jobs, an idle worker preprocesses the series that are about to be
+complete (:meth:`Worker.prepare_early`). Nothing here imports TensorFlow; the predictor
+is handed in already loaded.
 """
 
 from __future__ import annotations
@@ -20,24 +23,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.analyse.decide import (
     AppliedThresholds,
+    PreparingPredictor,
     SeriesPredictor,
     analyse,
     apply_thresholds,
     flag_slices,
 )
+from triage.analyse.early import EarlyPreprocessor, series_files
 from triage.analyse.key_images import SecondaryCaptureRequest, make_key_images
 from triage.analyse.lease import Heartbeat
 from triage.analyse.reports import ALGORITHM_NAME, build_reports, read_headers
 from triage.analyse.store import store_result
 from triage.config import Config, ThresholdsConfig
-from triage.db.models import Instance, Job, utcnow
+from triage.db.models import Job, utcnow
 from triage.logs import describe_error, error_frames, get_logger
 from triage.states import delivery as delivery_state
 from triage.states.job import Claim, claim_job, release_claim, worker_id_for
@@ -69,6 +73,9 @@ class Worker:
         Defaults to ``<hostname>:<pid>``.
     on_deliveries : callable, optional
         Called after a result that has deliveries is committed.
+    worker_index : int
+        This worker's number among ``worker.processes``, from 0: which quiet series it
+        preprocesses early.
     """
 
     def __init__(
@@ -78,6 +85,7 @@ class Worker:
         predictor: SeriesPredictor,
         worker_id: str | None = None,
         on_deliveries: Callable[[], None] | None = None,
+        worker_index: int = 0,
     ) -> None:
         self.config = config
         # Called after a result with deliveries is committed: `triage serve` wakes its
@@ -90,6 +98,19 @@ class Worker:
         self._explainers: dict[int, Any] = {}
         self.heartbeat = Heartbeat(
             sessions, config.worker, self.worker_id, predictor.device, predictor.backend
+        )
+        # Only a predictor that can preprocess apart from predicting (tests substitute
+        # ones that cannot).
+        self.early = (
+            EarlyPreprocessor(
+                config,
+                sessions,
+                cast(PreparingPredictor, predictor),
+                worker_index,
+                config.worker.processes,
+            )
+            if config.worker.preprocess_early and hasattr(predictor, "predict_preprocessed")
+            else None
         )
 
     def start_heartbeat(self) -> None:
@@ -113,7 +134,12 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim and process one job; ``False`` when the queue held none."""
-        claim = claim_job(self.sessions, self.worker_id, self.config.worker.lease_seconds)
+        claim = claim_job(
+            self.sessions,
+            self.worker_id,
+            self.config.worker.lease_seconds,
+            prefer_series=self.early.series_ids if self.early else (),
+        )
         if claim is None:
             return False
         self.heartbeat.hold(claim)
@@ -123,16 +149,27 @@ class Worker:
             self.heartbeat.hold(None)
         return True
 
+    def prepare_early(self) -> bool:
+        """Preprocess one series that is about to be complete; ``False`` when none is
+        due (see :mod:`triage.analyse.early`)."""
+        return self.early is not None and self.early.prepare_next()
+
     def process(self, claim: Claim) -> None:
         """Analyse the claimed job's series and store the outcome (see the module doc)."""
-        study_uid, series_uid, files = self._series_files(claim)
+        study_uid, series_uid, series_id, files = self._series_files(claim)
+        prepared = self.early.take(series_id, files) if self.early else None
         bound = log.bind(
             job_id=claim.job_id,
             study_instance_uid=study_uid,
             series_instance_uid=series_uid,
             attempt=claim.attempts,
         )
-        bound.info("job_started", instances=len(files), worker_id=self.worker_id)
+        bound.info(
+            "job_started",
+            instances=len(files),
+            worker_id=self.worker_id,
+            preprocessed_early=prepared is not None,
+        )
         thresholds = apply_thresholds(self.thresholds, self.predictor.bundle.thresholds)
         try:
             outcome = analyse(
@@ -141,6 +178,7 @@ class Worker:
                 thresholds,
                 self.thresholds.max_flagged_slices,
                 self.config.spool_dir,
+                prepared,
             )
         except Exception as err:
             self._give_back(claim, err, "job_attempt_failed", "", bound)
@@ -241,21 +279,19 @@ class Worker:
             seconds=round(written.seconds, 3),
         )
 
-    def _series_files(self, claim: Claim) -> tuple[str, str, list[Path]]:
-        """The claimed job's study and series UIDs, and its spooled files in order."""
+    def _series_files(self, claim: Claim) -> tuple[str, str, int, list[Path]]:
+        """The claimed job's study and series UIDs, series id, and spooled files in order."""
         with self.sessions() as session:
             job = session.get(Job, claim.job_id)
             assert job is not None, "a claimed job exists"
             series = job.series
-            files = [
-                self.config.spool_dir / path
-                for path in session.scalars(
-                    select(Instance.file_path)
-                    .where(Instance.series_id == series.id, Instance.missing.is_(False))
-                    .order_by(Instance.instance_number, Instance.id)
-                )
-            ]
-            return series.study.study_instance_uid, series.series_instance_uid, files
+            files = series_files(session, self.config.spool_dir, series.id)
+            return (
+                series.study.study_instance_uid,
+                series.series_instance_uid,
+                series.id,
+                files,
+            )
 
     def _give_back(
         self, claim: Claim, err: Exception, event: str, context: str, bound: Any

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, insert, select, update
+from sqlalchemy import ColumnElement, and_, case, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.db.models import Job, JobState, Series, SeriesState, utcnow
@@ -63,8 +65,12 @@ def claim_job(
     worker_id: str,
     lease_seconds: float,
     now: datetime | None = None,
+    prefer_series: Collection[int] = (),
 ) -> Claim | None:
     """Take the oldest queued job whose series is queued, or return ``None``.
+
+    The jobs of ``prefer_series`` come first: this worker already holds their model
+    input (:mod:`triage.analyse.early`).
 
     The job becomes ``running``, its attempts grow by one, and it is leased to
     ``worker_id`` for ``lease_seconds``. A job whose series was reopened (its state is
@@ -80,6 +86,8 @@ def claim_job(
         How long the claim holds without a heartbeat.
     now : datetime, optional
         Naive UTC now (for tests).
+    prefer_series : collection of int
+        Series ids whose jobs to take before older ones.
 
     Returns
     -------
@@ -87,11 +95,14 @@ def claim_job(
         The claim, or ``None`` when no job is waiting.
     """
     now = now or utcnow()
+    order: list[Any] = [Job.created_at, Job.id]
+    if prefer_series:
+        order.insert(0, case((Job.series_id.in_(list(prefer_series)), 0), else_=1))
     candidate = (
         select(Job.id)
         .join(Series, Series.id == Job.series_id)
         .where(Job.state == JobState.QUEUED, Series.state == SeriesState.QUEUED)
-        .order_by(Job.created_at, Job.id)
+        .order_by(*order)
         .limit(1)
         # PostgreSQL: lock only the job row, and skip rows another worker is claiming.
         # SQLite compiles no FOR UPDATE; its single writer makes the UPDATE atomic.
