@@ -143,12 +143,16 @@ def main() -> int:
             runs = [predictor.predict(files) for _ in range(3)]
             cnn = statistics.median(r.timings["cnn"] for r in runs)
             total = statistics.median(r.timings["total"] for r in runs)
+            # What the daemon's worker does while the series waits out stable_seconds
+            # (worker.preprocess_early), off the end-to-end time.
+            early = statistics.median(r.timings["read"] + r.timings["preprocess"] for r in runs)
             flops = (
                 cnn_flops(predictor._models[0][0]) * runs[0].slices_used * len(predictor._models)
             )
             probabilities[precision] = runs[0].stack_probability
             print(
-                f"  {precision:8s} in process: load {loaded:.1f} s, total {total:.3f} s, "
+                f"  {precision:8s} in process: load {loaded:.1f} s, total {total:.3f} s "
+                f"(read + preprocess {early:.3f} s, {early / total:.0%}), "
                 f"CNN {cnn:.3f} s for {flops / 1e9:.1f} GFLOP = {flops / cnn / 1e12:.3f} "
                 f"TFLOP/s (batch {args.batch_size}, peak memory "
                 f"{peak_memory_gib(args.backend)}), study probability "
