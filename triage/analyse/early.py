@@ -12,7 +12,10 @@ have anyway. Preparing early can cost work, never a wrong input.
 
 With several workers, worker ``i`` of ``n`` prepares the series whose id is ``i`` mod
 ``n`` (so no two prepare the same one) and claims its own prepared jobs first; another
-idle worker may still take such a job, and then preprocesses the files itself.
+idle worker may still take such a job, and then preprocesses the files itself. Hosts
+that share one PostgreSQL queue (``triage worker`` on each) do not share out the series:
+each host's workers prepare their share of every series, and only the host whose worker
+claims the job gains from it.
 """
 
 from __future__ import annotations
