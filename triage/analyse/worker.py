@@ -109,7 +109,8 @@ class Worker:
                 worker_index,
                 config.worker.processes,
             )
-            if config.worker.preprocess_early and hasattr(predictor, "predict_preprocessed")
+            if config.worker.preprocess_early
+            and all(hasattr(predictor, n) for n in ("preprocess", "predict_preprocessed"))
             else None
         )
 
