@@ -3,10 +3,12 @@ servers. (``conftest.py`` files hold fixtures only.)"""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage.config import Config, parse_config
@@ -14,8 +16,27 @@ from triage.db import create_db_engine, migrate, session_factory
 
 # The product's own helpers, which triage demo and the benchmarks use too.
 from triage.demo import free_port, wait_for_port
+from triage.storage.reconcile import reconcile
 
-__all__ = ["dcmtk", "free_port", "make_config", "make_test_pki", "open_db", "wait_for_port"]
+__all__ = [
+    "SELECTION",
+    "dcmtk",
+    "free_port",
+    "make_config",
+    "make_test_pki",
+    "open_db",
+    "spool_series",
+    "wait_for_port",
+]
+
+# Selection rules that let the small synthetic test series (20 slices of 64 x 64) through.
+SELECTION = {
+    "min_slices": 3,
+    "require_original": False,
+    "require_axial": False,
+    "min_slice_thickness_mm": 0,
+    "max_slice_thickness_mm": 50,
+}
 
 DCMTK_BIN = Path("/usr/bin")
 
@@ -46,6 +67,19 @@ def open_db(config: Config | str) -> sessionmaker[Session]:
     engine = create_db_engine(url)
     migrate(engine)
     return session_factory(engine)
+
+
+def spool_series(config: Config, sessions: sessionmaker[Session], files: list[Path]) -> str:
+    """Put ``files`` in the spool as the receiver would, with their rows (the series is
+    receiving); return the Series Instance UID."""
+    header = dcmread(files[0], stop_before_pixels=True)
+    folder = config.spool_dir / header.StudyInstanceUID / header.SeriesInstanceUID
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        sop = dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        shutil.copy(path, folder / f"{sop}.dcm")
+    reconcile(sessions, config.spool_dir)
+    return str(header.SeriesInstanceUID)
 
 
 def dcmtk(tool: str) -> str:

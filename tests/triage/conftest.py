@@ -16,6 +16,25 @@ from triage.receive.recorder import InstanceRecorder
 from triage.receive.scp import Receiver, StoreTarget
 
 
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained small bundle: its thresholds are 0.5, its probabilities meaningless."""
+    from model.bundle import init_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "untrained"
+    init_bundle(out, backbone="small", input_size=32, num_slices=16, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def predictor(bundle_dir: Path) -> Any:
+    """The untrained small bundle, loaded."""
+    from model.predict import Predictor
+
+    with pytest.warns(UserWarning, match="untrained"):
+        return Predictor.load(bundle_dir)
+
+
 @dataclass
 class RunningReceiver:
     config: Config

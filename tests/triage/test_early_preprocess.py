@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 from daemon_proc import Daemon
-from pydicom import dcmread
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
-from support import make_config, open_db
+from support import SELECTION, make_config, open_db, spool_series
 
 from triage.analyse.completeness import sweep_series
 from triage.analyse.early import EarlyPreprocessor, file_key
@@ -25,32 +24,6 @@ from triage.config import Config
 from triage.db import Job, JobState, Result, Series, SeriesState, Study, WorkerHeartbeat
 from triage.db.models import utcnow
 from triage.states.job import claim_job
-from triage.storage.reconcile import reconcile
-
-SELECTION = {
-    "min_slices": 3,
-    "require_original": False,
-    "require_axial": False,
-    "min_slice_thickness_mm": 0,
-    "max_slice_thickness_mm": 50,
-}
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model.bundle import init_bundle
-
-    out = tmp_path_factory.mktemp("bundle") / "untrained"
-    init_bundle(out, backbone="small", input_size=32, num_slices=16, seed=0)
-    return out
-
-
-@pytest.fixture(scope="module")
-def predictor(bundle_dir: Path) -> Any:
-    from model.predict import Predictor
-
-    with pytest.warns(UserWarning, match="untrained"):
-        return Predictor.load(bundle_dir)
 
 
 @pytest.fixture(scope="module")
@@ -91,17 +64,12 @@ def _config(tmp_path: Path, **sections: Any) -> Config:
 
 
 def _spool(config: Config, sessions: sessionmaker[Session], files: list[Path]) -> int:
-    """Put ``files`` in the spool as the receiver would; the series, quiet for 20 s of its
-    30, is still receiving. Returns its id."""
-    header = dcmread(files[0], stop_before_pixels=True)
-    folder = config.spool_dir / header.StudyInstanceUID / header.SeriesInstanceUID
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in files:
-        shutil.copy(path, folder / f"{dcmread(path, stop_before_pixels=True).SOPInstanceUID}.dcm")
-    reconcile(sessions, config.spool_dir)
+    """Spool ``files``; the series, quiet for 20 s of its 30, is still receiving. Returns
+    its id."""
+    series_uid = spool_series(config, sessions, files)
     with sessions() as session:
         series = session.scalars(
-            select(Series).where(Series.series_instance_uid == header.SeriesInstanceUID)
+            select(Series).where(Series.series_instance_uid == series_uid)
         ).one()
         series.last_received_at = utcnow() - timedelta(seconds=20)
         session.commit()
@@ -182,25 +150,20 @@ def test_a_replaced_file_changes_the_key(tmp_path: Path, study_files: list[Path]
         file_key(paths)
 
 
-def test_a_series_the_selection_rules_skip_is_not_preprocessed(
-    tmp_path: Path, predictor: Any, study_files: list[Path]
+@pytest.mark.parametrize(
+    "series",
+    [
+        {"stable_seconds": 30, "selection": {**SELECTION, "min_slices": 50}},
+        {"stable_seconds": 60, "selection": SELECTION},  # quiet for 20 s, not 30
+    ],
+    ids=["the-selection-rules-skip-it", "not-quiet-for-half-of-stable_seconds"],
+)
+def test_a_series_not_due_is_not_preprocessed(
+    tmp_path: Path, predictor: Any, study_files: list[Path], series: dict[str, Any]
 ) -> None:
-    config = _config(
-        tmp_path, series={"stable_seconds": 30, "selection": {**SELECTION, "min_slices": 50}}
-    )
+    config = _config(tmp_path, series=series)
     sessions = open_db(config)
     _spool(config, sessions, study_files)
-    counting = Counting(predictor)
-    assert not Worker(config, sessions, counting).prepare_early()
-    assert counting.calls == []
-
-
-def test_a_series_not_quiet_for_half_of_stable_seconds_waits(
-    tmp_path: Path, predictor: Any, study_files: list[Path]
-) -> None:
-    config = _config(tmp_path, series={"stable_seconds": 60, "selection": SELECTION})
-    sessions = open_db(config)
-    _spool(config, sessions, study_files)  # quiet for 20 s, not 30
     counting = Counting(predictor)
     assert not Worker(config, sessions, counting).prepare_early()
     assert counting.calls == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from dicom_factory import write_series
 from pydicom import dcmread
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
-from support import make_config, open_db
+from support import SELECTION, make_config, open_db, spool_series
 
 from triage.analyse import reports as report_building
 from triage.analyse import store
@@ -50,13 +49,6 @@ from triage.storage.outbox import OutboxRecovery
 from triage.storage.outbox import recover as recover_outbox
 from triage.storage.reconcile import reconcile
 
-SELECTION = {
-    "min_slices": 3,
-    "require_original": False,
-    "require_axial": False,
-    "min_slice_thickness_mm": 0,
-    "max_slice_thickness_mm": 50,
-}
 DESTINATIONS = [
     {"name": "pacs", "type": "dicom", "ae_title": "PACS", "host": "127.0.0.1", "port": 11113},
     {"name": "ris", "type": "hl7", "host": "127.0.0.1", "port": 2575},
@@ -64,24 +56,6 @@ DESTINATIONS = [
 
 
 # -- fixtures --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained small bundle: its thresholds are 0.5, its probabilities meaningless."""
-    from model.bundle import init_bundle
-
-    out = tmp_path_factory.mktemp("bundle") / "untrained"
-    init_bundle(out, backbone="small", input_size=32, num_slices=16, seed=0)
-    return out
-
-
-@pytest.fixture(scope="module")
-def predictor(bundle_dir: Path) -> Any:
-    from model.predict import Predictor
-
-    with pytest.warns(UserWarning, match="untrained"):
-        return Predictor.load(bundle_dir)
 
 
 def _synthetic_series(seed: int, folder: Path) -> list[Path]:
@@ -99,17 +73,11 @@ def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def _spool_and_queue(config: Config, sessions: sessionmaker[Session], files: list[Path]) -> int:
     """Put ``files`` in the spool as the receiver would, complete the series, return its job."""
-    header = dcmread(files[0], stop_before_pixels=True)
-    folder = config.spool_dir / header.StudyInstanceUID / header.SeriesInstanceUID
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in files:
-        sop = dcmread(path, stop_before_pixels=True).SOPInstanceUID
-        shutil.copy(path, folder / f"{sop}.dcm")
-    reconcile(sessions, config.spool_dir)
+    series_uid = spool_series(config, sessions, files)
     sweep_series(sessions, config.series, now=utcnow() + timedelta(hours=1))
     with sessions() as session:
         job = session.scalar(
-            select(Job).join(Series).where(Series.series_instance_uid == header.SeriesInstanceUID)
+            select(Job).join(Series).where(Series.series_instance_uid == series_uid)
         )
         assert job is not None and job.state == JobState.QUEUED
         return job.id
